@@ -1,0 +1,481 @@
+//! Configuration: a TOML file read into serde structs with defaults, unknown keys refused,
+//! and every problem listed at once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::matrix::{is_valid_name, Namespace};
+use crate::secret::Secret;
+
+/// The original's placeholder for tokens that `generate-registration` fills in.
+pub const TOKEN_PLACEHOLDER: &str = "This value is generated when generating the registration";
+/// `mux.shared_secret` value that asks asmux to generate the secret on first start.
+pub const GENERATE: &str = "generate";
+/// The example domain that must be replaced before the server may start.
+pub const EXAMPLE_DOMAIN: &str = "example.com";
+/// The configuration a package or `serve` writes when there is none, with every key documented.
+pub const EXAMPLE: &str = include_str!("../config.toml.example");
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub homeserver: Homeserver,
+    #[serde(default)]
+    pub appservice: Appservice,
+    #[serde(default)]
+    pub mux: Mux,
+    #[serde(default)]
+    pub metrics: Metrics,
+    #[serde(default)]
+    pub logging: Logging,
+    /// The file this was read from; relative paths in it are relative to its directory.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// `[homeserver]`: the one homeserver asmux serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Homeserver {
+    /// Base URL asmux uses to reach the homeserver's client-server API.
+    pub address: String,
+    /// The homeserver's server name (the part after `:` in user IDs).
+    pub domain: String,
+    /// Synapse's shared-secret login key, used to convert bridges' login passwords.
+    #[serde(default)]
+    pub login_shared_secret: Option<Secret>,
+    /// Seconds to wait for the homeserver on requests asmux makes itself.
+    #[serde(default = "default_hs_timeout")]
+    pub timeout_seconds: u64,
+}
+
+/// `[appservice]`: how the homeserver sees asmux.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Appservice {
+    /// URL the homeserver uses to reach asmux (the registration's `url`).
+    pub address: String,
+    /// Address and port the server listens on.
+    pub hostname: String,
+    pub port: u16,
+    /// The registration's `id` and `sender_localpart`.
+    pub id: String,
+    pub bot_username: String,
+    pub as_token: Secret,
+    pub hs_token: Secret,
+    pub namespace: NamespaceConfig,
+}
+
+/// `[appservice.namespace]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceConfig {
+    /// The global prefix every bridge user and alias starts with.
+    pub prefix: String,
+    /// Whether the namespaces are registered as exclusive.
+    pub exclusive: bool,
+}
+
+/// `[mux]`: multiplexer behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mux {
+    /// The sled database directory; relative to the config file's directory.
+    pub data_dir: PathBuf,
+    /// Root secret of the management API; `generate` creates one on first start.
+    pub shared_secret: Secret,
+    /// Public base URL of asmux, for links handed to bridges and users.
+    pub public_address: String,
+    pub event_filter: EventFilter,
+    pub max_pdu_age_seconds: u64,
+    pub queue_retention_days: u64,
+    pub websocket_ping_seconds: u64,
+    /// Largest homeserver transaction accepted.
+    pub max_body_bytes: u64,
+    /// Largest management API request body accepted.
+    pub max_management_body_bytes: u64,
+    pub bridge_status_endpoint: Option<String>,
+    pub remote_status_endpoint: Option<String>,
+    pub message_send_checkpoint_endpoint: Option<String>,
+    pub bridge_config_templates: BTreeMap<String, PathBuf>,
+}
+
+/// Which routed PDUs are forwarded to bridges (spec 3.1 rule 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EventFilter {
+    #[default]
+    All,
+    OwnerMessages,
+}
+
+/// `[metrics]`: Prometheus exposition.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    pub enabled: bool,
+    pub listen: String,
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Logging {
+    /// A tracing filter: `info`, `asmux=debug,warp=info`, ...
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+fn default_hs_timeout() -> u64 {
+    30
+}
+
+impl Default for Appservice {
+    fn default() -> Self {
+        Appservice {
+            address: "http://localhost:29326".into(),
+            hostname: "127.0.0.1".into(),
+            port: 29326,
+            id: "asmux".into(),
+            bot_username: "asmuxbot".into(),
+            as_token: Secret::new(TOKEN_PLACEHOLDER),
+            hs_token: Secret::new(TOKEN_PLACEHOLDER),
+            namespace: NamespaceConfig::default(),
+        }
+    }
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        NamespaceConfig {
+            prefix: "_".into(),
+            exclusive: true,
+        }
+    }
+}
+
+impl Default for Mux {
+    fn default() -> Self {
+        Mux {
+            data_dir: PathBuf::from("data"),
+            shared_secret: Secret::new(GENERATE),
+            public_address: String::new(),
+            event_filter: EventFilter::All,
+            max_pdu_age_seconds: 180,
+            queue_retention_days: 7,
+            websocket_ping_seconds: 60,
+            max_body_bytes: 100 * 1024 * 1024,
+            max_management_body_bytes: 1024 * 1024,
+            bridge_status_endpoint: None,
+            remote_status_endpoint: None,
+            message_send_checkpoint_endpoint: None,
+            bridge_config_templates: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            enabled: false,
+            listen: "127.0.0.1:8000".into(),
+        }
+    }
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Logging {
+            level: "info".into(),
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+/// A configuration that could not be used; `Display` names the file and every problem.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.problems.as_slice() {
+            [one] => write!(f, "{}: {one}", self.path.display()),
+            many => {
+                write!(f, "{}: {} problems", self.path.display(), many.len())?;
+                many.iter().try_for_each(|p| write!(f, "\n  - {p}"))
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let fail = |problem: String| ConfigError {
+            path: path.to_owned(),
+            problems: vec![problem],
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses `text` as if read from `path` and validates it.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            // toml's message already names the line, column and key.
+            problems: vec![e.to_string().trim_end().replace('\n', "\n    ")],
+        })?;
+        config.path = path.to_owned();
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Everything that makes this configuration unusable, whatever the command.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, problem: &str| {
+            if !ok {
+                problems.push(problem.to_owned());
+            }
+        };
+        check(
+            is_http_url(&self.homeserver.address),
+            "homeserver.address must be an http:// or https:// URL",
+        );
+        check(
+            is_server_name(&self.homeserver.domain),
+            "homeserver.domain must be a server name like matrix.example.org",
+        );
+        check(
+            self.homeserver.timeout_seconds > 0,
+            "homeserver.timeout_seconds must be at least 1",
+        );
+        check(
+            is_http_url(&self.appservice.address),
+            "appservice.address must be an http:// or https:// URL",
+        );
+        check(
+            self.appservice.hostname.parse::<IpAddr>().is_ok(),
+            "appservice.hostname must be an IP address to listen on, like 127.0.0.1 or ::",
+        );
+        check(
+            is_localpart(&self.appservice.bot_username),
+            "appservice.bot_username must be a valid Matrix localpart",
+        );
+        check(!self.appservice.id.is_empty(), "appservice.id must not be empty");
+        check(
+            !self.appservice.namespace.prefix.is_empty()
+                && is_localpart(&self.appservice.namespace.prefix),
+            "appservice.namespace.prefix must be a non-empty localpart prefix like _",
+        );
+        check(
+            self.mux.public_address.is_empty() || is_http_url(&self.mux.public_address),
+            "mux.public_address must be empty or an http:// or https:// URL",
+        );
+        check(
+            self.shared_secret_pending() || self.mux.shared_secret.expose().len() >= 16,
+            "mux.shared_secret must be \"generate\" or at least 16 characters",
+        );
+        check(
+            self.mux.websocket_ping_seconds > 0,
+            "mux.websocket_ping_seconds must be at least 1",
+        );
+        check(
+            self.mux.max_body_bytes >= 1024 && self.mux.max_management_body_bytes >= 1024,
+            "mux.max_body_bytes and mux.max_management_body_bytes must be at least 1024",
+        );
+        for (name, url) in [
+            ("bridge_status_endpoint", &self.mux.bridge_status_endpoint),
+            ("remote_status_endpoint", &self.mux.remote_status_endpoint),
+            (
+                "message_send_checkpoint_endpoint",
+                &self.mux.message_send_checkpoint_endpoint,
+            ),
+        ] {
+            if url.as_deref().is_some_and(|u| !is_http_url(u)) {
+                problems.push(format!("mux.{name} must be an http:// or https:// URL"));
+            }
+        }
+        for prefix in self.mux.bridge_config_templates.keys() {
+            if !is_valid_name(prefix) {
+                problems.push(format!(
+                    "mux.bridge_config_templates: {prefix:?} is not a valid bridge prefix"
+                ));
+            }
+        }
+        if self.metrics.enabled && self.metrics.listen.parse::<SocketAddr>().is_err() {
+            problems.push("metrics.listen must be an address like 127.0.0.1:8000".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
+            problems.push(format!(
+                "logging.level {:?} is not a valid filter (try \"info\")",
+                self.logging.level
+            ));
+        }
+        problems
+    }
+
+    /// What keeps the server from starting although the file is valid: tokens and the
+    /// domain still being the example's.
+    pub fn serve_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let placeholder = |s: &Secret| s.expose() == TOKEN_PLACEHOLDER || s.expose().is_empty();
+        if placeholder(&self.appservice.as_token) || placeholder(&self.appservice.hs_token) {
+            problems.push(
+                "appservice.as_token and hs_token are not set: run `asmux generate-registration` \
+                 and add the registration file to the homeserver's app_service_config_files"
+                    .to_owned(),
+            );
+        }
+        if self.homeserver.domain == EXAMPLE_DOMAIN {
+            problems.push(format!(
+                "homeserver.domain is still {EXAMPLE_DOMAIN:?}: set it to your homeserver's \
+                 server_name"
+            ));
+        }
+        problems
+    }
+
+    /// The data directory, resolved against the config file's directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.resolve(&self.mux.data_dir)
+    }
+
+    /// `path`, resolved against the config file's directory when relative.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        match self.path.parent() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_owned(),
+        }
+    }
+
+    /// The address the server listens on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        // Validated in `problems`; the fallback only guards a config built by hand.
+        let ip = self
+            .appservice
+            .hostname
+            .parse()
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        SocketAddr::new(ip, self.appservice.port)
+    }
+
+    /// asmux's namespace on the homeserver.
+    pub fn namespace(&self) -> Namespace {
+        Namespace::new(
+            self.appservice.namespace.prefix.clone(),
+            self.homeserver.domain.clone(),
+        )
+    }
+
+    /// Whether the shared secret is still to be generated.
+    pub fn shared_secret_pending(&self) -> bool {
+        self.mux.shared_secret.expose() == GENERATE
+    }
+}
+
+fn is_http_url(s: &str) -> bool {
+    s.parse::<http::Uri>().is_ok_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
+    })
+}
+
+fn is_server_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+}
+
+fn is_localpart(s: &str) -> bool {
+    !s.is_empty()
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._=-/+".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/asmux/config.toml"))
+    }
+
+    const MINIMAL: &str = "[homeserver]\naddress = \"http://localhost:8008\"\ndomain = \"example.test\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.appservice.port, 29326);
+        assert_eq!(c.appservice.namespace.prefix, "_");
+        assert!(c.appservice.namespace.exclusive);
+        assert_eq!(c.mux.event_filter, EventFilter::All);
+        assert_eq!(c.mux.max_pdu_age_seconds, 180);
+        assert_eq!(c.data_dir(), PathBuf::from("/etc/asmux/data"));
+        assert!(c.shared_secret_pending());
+        // Tokens are the original's placeholders until generate-registration runs.
+        assert_eq!(c.serve_problems().len(), 1);
+    }
+
+    #[test]
+    fn example_config_is_valid_and_documents_every_section() {
+        let c = parse(EXAMPLE).unwrap();
+        assert_eq!(c.homeserver.domain, EXAMPLE_DOMAIN);
+        assert_eq!(c.serve_problems().len(), 2);
+        for section in ["[homeserver]", "[appservice]", "[appservice.namespace]", "[mux]", "[metrics]", "[logging]"] {
+            assert!(EXAMPLE.contains(section), "{section} missing from the example");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let err = parse(&format!("{MINIMAL}[mux]\ndata_dri = \"x\"\n")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("/etc/asmux/config.toml: "), "{msg}");
+        assert!(msg.contains("data_dri"), "{msg}");
+        assert!(msg.contains("line 5"), "{msg}");
+    }
+
+    #[test]
+    fn missing_required_key_is_named() {
+        let msg = parse("[homeserver]\naddress = \"http://x\"\n").unwrap_err().to_string();
+        assert!(msg.contains("domain"), "{msg}");
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let err = parse(
+            "[homeserver]\naddress = \"ftp://x\"\ndomain = \"\"\n[appservice]\nhostname = \"localhost\"\n[mux]\nshared_secret = \"short\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 4, "{err}");
+    }
+}

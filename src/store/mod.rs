@@ -1,0 +1,232 @@
+//! The only module that knows sled. One database in `mux.data_dir`, one tree per mapping,
+//! records encoded with postcard, moka read-through caches in front of the hot lookups.
+//!
+//! Trees and their key layouts:
+//! - `meta`: `b"schema_version"` -> u32 big-endian
+//! - `userid_user`: user localpart -> [`User`]
+//! - `apitoken_userid`: SHA-256(api_token) -> user localpart
+//! - `bridgeid_bridge`: bridge UUID (16 bytes) -> [`Bridge`]
+//! - `ownerprefix_bridgeid`: `"{owner}/{prefix}"` -> bridge UUID
+//! - `roomid_room`: room ID -> [`Room`] (owning bridges, deleted flag)
+//! - `bridgeid_roomid`: bridge UUID ++ room ID -> empty (the rooms a bridge owns)
+
+mod bridges;
+mod cache;
+mod rooms;
+mod users;
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use serde::{de::DeserializeOwned, Serialize};
+use uuid::Uuid;
+
+pub use bridges::{Bridge, ConfigPassword, PushKey};
+pub use rooms::Room;
+pub use users::User;
+
+use cache::ReadThrough;
+
+/// The schema this build reads and writes. Bump it with a migration in [`Store::migrate`]
+/// whenever a record's encoding changes: postcard is not self-describing.
+pub const SCHEMA_VERSION: u32 = 1;
+const SCHEMA_KEY: &[u8] = b"schema_version";
+/// sled's page cache: the data of a homelab install fits many times over.
+const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the data directory {0} is in use by another process (is asmux running?)")]
+    Locked(PathBuf),
+    #[error("database error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record in tree {tree}: {source}")]
+    Corrupt {
+        tree: &'static str,
+        source: postcard::Error,
+    },
+    #[error(
+        "the data directory was written by a newer asmux (schema {found}, this build reads {SCHEMA_VERSION})"
+    )]
+    NewerSchema { found: u32 },
+    #[error("cannot prepare the data directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The embedded database.
+pub struct Store {
+    db: sled::Db,
+    userid_user: sled::Tree,
+    apitoken_userid: sled::Tree,
+    bridgeid_bridge: sled::Tree,
+    ownerprefix_bridgeid: sled::Tree,
+    roomid_room: sled::Tree,
+    bridgeid_roomid: sled::Tree,
+    /// Held by every write and every cache fill, so a fill can never put a value into a
+    /// cache after a newer write invalidated it. Both are rare next to cache hits.
+    lock: Mutex<()>,
+    users: ReadThrough<String, User>,
+    bridges: ReadThrough<Uuid, Bridge>,
+    rooms: ReadThrough<String, Room>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`: directory 0700, files 0600.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked(dir.to_owned())
+                }
+                other => StoreError::Sled(other),
+            })?;
+        restrict_files(dir)?;
+        let store = Store {
+            userid_user: db.open_tree("userid_user")?,
+            apitoken_userid: db.open_tree("apitoken_userid")?,
+            bridgeid_bridge: db.open_tree("bridgeid_bridge")?,
+            ownerprefix_bridgeid: db.open_tree("ownerprefix_bridgeid")?,
+            roomid_room: db.open_tree("roomid_room")?,
+            bridgeid_roomid: db.open_tree("bridgeid_roomid")?,
+            db,
+            lock: Mutex::new(()),
+            users: ReadThrough::new(100_000),
+            bridges: ReadThrough::new(100_000),
+            rooms: ReadThrough::new(1_000_000),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Brings an older schema up to [`SCHEMA_VERSION`]; refuses a newer one.
+    fn migrate(&self) -> Result<(), StoreError> {
+        let found = match self.db.get(SCHEMA_KEY)? {
+            Some(v) => u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                StoreError::Corrupt {
+                    tree: "meta",
+                    source: postcard::Error::DeserializeUnexpectedEnd,
+                }
+            })?),
+            None => 0,
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema { found });
+        }
+        // Version 0 is an empty, new database: nothing to convert. Later versions add
+        // their conversions here, one step at a time.
+        if found < SCHEMA_VERSION {
+            self.db
+                .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Makes every write so far durable. Concurrent callers share one fsync.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    fn write_lock(&self) -> MutexGuard<'_, ()> {
+        // A panic while holding the guard cannot leave a half-written record (sled writes
+        // are atomic), so a poisoned lock is still safe to use.
+        self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Restricts the files sled created to their owner; the 0700 directory already keeps
+/// others out of files created later.
+fn restrict_files(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let mode = if entry.file_type()?.is_dir() {
+            restrict_files(&entry.path())?;
+            0o700
+        } else {
+            0o600
+        };
+        std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising plain structs to a Vec cannot fail; an empty record would be caught by
+    // decode's error path on the next read.
+    postcard::to_stdvec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|source| StoreError::Corrupt { tree, source })
+}
+
+/// Turns a sled transaction result into the store's error, keeping aborts of type `E`.
+fn tx_result<T, E: From<StoreError>>(
+    result: sled::transaction::TransactionResult<T, E>,
+) -> Result<T, E> {
+    result.map_err(|e| match e {
+        sled::transaction::TransactionError::Abort(e) => e,
+        sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e).into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_and_files_are_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let store = Store::open(&dir).unwrap();
+        store.create_user("alice").unwrap();
+        drop(store);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                assert_eq!(mode(&path), 0o600, "{}", path.display());
+            }
+        }
+    }
+
+    #[test]
+    fn second_open_reports_the_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _first = Store::open(tmp.path()).unwrap();
+        // sled's lock is per process through fcntl on some systems; only check the
+        // message when it is refused.
+        match Store::open(tmp.path()) {
+            Err(StoreError::Locked(p)) => assert_eq!(p, tmp.path()),
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => {}
+        }
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(tmp.path()).unwrap();
+            db.insert(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        assert!(matches!(
+            Store::open(tmp.path()),
+            Err(StoreError::NewerSchema { found }) if found == SCHEMA_VERSION + 1
+        ));
+    }
+}

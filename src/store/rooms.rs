@@ -1,0 +1,143 @@
+//! Rooms: which bridges own a room, and whether it was deleted.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::ConflictableTransactionError;
+use sled::Transactional;
+use uuid::Uuid;
+
+use super::{decode, encode, tx_result, Store, StoreError};
+
+/// What asmux knows of a room. Room IDs are opaque and never parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Room {
+    /// The bridges events of this room are routed to.
+    pub owners: Vec<Uuid>,
+    /// Deleted rooms drop their events.
+    pub deleted: bool,
+}
+
+fn bridge_room_key(bridge: Uuid, room_id: &str) -> Vec<u8> {
+    [bridge.as_bytes().as_slice(), room_id.as_bytes()].concat()
+}
+
+impl Store {
+    /// The room `room_id`, if any bridge ever owned it or it was deleted.
+    pub fn room(&self, room_id: &str) -> Result<Option<Arc<Room>>, StoreError> {
+        self.rooms.get(&room_id.to_owned(), &self.lock, || {
+            self.roomid_room
+                .get(room_id)?
+                .map(|v| decode("roomid_room", &v))
+                .transpose()
+        })
+    }
+
+    /// Adds `bridge` to the owners of `room_id`. Returns false when it already was one.
+    pub fn add_room_owner(&self, room_id: &str, bridge: Uuid) -> Result<bool, StoreError> {
+        let _guard = self.write_lock();
+        let added = tx_result::<_, StoreError>(
+            (&self.roomid_room, &self.bridgeid_roomid).transaction(|(rooms, bridge_rooms)| {
+                let mut room: Room = match rooms.get(room_id)? {
+                    Some(v) => decode("roomid_room", &v).map_err(ConflictableTransactionError::Abort)?,
+                    None => Room::default(),
+                };
+                if room.owners.contains(&bridge) {
+                    return Ok(false);
+                }
+                room.owners.push(bridge);
+                rooms.insert(room_id.as_bytes(), encode(&room))?;
+                bridge_rooms.insert(bridge_room_key(bridge, room_id), &[])?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(true)
+            }),
+        )?;
+        self.rooms.invalidate(&room_id.to_owned());
+        Ok(added)
+    }
+
+    /// Marks `room_id` deleted (remembering it even if no bridge owned it), so that its
+    /// events are dropped from now on.
+    pub fn mark_room_deleted(&self, room_id: &str) -> Result<(), StoreError> {
+        let _guard = self.write_lock();
+        let mut room: Room = match self.roomid_room.get(room_id)? {
+            Some(v) => decode("roomid_room", &v)?,
+            None => Room::default(),
+        };
+        room.deleted = true;
+        self.roomid_room.insert(room_id, encode(&room))?;
+        self.rooms.invalidate(&room_id.to_owned());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::urlsafe_token;
+    use crate::store::Bridge;
+
+    fn bridge(owner: &str, prefix: &str) -> Bridge {
+        Bridge {
+            id: Uuid::new_v4(),
+            owner: owner.into(),
+            prefix: prefix.into(),
+            bot: "bot".into(),
+            address: String::new(),
+            push: false,
+            hs_token: urlsafe_token(48),
+            as_token: urlsafe_token(20),
+            push_key: None,
+            config_password: None,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn rooms_have_several_owners_and_lose_deleted_bridges() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let (wa, _) = store.insert_bridge(bridge("alice", "whatsapp")).unwrap();
+        let (tg, _) = store.insert_bridge(bridge("alice", "telegram")).unwrap();
+        let room = "!o-Qzij4pVy-fGxdFgb8LDLJ5y9ykdPENMse-TF2O8zQ";
+        assert!(store.room(room).unwrap().is_none());
+        assert!(store.add_room_owner(room, wa.id).unwrap());
+        assert!(!store.add_room_owner(room, wa.id).unwrap());
+        assert!(store.add_room_owner(room, tg.id).unwrap());
+        assert_eq!(store.room(room).unwrap().unwrap().owners, vec![wa.id, tg.id]);
+
+        assert!(store.delete_bridge(wa.id).unwrap());
+        assert!(!store.delete_bridge(wa.id).unwrap());
+        assert_eq!(store.room(room).unwrap().unwrap().owners, vec![tg.id]);
+        assert!(store.bridge_by_name("alice", "whatsapp").unwrap().is_none());
+        assert!(store.bridge(wa.id).unwrap().is_none());
+
+        store.mark_room_deleted(room).unwrap();
+        let r = store.room(room).unwrap().unwrap();
+        assert!(r.deleted);
+        assert_eq!(r.owners, vec![tg.id]);
+    }
+
+    #[test]
+    fn bridge_names_are_unique_and_tokens_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let first = bridge("alice", "whatsapp");
+        let (stored, created) = store.insert_bridge(first.clone()).unwrap();
+        assert!(created);
+        let (again, created) = store.insert_bridge(bridge("alice", "whatsapp")).unwrap();
+        assert!(!created);
+        assert_eq!(again.id, stored.id);
+        assert_eq!(store.bridges(Some("alice")).unwrap().len(), 1);
+        assert_eq!(store.bridges(Some("alic")).unwrap().len(), 0);
+
+        let token = first.real_as_token();
+        assert_eq!(store.bridge_by_token(&token).unwrap().unwrap().id, first.id);
+        assert!(store.bridge_by_token(&format!("{token}x")).unwrap().is_none());
+        assert!(store.bridge_by_token(&token[..37]).unwrap().is_none());
+        assert!(store.bridge_by_token("short").unwrap().is_none());
+        assert!(store
+            .bridge_by_token(&format!("{}-{}", Uuid::new_v4(), first.as_token.expose()))
+            .unwrap()
+            .is_none());
+    }
+}
