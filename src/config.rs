@@ -288,7 +288,10 @@ impl Config {
             is_localpart(&self.appservice.bot_username),
             "appservice.bot_username must be a valid Matrix localpart",
         );
-        check(!self.appservice.id.is_empty(), "appservice.id must not be empty");
+        check(
+            !self.appservice.id.is_empty(),
+            "appservice.id must not be empty",
+        );
         check(
             !self.appservice.namespace.prefix.is_empty()
                 && is_localpart(&self.appservice.namespace.prefix),
@@ -400,7 +403,8 @@ impl Config {
     }
 }
 
-fn is_http_url(s: &str) -> bool {
+/// Whether `s` is an absolute http:// or https:// URL.
+pub fn is_http_url(s: &str) -> bool {
     s.parse::<http::Uri>().is_ok_and(|uri| {
         matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
     })
@@ -409,15 +413,13 @@ fn is_http_url(s: &str) -> bool {
 fn is_server_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
 }
 
 fn is_localpart(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._=-/+".contains(&b))
 }
 
@@ -429,7 +431,8 @@ mod tests {
         Config::parse(text, Path::new("/etc/asmux/config.toml"))
     }
 
-    const MINIMAL: &str = "[homeserver]\naddress = \"http://localhost:8008\"\ndomain = \"example.test\"\n";
+    const MINIMAL: &str =
+        "[homeserver]\naddress = \"http://localhost:8008\"\ndomain = \"example.test\"\n";
 
     #[test]
     fn minimal_config_gets_defaults() {
@@ -450,8 +453,18 @@ mod tests {
         let c = parse(EXAMPLE).unwrap();
         assert_eq!(c.homeserver.domain, EXAMPLE_DOMAIN);
         assert_eq!(c.serve_problems().len(), 2);
-        for section in ["[homeserver]", "[appservice]", "[appservice.namespace]", "[mux]", "[metrics]", "[logging]"] {
-            assert!(EXAMPLE.contains(section), "{section} missing from the example");
+        for section in [
+            "[homeserver]",
+            "[appservice]",
+            "[appservice.namespace]",
+            "[mux]",
+            "[metrics]",
+            "[logging]",
+        ] {
+            assert!(
+                EXAMPLE.contains(section),
+                "{section} missing from the example"
+            );
         }
     }
 
@@ -466,7 +479,9 @@ mod tests {
 
     #[test]
     fn missing_required_key_is_named() {
-        let msg = parse("[homeserver]\naddress = \"http://x\"\n").unwrap_err().to_string();
+        let msg = parse("[homeserver]\naddress = \"http://x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("domain"), "{msg}");
     }
 

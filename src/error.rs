@@ -129,7 +129,10 @@ fn rejection_to_error(rejection: &Rejection) -> Error {
         Error::BadRequest("Invalid query string".into())
     } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
         Error::BadRequest(e.to_string().into())
-    } else if rejection.find::<warp::reject::UnsupportedMediaType>().is_some() {
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
         Error::NotJson("Unsupported media type".into())
     } else {
         tracing::error!(?rejection, "unhandled rejection");

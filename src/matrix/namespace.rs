@@ -4,8 +4,7 @@
 /// inside the global namespace splits back into owner and prefix without ambiguity.
 pub fn is_valid_name(s: &str) -> bool {
     (1..=32).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"=.-".contains(&b))
 }
 
@@ -136,7 +135,10 @@ mod tests {
             ns().bridge_regex('#', "a-b", "c.d"),
             r"#_a\-b_c\.d_.+:example\.test"
         );
-        assert_eq!(ns().bot_localpart("alice", "whatsapp", "bot"), "_alice_whatsapp_bot");
+        assert_eq!(
+            ns().bot_localpart("alice", "whatsapp", "bot"),
+            "_alice_whatsapp_bot"
+        );
     }
 
     #[test]
@@ -152,7 +154,8 @@ mod tests {
         );
         // The rest may itself contain underscores.
         assert_eq!(
-            n.parse('@', "@_alice_whatsapp_a_b:example.test").map(|u| u.rest),
+            n.parse('@', "@_alice_whatsapp_a_b:example.test")
+                .map(|u| u.rest),
             Some("a_b")
         );
         assert!(n.in_bridge("@_alice_whatsapp_bot:example.test", "alice", "whatsapp"));
@@ -163,6 +166,8 @@ mod tests {
         assert!(!n.in_bridge("@_alice_whatsapp:example.test", "alice", "whatsapp"));
         assert!(n.parse('@', "@_Alice_whatsapp_x:example.test").is_none());
         assert!(n.parse('#', "@_alice_whatsapp_x:example.test").is_none());
-        assert!(n.parse('@', "@_alice_whatsapp_x:evil.example.test").is_none());
+        assert!(n
+            .parse('@', "@_alice_whatsapp_x:evil.example.test")
+            .is_none());
     }
 }

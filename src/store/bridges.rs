@@ -79,7 +79,11 @@ impl Store {
     }
 
     /// The bridge `owner`/`prefix`.
-    pub fn bridge_by_name(&self, owner: &str, prefix: &str) -> Result<Option<Arc<Bridge>>, StoreError> {
+    pub fn bridge_by_name(
+        &self,
+        owner: &str,
+        prefix: &str,
+    ) -> Result<Option<Arc<Bridge>>, StoreError> {
         match self.ownerprefix_bridgeid.get(name_key(owner, prefix))? {
             Some(id) => match Uuid::from_slice(&id) {
                 Ok(id) => self.bridge(id),
@@ -126,9 +130,11 @@ impl Store {
         match existing {
             Some(_) => {
                 let stored = self.bridge_by_name(&bridge.owner, &bridge.prefix)?;
-                stored.map(|b| (b, false)).ok_or(StoreError::Sled(sled::Error::ReportableBug(
-                    "bridge index points nowhere".into(),
-                )))
+                stored
+                    .map(|b| (b, false))
+                    .ok_or(StoreError::Sled(sled::Error::ReportableBug(
+                        "bridge index points nowhere".into(),
+                    )))
             }
             None => Ok((Arc::new(bridge), true)),
         }

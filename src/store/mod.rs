@@ -111,12 +111,12 @@ impl Store {
     /// Brings an older schema up to [`SCHEMA_VERSION`]; refuses a newer one.
     fn migrate(&self) -> Result<(), StoreError> {
         let found = match self.db.get(SCHEMA_KEY)? {
-            Some(v) => u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
-                StoreError::Corrupt {
+            Some(v) => {
+                u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
                     tree: "meta",
                     source: postcard::Error::DeserializeUnexpectedEnd,
-                }
-            })?),
+                })?)
+            }
             None => 0,
         };
         if found > SCHEMA_VERSION {
@@ -125,8 +125,7 @@ impl Store {
         // Version 0 is an empty, new database: nothing to convert. Later versions add
         // their conversions here, one step at a time.
         if found < SCHEMA_VERSION {
-            self.db
-                .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+            self.db.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
             self.db.flush()?;
         }
         Ok(())
@@ -141,7 +140,9 @@ impl Store {
     fn write_lock(&self) -> MutexGuard<'_, ()> {
         // A panic while holding the guard cannot leave a half-written record (sled writes
         // are atomic), so a poisoned lock is still safe to use.
-        self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

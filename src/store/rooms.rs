@@ -39,7 +39,9 @@ impl Store {
         let added = tx_result::<_, StoreError>(
             (&self.roomid_room, &self.bridgeid_roomid).transaction(|(rooms, bridge_rooms)| {
                 let mut room: Room = match rooms.get(room_id)? {
-                    Some(v) => decode("roomid_room", &v).map_err(ConflictableTransactionError::Abort)?,
+                    Some(v) => {
+                        decode("roomid_room", &v).map_err(ConflictableTransactionError::Abort)?
+                    }
                     None => Room::default(),
                 };
                 if room.owners.contains(&bridge) {
@@ -103,7 +105,10 @@ mod tests {
         assert!(store.add_room_owner(room, wa.id).unwrap());
         assert!(!store.add_room_owner(room, wa.id).unwrap());
         assert!(store.add_room_owner(room, tg.id).unwrap());
-        assert_eq!(store.room(room).unwrap().unwrap().owners, vec![wa.id, tg.id]);
+        assert_eq!(
+            store.room(room).unwrap().unwrap().owners,
+            vec![wa.id, tg.id]
+        );
 
         assert!(store.delete_bridge(wa.id).unwrap());
         assert!(!store.delete_bridge(wa.id).unwrap());
@@ -132,7 +137,10 @@ mod tests {
 
         let token = first.real_as_token();
         assert_eq!(store.bridge_by_token(&token).unwrap().unwrap().id, first.id);
-        assert!(store.bridge_by_token(&format!("{token}x")).unwrap().is_none());
+        assert!(store
+            .bridge_by_token(&format!("{token}x"))
+            .unwrap()
+            .is_none());
         assert!(store.bridge_by_token(&token[..37]).unwrap().is_none());
         assert!(store.bridge_by_token("short").unwrap().is_none());
         assert!(store

@@ -65,9 +65,11 @@ impl Store {
         )?;
         self.users.invalidate(&id.to_owned());
         drop(_guard);
-        let user = self.user(id)?.ok_or(StoreError::Sled(sled::Error::ReportableBug(
-            "user vanished right after creation".into(),
-        )))?;
+        let user = self
+            .user(id)?
+            .ok_or(StoreError::Sled(sled::Error::ReportableBug(
+                "user vanished right after creation".into(),
+            )))?;
         Ok((user, created))
     }
 

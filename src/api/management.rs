@@ -1,0 +1,228 @@
+//! The management API under `/_matrix/asmux` (spec 6): bearer auth with the shared secret
+//! or a user's api_token, the same routes under `/mxauth` with a Matrix access token, and
+//! CORS on every answer.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use warp::http::{HeaderValue, StatusCode};
+use warp::{Filter, Rejection, Reply};
+
+use super::{authorization, body, query_param, raw_query, with_state, Response, Segment};
+use crate::app::AppState;
+use crate::error::handle_rejection;
+use crate::management::{BridgeRef, Caller, ProvisionRequest};
+
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let options = warp::options().map(|| StatusCode::OK.into_response());
+    let mxauth = warp::path("mxauth").and(surface(state.clone(), matrix_caller(state.clone())));
+    let bearer = surface(state.clone(), bearer_caller(state));
+    warp::path!("_matrix" / "asmux" / ..)
+        .and(
+            options
+                .or(mxauth)
+                .unify()
+                .or(bearer)
+                .unify()
+                .recover(handle_rejection)
+                .unify(),
+        )
+        .map(with_cors)
+}
+
+/// The management routes, authenticated by `caller` (checked after the path matched).
+fn surface<C>(
+    state: Arc<AppState>,
+    caller: C,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone
+where
+    C: Filter<Extract = (Caller,), Error = Rejection> + Clone + Send + Sync + 'static,
+{
+    let limit = state.config.mux.max_management_body_bytes;
+    let by_id = warp::path!("appservice" / Segment)
+        .and_then(|Segment(id)| async move { BridgeRef::id(&id).map_err(warp::reject::custom) });
+    let by_name = warp::path!("appservice" / Segment / Segment).and_then(
+        |Segment(owner), Segment(prefix)| async move {
+            BridgeRef::name(&owner, &prefix).map_err(warp::reject::custom)
+        },
+    );
+    let bridge = by_id.or(by_name).unify();
+
+    let provision = bridge
+        .and(warp::put())
+        .and(caller.clone())
+        .and(body::limited(limit))
+        .and(with_state(state.clone()))
+        .and_then(provision);
+    let get = bridge
+        .and(warp::get())
+        .and(caller.clone())
+        .and(with_state(state.clone()))
+        .and_then(get_bridge);
+    let delete = bridge
+        .and(warp::delete())
+        .and(caller.clone())
+        .and(with_state(state.clone()))
+        .and_then(delete_bridge);
+    let list = warp::path!("appservices")
+        .and(warp::get())
+        .and(caller.clone())
+        .and(with_state(state.clone()))
+        .and_then(list_bridges);
+    let user = warp::path!("user" / Segment)
+        .and(
+            warp::get()
+                .map(|| false)
+                .or(warp::put().map(|| true))
+                .unify(),
+        )
+        .and(raw_query())
+        .and(caller.clone())
+        .and(with_state(state.clone()))
+        .and_then(get_user);
+    let room = warp::path!("room" / Segment)
+        .and(warp::delete())
+        .and(caller)
+        .and(with_state(state))
+        .and_then(delete_room);
+
+    provision
+        .or(get)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(list)
+        .unify()
+        .or(user)
+        .unify()
+        .or(room)
+        .unify()
+}
+
+fn bearer_caller(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
+    authorization().and_then(move |header: Option<String>| {
+        let state = state.clone();
+        async move {
+            state
+                .management
+                .caller_from_bearer(header.as_deref())
+                .map_err(warp::reject::custom)
+        }
+    })
+}
+
+fn matrix_caller(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
+    authorization().and_then(move |header: Option<String>| {
+        let state = state.clone();
+        async move {
+            state
+                .management
+                .caller_from_matrix_token(header.as_deref())
+                .await
+                .map_err(warp::reject::custom)
+        }
+    })
+}
+
+/// # `PUT /_matrix/asmux/appservice/{owner}/{prefix}` and `/appservice/{uuid}`
+async fn provision(
+    target: BridgeRef,
+    caller: Caller,
+    body: Bytes,
+    state: Arc<AppState>,
+) -> Result<Response, Rejection> {
+    let request: ProvisionRequest = body::parse_json(&body)?;
+    let (registration, created) = state
+        .management
+        .provision(&caller, &target, request)
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json(&registration, status))
+}
+
+/// # `GET /_matrix/asmux/appservice/{owner}/{prefix}` and `/appservice/{uuid}`
+async fn get_bridge(
+    target: BridgeRef,
+    caller: Caller,
+    state: Arc<AppState>,
+) -> Result<Response, Rejection> {
+    let registration = state.management.registration(&caller, &target)?;
+    Ok(json(&registration, StatusCode::OK))
+}
+
+/// # `DELETE /_matrix/asmux/appservice/{owner}/{prefix}` and `/appservice/{uuid}`
+async fn delete_bridge(
+    target: BridgeRef,
+    caller: Caller,
+    state: Arc<AppState>,
+) -> Result<Response, Rejection> {
+    state.management.delete(&caller, &target).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// # `GET /_matrix/asmux/appservices`
+async fn list_bridges(caller: Caller, state: Arc<AppState>) -> Result<Response, Rejection> {
+    let bridges = state.management.list(&caller)?;
+    Ok(json(
+        &serde_json::json!({ "appservices": bridges }),
+        StatusCode::OK,
+    ))
+}
+
+/// # `GET /_matrix/asmux/user/{id}[?create=1]` and `PUT /_matrix/asmux/user/{id}`
+async fn get_user(
+    Segment(id): Segment,
+    put: bool,
+    query: String,
+    caller: Caller,
+    state: Arc<AppState>,
+) -> Result<Response, Rejection> {
+    let create = put
+        || query_param(&query, "create").is_some_and(|v| {
+            matches!(
+                v.to_ascii_lowercase().as_str(),
+                "1" | "true" | "t" | "y" | "yes"
+            )
+        });
+    let user = state.management.user(&caller, &id, create).await?;
+    Ok(json(&user, StatusCode::OK))
+}
+
+/// # `DELETE /_matrix/asmux/room/{roomId}`
+async fn delete_room(
+    Segment(room_id): Segment,
+    caller: Caller,
+    state: Arc<AppState>,
+) -> Result<Response, Rejection> {
+    state.management.delete_room(&caller, &room_id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn json<T: serde::Serialize>(value: &T, status: StatusCode) -> Response {
+    warp::reply::with_status(warp::reply::json(value), status).into_response()
+}
+
+fn with_cors(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("access-control-allow-origin", "*"),
+        (
+            "access-control-allow-headers",
+            "Authorization, Content-Type",
+        ),
+        ("access-control-allow-methods", "GET, PUT, POST, OPTIONS"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}

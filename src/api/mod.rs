@@ -1,0 +1,68 @@
+//! The HTTP surfaces as warp filters. Handlers here only translate HTTP to calls on the
+//! services and back; the logic lives below this module.
+
+mod appservice;
+mod body;
+mod management;
+
+use std::convert::Infallible;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use warp::{Filter, Rejection};
+
+use crate::app::AppState;
+use crate::error::handle_rejection;
+
+pub use warp::reply::Response;
+
+/// Every route asmux serves, with the one rejection handler.
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    appservice::routes(state.clone())
+        .or(management::routes(state))
+        .unify()
+        .recover(handle_rejection)
+        .unify()
+}
+
+/// Injects the shared state into a handler.
+fn with_state(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// The `Authorization` header, if any.
+fn authorization() -> impl Filter<Extract = (Option<String>,), Error = Rejection> + Copy {
+    warp::header::optional::<String>("authorization")
+}
+
+/// The raw query string, empty when there is none.
+fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Copy {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
+/// The first value of query parameter `name`.
+fn query_param(raw: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(raw.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A percent-decoded path segment (warp's `param` does not decode).
+#[derive(Debug, Clone)]
+struct Segment(String);
+
+impl FromStr for Segment {
+    type Err = std::str::Utf8Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Segment(
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()?
+                .into_owned(),
+        ))
+    }
+}

@@ -1,0 +1,183 @@
+//! Where the `bridge` commands do their work: on the data directory when the server is
+//! stopped, or through the running server's management API when it holds the database.
+//! Both return the same values, so the output does not depend on the path taken.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use http::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::homeserver::Homeserver;
+use crate::http_client::{full_body, HttpClient};
+use crate::management::{BridgeRef, BridgeSummary, Caller, Management, ProvisionRequest};
+use crate::registration::BridgeRegistration;
+use crate::secret::Secret;
+use crate::store::{Store, StoreError};
+
+/// The management API is local; anything slower than this is a hung server.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub enum Backend {
+    Local(Management),
+    Remote {
+        client: HttpClient,
+        base: String,
+        secret: Secret,
+    },
+}
+
+impl Backend {
+    pub fn open(config: &Config) -> Result<Backend> {
+        let client = HttpClient::new().context("cannot load TLS root certificates")?;
+        match Store::open(&config.data_dir()) {
+            Ok(store) => {
+                let homeserver = Arc::new(Homeserver::new(config, client));
+                Ok(Backend::Local(Management::new(
+                    config,
+                    Arc::new(store),
+                    homeserver,
+                )))
+            }
+            Err(StoreError::Locked(_)) => {
+                if config.shared_secret_pending() {
+                    anyhow::bail!("the server holds the database but mux.shared_secret is not set in the config");
+                }
+                let addr = config.listen_addr();
+                let ip = match addr.ip() {
+                    ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+                    ip if ip.is_unspecified() => "[::1]".to_owned(),
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                    ip => ip.to_string(),
+                };
+                Ok(Backend::Remote {
+                    client,
+                    base: format!("http://{ip}:{}/_matrix/asmux", addr.port()),
+                    secret: config.mux.shared_secret.clone(),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn provision(
+        &self,
+        target: &BridgeRef,
+        request: &ProvisionRequest,
+    ) -> Result<(BridgeRegistration, bool)> {
+        match self {
+            Backend::Local(m) => Ok(m
+                .provision(&Caller::Root, target, request.clone())
+                .await
+                .map_err(local)?),
+            Backend::Remote { .. } => {
+                let body = serde_json::to_vec(request)?;
+                let (status, registration) =
+                    self.call(Method::PUT, &path(target), Some(body)).await?;
+                Ok((registration, status == StatusCode::CREATED))
+            }
+        }
+    }
+
+    pub async fn registration(&self, target: &BridgeRef) -> Result<BridgeRegistration> {
+        match self {
+            Backend::Local(m) => Ok(m.registration(&Caller::Root, target).map_err(local)?),
+            Backend::Remote { .. } => Ok(self.call(Method::GET, &path(target), None).await?.1),
+        }
+    }
+
+    pub async fn delete(&self, target: &BridgeRef) -> Result<()> {
+        match self {
+            Backend::Local(m) => m
+                .delete(&Caller::Root, target)
+                .await
+                .map(drop)
+                .map_err(local),
+            Backend::Remote { .. } => {
+                self.call::<serde_json::Value>(Method::DELETE, &path(target), None)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<BridgeSummary>> {
+        match self {
+            Backend::Local(m) => Ok(m.list(&Caller::Root).map_err(local)?),
+            Backend::Remote { .. } => {
+                #[derive(serde::Deserialize)]
+                struct List {
+                    appservices: Vec<BridgeSummary>,
+                }
+                let (_, list) = self.call::<List>(Method::GET, "/appservices", None).await?;
+                Ok(list.appservices)
+            }
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, T)> {
+        let Backend::Remote {
+            client,
+            base,
+            secret,
+        } = self
+        else {
+            unreachable!("call is only used on the remote backend");
+        };
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("{base}{path}"))
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", secret.expose()),
+            )
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(full_body(body.unwrap_or_default()))?;
+        let response = client
+            .send_buffered(request, REMOTE_TIMEOUT)
+            .await
+            .with_context(|| {
+                format!("the database is in use, and the server at {base} did not answer")
+            })?;
+        if !response.status.is_success() {
+            let err: serde_json::Value = serde_json::from_slice(&response.body).unwrap_or_default();
+            return Err(anyhow!(
+                "{}: {}",
+                err["errcode"].as_str().unwrap_or("M_UNKNOWN"),
+                err["error"]
+                    .as_str()
+                    .unwrap_or("unexpected answer from the server")
+            ));
+        }
+        // DELETE answers 204 without a body.
+        let body = if response.body.is_empty() {
+            b"null".as_slice()
+        } else {
+            &response.body
+        };
+        Ok((
+            response.status,
+            serde_json::from_slice(body).context("unexpected answer from the server")?,
+        ))
+    }
+}
+
+fn path(target: &BridgeRef) -> String {
+    match target {
+        BridgeRef::Id(id) => format!("/appservice/{id}"),
+        BridgeRef::Name { owner, prefix } => format!("/appservice/{owner}/{prefix}"),
+    }
+}
+
+/// The same text the remote path prints for an API error.
+fn local(err: Error) -> anyhow::Error {
+    anyhow!("{}: {err}", err.errcode())
+}

@@ -1,0 +1,366 @@
+//! The command line: `serve`, `generate-registration`, `check-config` and the `bridge`
+//! commands, which work on the data directory or through the running server.
+
+mod backend;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, LogFormat};
+use crate::management::{BridgeRef, ProvisionRequest};
+use crate::registration::BridgeRegistration;
+use crate::setup;
+use crate::store::Store;
+use backend::Backend;
+
+/// The config file used when `-c` is not given and it exists.
+const SYSTEM_CONFIG: &str = "/etc/asmux/config.toml";
+
+/// asmux: many Matrix bridges behind one application service registration.
+#[derive(Debug, Parser)]
+#[command(name = "asmux", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file [default: /etc/asmux/config.toml if it exists, else ./config.toml]
+    #[arg(short, long, global = true, value_name = "PATH", env = "ASMUX_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server. Without a config file, writes a new one (with generated secrets)
+    /// and the homeserver registration next to it first.
+    Serve(ServeArgs),
+    /// Generate asmux's appservice tokens, save them in the config and write the
+    /// registration file for the homeserver.
+    GenerateRegistration {
+        /// Where to write the registration
+        #[arg(short, long, value_name = "PATH", default_value = "registration.yaml")]
+        registration: PathBuf,
+    },
+    /// Check the configuration and report every problem.
+    CheckConfig,
+    /// Provision and inspect bridges.
+    #[command(subcommand)]
+    Bridge(BridgeCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Homeserver server name written into a new config
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// Homeserver URL written into a new config
+    #[arg(long, value_name = "URL", default_value = "http://localhost:8008")]
+    homeserver_url: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum BridgeCommand {
+    /// Provision a bridge (or update an existing one) and print its registration.
+    Create {
+        owner: String,
+        prefix: String,
+        /// The bridge connects to asmux over a websocket (no address needed)
+        #[arg(long, conflicts_with = "address")]
+        websocket: bool,
+        /// Base URL asmux pushes transactions to
+        #[arg(long, value_name = "URL")]
+        address: Option<String>,
+        /// Localpart suffix of the bridge bot
+        #[arg(long)]
+        bot: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Yaml)]
+        format: Format,
+    },
+    /// List bridges.
+    List,
+    /// Show one bridge: OWNER PREFIX, OWNER/PREFIX or UUID.
+    Show {
+        #[arg(num_args = 1..=2, required = true, value_name = "BRIDGE")]
+        bridge: Vec<String>,
+    },
+    /// Delete a bridge, its queue and its room ownerships: OWNER PREFIX, OWNER/PREFIX or UUID.
+    Delete {
+        #[arg(num_args = 1..=2, required = true, value_name = "BRIDGE")]
+        bridge: Vec<String>,
+    },
+    /// Print the registration a bridge needs (the same the management API returns).
+    ExportRegistration {
+        owner: String,
+        prefix: String,
+        #[arg(long, value_enum, default_value_t = Format::Yaml)]
+        format: Format,
+        /// Write to this file (mode 0600) instead of standard output
+        #[arg(short, long, value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Yaml,
+    Json,
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("asmux: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let config_path = cli.config.unwrap_or_else(default_config_path);
+    match cli.command {
+        Command::Serve(args) => serve(&config_path, args),
+        Command::GenerateRegistration { registration } => {
+            setup::generate_registration(&config_path, &registration)?;
+            println!(
+                "Wrote new tokens to {} and the registration to {}.",
+                config_path.display(),
+                registration.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig => check_config(&config_path),
+        Command::Bridge(command) => {
+            let config = Config::load(&config_path)?;
+            init_logging(&config, true);
+            runtime()?.block_on(bridge_command(config, command))
+        }
+    }
+}
+
+fn default_config_path() -> PathBuf {
+    if Path::new(SYSTEM_CONFIG).exists() {
+        PathBuf::from(SYSTEM_CONFIG)
+    } else {
+        PathBuf::from("config.toml")
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn serve(config_path: &Path, args: ServeArgs) -> Result<ExitCode> {
+    if !config_path.exists() {
+        let registration = setup::init_config(config_path, &args.domain, &args.homeserver_url)?;
+        print_first_run(config_path, &registration);
+    }
+    let config = Config::load(config_path)?;
+    let problems = config.serve_problems();
+    if !problems.is_empty() {
+        for problem in problems {
+            eprintln!("asmux: {}: {problem}", config_path.display());
+        }
+        return Ok(ExitCode::from(2));
+    }
+    let config = setup::ensure_shared_secret(config)?;
+    init_logging(&config, false);
+    let store = Arc::new(Store::open(&config.data_dir())?);
+    runtime()?.block_on(async move {
+        let addr = config.listen_addr();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let state = crate::app::AppState::new(config, store)?;
+        crate::app::run(listener, state, crate::shutdown::signal()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_first_run(config: &Path, registration: &Path) {
+    let registration =
+        std::fs::canonicalize(registration).unwrap_or_else(|_| registration.to_owned());
+    eprintln!(
+        "Wrote a new configuration to {} and the homeserver registration to {}.\n\
+         Check homeserver.domain and homeserver.address in the config, then add to Synapse's homeserver.yaml:\n\n\
+         \x20 app_service_config_files:\n\
+         \x20   - {}\n\
+         \x20 experimental_features:\n\
+         \x20   msc2409_to_device_messages_enabled: true\n\
+         \x20   msc3202_transaction_extensions: true\n\n\
+         and restart Synapse. The management API secret is mux.shared_secret in the config.\n",
+        config.display(),
+        registration.display(),
+        registration.display(),
+    );
+}
+
+fn check_config(path: &Path) -> Result<ExitCode> {
+    let config = Config::load(path)?;
+    let problems = config.serve_problems();
+    if problems.is_empty() {
+        println!("{}: OK", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    for problem in problems {
+        println!("{}: {problem}", path.display());
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+/// Logs to stderr; under systemd (JOURNAL_STREAM set) without timestamps, since the
+/// journal adds its own. CLI commands only log warnings unless RUST_LOG says otherwise.
+pub fn init_logging(config: &Config, quiet: bool) {
+    let level = if quiet {
+        "warn"
+    } else {
+        config.logging.level.as_str()
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match (
+        config.logging.format,
+        std::env::var_os("JOURNAL_STREAM").is_some(),
+    ) {
+        (LogFormat::Json, _) => builder.json().try_init(),
+        (LogFormat::Pretty, true) => builder.without_time().with_ansi(false).try_init(),
+        (LogFormat::Pretty, false) => builder.try_init(),
+    };
+    // Only fails when a subscriber is already installed (tests); keep that one.
+    let _ = result;
+}
+
+async fn bridge_command(config: Config, command: BridgeCommand) -> Result<ExitCode> {
+    let backend = Backend::open(&config)?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        BridgeCommand::Create {
+            owner,
+            prefix,
+            websocket,
+            address,
+            bot,
+            format,
+        } => {
+            let target = BridgeRef::name(&owner, &prefix)?;
+            let request = ProvisionRequest {
+                push: Some(!websocket),
+                address: address.or(websocket.then(String::new)),
+                bot,
+                ..ProvisionRequest::default()
+            };
+            let (registration, created) = backend.provision(&target, &request).await?;
+            eprintln!(
+                "{} bridge {owner}/{prefix} ({})",
+                if created { "Created" } else { "Updated" },
+                registration.id
+            );
+            write_registration(&mut out, &registration, format)?;
+        }
+        BridgeCommand::List => {
+            let bridges = backend.list().await?;
+            writeln!(
+                out,
+                "{:<36}  {:<32}  {:<9}  ADDRESS",
+                "ID", "BRIDGE", "MODE"
+            )?;
+            for b in bridges {
+                let name = format!("{}/{}", b.owner, b.prefix);
+                let mode = if b.push { "push" } else { "websocket" };
+                writeln!(
+                    out,
+                    "{:<36}  {:<32}  {:<9}  {}",
+                    b.id, name, mode, b.address
+                )?;
+            }
+        }
+        BridgeCommand::Show { bridge } => {
+            let registration = backend.registration(&bridge_ref(&bridge)?).await?;
+            let user_ns = registration
+                .namespaces
+                .users
+                .first()
+                .map(|n| n.regex.as_str())
+                .unwrap_or("");
+            writeln!(out, "id:         {}", registration.id)?;
+            writeln!(
+                out,
+                "bot:        @{}:{}",
+                registration.sender_localpart, config.homeserver.domain
+            )?;
+            writeln!(out, "namespace:  {user_ns}")?;
+            let mode = if registration.url.is_empty() {
+                "websocket (or push without address)".to_owned()
+            } else {
+                format!("push to {}", registration.url)
+            };
+            writeln!(out, "delivery:   {mode}")?;
+        }
+        BridgeCommand::Delete { bridge } => {
+            let target = bridge_ref(&bridge)?;
+            backend.delete(&target).await?;
+            writeln!(out, "Deleted bridge {}", bridge.join("/"))?;
+        }
+        BridgeCommand::ExportRegistration {
+            owner,
+            prefix,
+            format,
+            output,
+        } => {
+            let registration = backend
+                .registration(&BridgeRef::name(&owner, &prefix)?)
+                .await?;
+            match output {
+                Some(path) => {
+                    let mut buf = Vec::new();
+                    write_registration(&mut buf, &registration, format)?;
+                    setup::write_atomically(&path, &buf, 0o600)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    eprintln!(
+                        "Wrote the registration of {owner}/{prefix} to {}",
+                        path.display()
+                    );
+                }
+                None => write_registration(&mut out, &registration, format)?,
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `OWNER PREFIX`, `OWNER/PREFIX` or `UUID`.
+fn bridge_ref(args: &[String]) -> Result<BridgeRef> {
+    let target = match args {
+        [owner, prefix] => BridgeRef::name(owner, prefix),
+        [one] => match one.split_once('/') {
+            Some((owner, prefix)) => BridgeRef::name(owner, prefix),
+            None => BridgeRef::id(one),
+        },
+        _ => bail!("name a bridge as OWNER PREFIX, OWNER/PREFIX or UUID"),
+    };
+    Ok(target?)
+}
+
+fn write_registration(
+    out: &mut impl Write,
+    registration: &BridgeRegistration,
+    format: Format,
+) -> Result<()> {
+    let text = match format {
+        Format::Yaml => serde_yaml_ng::to_string(registration)?,
+        Format::Json => serde_json::to_string_pretty(registration)? + "\n",
+    };
+    out.write_all(text.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! The client-server API calls asmux makes on its own behalf: resolving access tokens and
+//! registering bridge bots.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::http_client::{full_body, HttpClient, RequestError};
+use crate::secret::Secret;
+
+/// The homeserver, as seen by asmux's own appservice user.
+pub struct Homeserver {
+    client: HttpClient,
+    /// Base URL without a trailing slash.
+    base: String,
+    as_token: Secret,
+    timeout: Duration,
+}
+
+/// Why the homeserver gave no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeserverError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("homeserver answered {status}: {body}")]
+    Status { status: u16, body: String },
+}
+
+impl Homeserver {
+    pub fn new(config: &Config, client: HttpClient) -> Homeserver {
+        Homeserver {
+            client,
+            base: config.homeserver.address.trim_end_matches('/').to_owned(),
+            as_token: config.appservice.as_token.clone(),
+            timeout: Duration::from_secs(config.homeserver.timeout_seconds),
+        }
+    }
+
+    /// The user ID an access token belongs to; `None` when the homeserver refuses it.
+    pub async fn whoami(&self, access_token: &str) -> Result<Option<String>, HomeserverError> {
+        let (status, body) = self
+            .call(
+                http::Method::GET,
+                "/_matrix/client/v3/account/whoami",
+                access_token,
+                None,
+            )
+            .await?;
+        match status.as_u16() {
+            200 => Ok(body
+                .get("user_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)),
+            401 | 403 => Ok(None),
+            other => Err(HomeserverError::Status {
+                status: other,
+                body: body.to_string(),
+            }),
+        }
+    }
+
+    /// Registers `localpart` as an appservice user; an existing user counts as success.
+    pub async fn register_appservice_user(&self, localpart: &str) -> Result<(), HomeserverError> {
+        let body = json!({"type": "m.login.application_service", "username": localpart});
+        let (status, body) = self
+            .call(
+                http::Method::POST,
+                "/_matrix/client/v3/register?kind=user",
+                self.as_token.expose(),
+                Some(body),
+            )
+            .await?;
+        let in_use = body.get("errcode").and_then(Value::as_str) == Some("M_USER_IN_USE");
+        if status.is_success() || in_use {
+            Ok(())
+        } else {
+            Err(HomeserverError::Status {
+                status: status.as_u16(),
+                body: body.to_string(),
+            })
+        }
+    }
+
+    async fn call(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Result<(http::StatusCode, Value), HomeserverError> {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path_and_query}", self.base))
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(full_body(body.map(|b| b.to_string()).unwrap_or_default()))
+            .map_err(|e| RequestError::Invalid(e.to_string()))?;
+        let response = self.client.send_buffered(request, self.timeout).await?;
+        let json = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+        Ok((response.status, json))
+    }
+}

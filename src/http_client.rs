@@ -1,0 +1,104 @@
+//! The pooled HTTP client for every outgoing request: to the homeserver and to bridges.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+/// Bytes of a response body read into memory at most, for the small JSON answers asmux
+/// reads itself (whoami, register, bridge pings).
+pub const MAX_JSON_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// An outgoing request body.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A pooled client for http:// and https:// (rustls, the system's root certificates).
+#[derive(Clone)]
+pub struct HttpClient {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+}
+
+/// Why an outgoing request produced no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("connection failed: {0}")]
+    Connect(String),
+    #[error("timed out")]
+    Timeout,
+    #[error("response body over {MAX_JSON_RESPONSE_BYTES} bytes or unreadable")]
+    Body,
+}
+
+/// A response whose body was read into memory.
+pub struct BufferedResponse {
+    pub status: http::StatusCode,
+    pub body: Bytes,
+}
+
+impl HttpClient {
+    pub fn new() -> std::io::Result<HttpClient> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(https);
+        Ok(HttpClient { client })
+    }
+
+    /// Sends `request` and reads the whole (small) response body, all within `timeout`.
+    pub async fn send_buffered(
+        &self,
+        request: http::Request<Body>,
+        timeout: Duration,
+    ) -> Result<BufferedResponse, RequestError> {
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| RequestError::Connect(error_chain(&e)))?;
+            let status = response.status();
+            let body = http_body_util::Limited::new(response.into_body(), MAX_JSON_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|_| RequestError::Body)?
+                .to_bytes();
+            Ok(BufferedResponse { status, body })
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| RequestError::Timeout)?
+    }
+}
+
+/// A request body from bytes in memory.
+pub fn full_body(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An error and its sources on one line: hyper's top-level messages alone say little.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

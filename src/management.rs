@@ -1,0 +1,440 @@
+//! Provisioning and managing bridges and their owners (spec 6): the logic behind the
+//! management API, also used directly by the CLI when the server is not running.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use data_encoding::BASE32_NOPAD;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::config::{is_http_url, Config};
+use crate::error::Error;
+use crate::homeserver::Homeserver;
+use crate::matrix::{is_valid_name, Namespace};
+use crate::registration::BridgeRegistration;
+use crate::secret::{token_digest, urlsafe_token, Secret};
+use crate::store::{Bridge, ConfigPassword, Store, StoreError, User};
+
+/// How long a resolved Matrix access token is trusted without asking the homeserver again.
+const WHOAMI_TTL: Duration = Duration::from_secs(300);
+/// Bounds and default of a config password's lifetime, in seconds.
+const CONFIG_PASSWORD_LIFETIME: (u64, u64, u64) = (30, 300, 3600);
+
+/// Who is calling the management API.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The holder of `mux.shared_secret`.
+    Root,
+    /// A bridge owner, limited to their own bridges and record.
+    User(Arc<User>),
+}
+
+/// How a request names a bridge.
+#[derive(Debug, Clone)]
+pub enum BridgeRef {
+    Id(Uuid),
+    Name { owner: String, prefix: String },
+}
+
+impl BridgeRef {
+    /// Parses the `{uuid}` path form.
+    pub fn id(raw: &str) -> Result<BridgeRef, Error> {
+        Uuid::try_parse(raw)
+            .map(BridgeRef::Id)
+            .map_err(|_| Error::BadRequest("Invalid UUID".into()))
+    }
+
+    /// Parses the `{owner}/{prefix}` path form.
+    pub fn name(owner: &str, prefix: &str) -> Result<BridgeRef, Error> {
+        if !is_valid_name(owner) {
+            return Err(Error::BadRequest(
+                "Appservice owner must match [a-z0-9=.-]{1,32}".into(),
+            ));
+        }
+        if !is_valid_name(prefix) {
+            return Err(Error::BadRequest(
+                "Appservice prefix must match [a-z0-9=.-]{1,32}".into(),
+            ));
+        }
+        Ok(BridgeRef::Name {
+            owner: owner.to_owned(),
+            prefix: prefix.to_owned(),
+        })
+    }
+}
+
+/// Body of `PUT /appservice/...`; absent fields keep their current value.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct ProvisionRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot: Option<String>,
+    #[serde(default)]
+    pub generate_config: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_password_lifetime: Option<i64>,
+}
+
+/// A user record as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub id: String,
+    pub api_token: String,
+    pub login_token: String,
+}
+
+/// One line of `GET /appservices`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeSummary {
+    pub id: Uuid,
+    pub owner: String,
+    pub prefix: String,
+    pub bot: String,
+    pub push: bool,
+    pub address: String,
+}
+
+/// The management service.
+pub struct Management {
+    store: Arc<Store>,
+    homeserver: Arc<Homeserver>,
+    namespace: Namespace,
+    exclusive: bool,
+    shared_secret: Secret,
+    /// SHA-256 of a Matrix access token -> its user ID, as the homeserver said.
+    whoami: moka::future::Cache<[u8; 32], String>,
+}
+
+impl Management {
+    pub fn new(config: &Config, store: Arc<Store>, homeserver: Arc<Homeserver>) -> Self {
+        Management {
+            store,
+            homeserver,
+            namespace: config.namespace(),
+            exclusive: config.appservice.namespace.exclusive,
+            shared_secret: config.mux.shared_secret.clone(),
+            whoami: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(WHOAMI_TTL)
+                .build(),
+        }
+    }
+
+    /// Resolves an `Authorization` header holding the shared secret or a user's api_token.
+    pub fn caller_from_bearer(&self, header: Option<&str>) -> Result<Caller, Error> {
+        let token = bearer_token(header)?;
+        if self.shared_secret.matches(token) {
+            return Ok(Caller::Root);
+        }
+        match self.store.user_by_api_token(token).map_err(store_error)? {
+            Some(user) => Ok(Caller::User(user)),
+            None => Err(Error::UnknownToken("Invalid authorization token")),
+        }
+    }
+
+    /// Resolves an `Authorization` header holding a Matrix access token of a local user
+    /// who has a record here.
+    pub async fn caller_from_matrix_token(&self, header: Option<&str>) -> Result<Caller, Error> {
+        let token = bearer_token(header)?;
+        let key = token_digest(token);
+        let user_id = match self.whoami.get(&key).await {
+            Some(user_id) => user_id,
+            None => {
+                let resolved = self.homeserver.whoami(token).await.map_err(|e| {
+                    tracing::warn!(error = %e, "whoami failed");
+                    Error::BadGateway
+                })?;
+                let user_id = resolved.ok_or(Error::UnknownToken("Invalid authorization token"))?;
+                self.whoami.insert(key, user_id.clone()).await;
+                user_id
+            }
+        };
+        let localpart = user_id
+            .strip_prefix('@')
+            .and_then(|rest| rest.strip_suffix(self.namespace.server.as_str()))
+            .and_then(|rest| rest.strip_suffix(':'));
+        let user = match localpart {
+            Some(localpart) => self.store.user(localpart).map_err(store_error)?,
+            None => None,
+        };
+        user.map(Caller::User).ok_or(Error::Forbidden(
+            "This Matrix user has no account on this asmux".into(),
+        ))
+    }
+
+    /// `PUT /appservice/...`: creates the bridge (`true`) or updates it (`false`).
+    pub async fn provision(
+        &self,
+        caller: &Caller,
+        target: &BridgeRef,
+        request: ProvisionRequest,
+    ) -> Result<(BridgeRegistration, bool), Error> {
+        if let Some(address) = &request.address {
+            if !address.is_empty() && !is_http_url(address) {
+                return Err(Error::BadRequest(
+                    "address must be an http(s) URL or empty".into(),
+                ));
+            }
+        }
+        if let Some(bot) = &request.bot {
+            if bot.is_empty()
+                || !bot
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._=-".contains(&b))
+            {
+                return Err(Error::BadRequest(
+                    "bot must be a lowercase Matrix localpart".into(),
+                ));
+            }
+        }
+        let lifetime = request
+            .config_password_lifetime
+            .map(|s| {
+                s.clamp(
+                    CONFIG_PASSWORD_LIFETIME.0 as i64,
+                    CONFIG_PASSWORD_LIFETIME.2 as i64,
+                ) as u64
+            })
+            .unwrap_or(CONFIG_PASSWORD_LIFETIME.1);
+        let password = request
+            .generate_config
+            .then(|| new_config_password(lifetime));
+
+        if let Some(existing) = self.find(caller, target)? {
+            let mut bridge = (*existing).clone();
+            if let Some(address) = request.address {
+                bridge.address = address;
+            }
+            if let Some(push) = request.push {
+                bridge.push = push;
+            }
+            if let Some((_, stored)) = &password {
+                bridge.config_password = Some(stored.clone());
+            }
+            if bridge != *existing {
+                self.store.update_bridge(&bridge).map_err(store_error)?;
+                self.flush().await?;
+            }
+            let registration = self.registration_of(&bridge, password, lifetime)?;
+            return Ok((registration, false));
+        }
+
+        let BridgeRef::Name { owner, prefix } = target else {
+            return Err(self.not_found(caller));
+        };
+        let owner_user = match caller {
+            Caller::Root => self.store.create_user(owner).map_err(store_error)?,
+            Caller::User(user) => user.clone(),
+        };
+        let bridge = Bridge {
+            id: Uuid::new_v4(),
+            owner: owner.clone(),
+            prefix: prefix.clone(),
+            bot: request.bot.unwrap_or_else(|| "bot".into()),
+            address: request.address.unwrap_or_default(),
+            push: request.push.unwrap_or(true),
+            hs_token: urlsafe_token(48),
+            as_token: urlsafe_token(20),
+            push_key: None,
+            config_password: password.as_ref().map(|(_, stored)| stored.clone()),
+            created_at: now().as_millis() as u64,
+        };
+        let (bridge, created) = self.store.insert_bridge(bridge).map_err(store_error)?;
+        self.flush().await?;
+        if created {
+            tracing::info!(bridge = %bridge.name(), id = %bridge.id, push = bridge.push, "provisioned bridge");
+            let bot = self
+                .namespace
+                .bot_localpart(&bridge.owner, &bridge.prefix, &bridge.bot);
+            if let Err(e) = self.homeserver.register_appservice_user(&bot).await {
+                tracing::warn!(bridge = %bridge.name(), error = %e, "could not register the bridge bot");
+            }
+        }
+        let registration =
+            BridgeRegistration::new(&bridge, &owner_user, &self.namespace, self.exclusive);
+        Ok((with_password(registration, password, lifetime), created))
+    }
+
+    /// `GET /appservice/...`.
+    pub fn registration(
+        &self,
+        caller: &Caller,
+        target: &BridgeRef,
+    ) -> Result<BridgeRegistration, Error> {
+        let bridge = self
+            .find(caller, target)?
+            .ok_or_else(|| self.not_found(caller))?;
+        self.registration_of(&bridge, None, 0)
+    }
+
+    /// `DELETE /appservice/...`: removes the bridge, its queue and its rooms.
+    pub async fn delete(&self, caller: &Caller, target: &BridgeRef) -> Result<Arc<Bridge>, Error> {
+        let bridge = self
+            .find(caller, target)?
+            .ok_or_else(|| self.not_found(caller))?;
+        self.store.delete_bridge(bridge.id).map_err(store_error)?;
+        self.flush().await?;
+        tracing::info!(bridge = %bridge.name(), id = %bridge.id, "deleted bridge");
+        Ok(bridge)
+    }
+
+    /// `GET /appservices`: every bridge the caller may see.
+    pub fn list(&self, caller: &Caller) -> Result<Vec<BridgeSummary>, Error> {
+        let owner = match caller {
+            Caller::Root => None,
+            Caller::User(user) => Some(user.id.as_str()),
+        };
+        let bridges = self.store.bridges(owner).map_err(store_error)?;
+        Ok(bridges
+            .iter()
+            .map(|b| BridgeSummary {
+                id: b.id,
+                owner: b.owner.clone(),
+                prefix: b.prefix.clone(),
+                bot: b.bot.clone(),
+                push: b.push,
+                address: b.address.clone(),
+            })
+            .collect())
+    }
+
+    /// `GET|PUT /user/{id}`: the user record, created when `create` (root only).
+    pub async fn user(&self, caller: &Caller, id: &str, create: bool) -> Result<UserRecord, Error> {
+        let user = match caller {
+            Caller::User(user) if user.id == id => user.clone(),
+            Caller::User(_) => {
+                return Err(Error::Unauthorized("You can only access your own user"))
+            }
+            Caller::Root if create => {
+                if !is_valid_name(id) {
+                    return Err(Error::BadRequest(
+                        "User ID must match [a-z0-9=.-]{1,32}".into(),
+                    ));
+                }
+                let (user, created) = self.store.get_or_create_user(id).map_err(store_error)?;
+                if created {
+                    self.flush().await?;
+                    tracing::info!(user = %id, "created user");
+                }
+                user
+            }
+            Caller::Root => self
+                .store
+                .user(id)
+                .map_err(store_error)?
+                .ok_or(Error::NotFound("User not found."))?,
+        };
+        Ok(UserRecord {
+            id: user.id.clone(),
+            api_token: user.api_token.expose().to_owned(),
+            login_token: user.login_token.expose().to_owned(),
+        })
+    }
+
+    /// `DELETE /room/{roomId}`: drops the room's events from now on (root only).
+    pub async fn delete_room(&self, caller: &Caller, room_id: &str) -> Result<(), Error> {
+        if !matches!(caller, Caller::Root) {
+            return Err(Error::Unauthorized("Only the root user can delete rooms"));
+        }
+        self.store.mark_room_deleted(room_id).map_err(store_error)?;
+        self.flush().await
+    }
+
+    /// The bridge `target` if the caller may see it. A user asking for someone else's
+    /// bridge gets 401 whether or not it exists, so UUIDs cannot be probed.
+    fn find(&self, caller: &Caller, target: &BridgeRef) -> Result<Option<Arc<Bridge>>, Error> {
+        let bridge = match target {
+            BridgeRef::Id(id) => self.store.bridge(*id),
+            BridgeRef::Name { owner, prefix } => {
+                if let Caller::User(user) = caller {
+                    if user.id != *owner {
+                        return Err(Error::Unauthorized(
+                            "You can only manage your own appservices",
+                        ));
+                    }
+                }
+                self.store.bridge_by_name(owner, prefix)
+            }
+        }
+        .map_err(store_error)?;
+        match (caller, bridge) {
+            (Caller::User(user), Some(b)) if b.owner != user.id => Err(self.not_found(caller)),
+            (_, bridge) => Ok(bridge),
+        }
+    }
+
+    fn not_found(&self, caller: &Caller) -> Error {
+        match caller {
+            Caller::Root => Error::NotFound("Application service not found."),
+            Caller::User(_) => Error::Unauthorized("You can only manage your own appservices"),
+        }
+    }
+
+    fn registration_of(
+        &self,
+        bridge: &Bridge,
+        password: Option<(String, ConfigPassword)>,
+        lifetime: u64,
+    ) -> Result<BridgeRegistration, Error> {
+        let owner = self
+            .store
+            .user(&bridge.owner)
+            .map_err(store_error)?
+            .ok_or_else(|| Error::internal("bridge without owner", &bridge.owner))?;
+        let registration = BridgeRegistration::new(bridge, &owner, &self.namespace, self.exclusive);
+        Ok(with_password(registration, password, lifetime))
+    }
+
+    async fn flush(&self) -> Result<(), Error> {
+        self.store.flush().await.map_err(store_error)
+    }
+}
+
+fn with_password(
+    mut registration: BridgeRegistration,
+    password: Option<(String, ConfigPassword)>,
+    lifetime: u64,
+) -> BridgeRegistration {
+    if let Some((plain, _)) = password {
+        registration.asmux.config_password = Some(plain);
+        registration.asmux.config_password_lifetime = Some(lifetime);
+    }
+    registration
+}
+
+/// A one-time config download password: shown once, stored as SHA-256.
+fn new_config_password(lifetime: u64) -> (String, ConfigPassword) {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let plain = BASE32_NOPAD.encode(&bytes);
+    let stored = ConfigPassword {
+        sha256: Sha256::digest(plain.as_bytes()).into(),
+        expires_at: Some(now().as_secs() + lifetime),
+    };
+    (plain, stored)
+}
+
+/// `Bearer <token>` from an `Authorization` header, with the spec's auth errors.
+pub fn bearer_token(header: Option<&str>) -> Result<&str, Error> {
+    let header = header.ok_or(Error::MissingToken("Missing authorization header"))?;
+    header
+        .strip_prefix("Bearer ")
+        .filter(|t| !t.is_empty())
+        .ok_or(Error::UnknownToken("Invalid authorization header"))
+}
+
+pub(crate) fn store_error(err: StoreError) -> Error {
+    Error::internal("store failure", err)
+}
+
+fn now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
