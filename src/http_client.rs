@@ -38,6 +38,7 @@ pub enum RequestError {
 /// A response whose body was read into memory.
 pub struct BufferedResponse {
     pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
     pub body: Bytes,
 }
 
@@ -70,13 +71,17 @@ impl HttpClient {
                 .request(request)
                 .await
                 .map_err(|e| RequestError::Connect(error_chain(&e)))?;
-            let status = response.status();
-            let body = http_body_util::Limited::new(response.into_body(), MAX_JSON_RESPONSE_BYTES)
+            let (parts, body) = response.into_parts();
+            let body = http_body_util::Limited::new(body, MAX_JSON_RESPONSE_BYTES)
                 .collect()
                 .await
                 .map_err(|_| RequestError::Body)?
                 .to_bytes();
-            Ok(BufferedResponse { status, body })
+            Ok(BufferedResponse {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
         };
         tokio::time::timeout(timeout, exchange)
             .await

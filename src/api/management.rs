@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use warp::http::{HeaderValue, StatusCode};
+use warp::http::{HeaderValue, Method, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
 use super::{authorization, body, query_param, raw_query, with_state, Response, Segment};
@@ -16,7 +16,14 @@ use crate::management::{BridgeRef, Caller, ProvisionRequest};
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let options = warp::options().map(|| StatusCode::OK.into_response());
+    // Matched without a method rejection, so that other methods on unknown paths stay 404.
+    let options = warp::method().and_then(|method: Method| async move {
+        if method == Method::OPTIONS {
+            Ok(StatusCode::OK.into_response())
+        } else {
+            Err(warp::reject::not_found())
+        }
+    });
     let mxauth = warp::path("mxauth").and(surface(state.clone(), matrix_caller(state.clone())));
     let bearer = surface(state.clone(), bearer_caller(state));
     warp::path!("_matrix" / "asmux" / ..)

@@ -14,8 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{Config, LogFormat};
 use crate::management::{BridgeRef, ProvisionRequest};
 use crate::registration::BridgeRegistration;
-use crate::setup;
 use crate::store::Store;
+use crate::{setup, shutdown};
 use backend::Backend;
 
 /// The config file used when `-c` is not given and it exists.
@@ -180,7 +180,12 @@ fn serve(config_path: &Path, args: ServeArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let state = crate::app::AppState::new(config, store)?;
-        crate::app::run(listener, state, crate::shutdown::signal()).await
+        shutdown::notify_ready();
+        let stop = async {
+            shutdown::signal().await;
+            shutdown::notify_stopping();
+        };
+        crate::app::run(listener, state, stop).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

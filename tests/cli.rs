@@ -1,0 +1,259 @@
+//! The real binary: CLI commands offline and through a running server, signals, crashes.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use serde_json::Value;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    port: u16,
+    hs: StubHomeserver,
+}
+
+async fn setup() -> Setup {
+    let hs = StubHomeserver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, config_text(&hs.url(), port)).unwrap();
+    Setup {
+        dir,
+        config,
+        port,
+        hs,
+    }
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_commands_agree_offline_and_online() {
+    let s = setup().await;
+    let c = &s.config;
+    let created: Value = serde_json::from_str(&stdout(&cli(
+        c,
+        &[
+            "bridge",
+            "create",
+            "alice",
+            "whatsapp",
+            "--websocket",
+            "--format",
+            "json",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(created["sender_localpart"], "_alice_whatsapp_bot");
+    assert_eq!(created["url"], "");
+    // The offline path registers the bot on the homeserver too.
+    assert_eq!(s.hs.requests_to("/_matrix/client/v3/register").len(), 1);
+
+    let queries: [&[&str]; 5] = [
+        &["bridge", "list"],
+        &["bridge", "show", "alice", "whatsapp"],
+        &["bridge", "show", "alice/whatsapp"],
+        &["bridge", "export-registration", "alice", "whatsapp"],
+        &[
+            "bridge",
+            "export-registration",
+            "alice",
+            "whatsapp",
+            "--format",
+            "json",
+        ],
+    ];
+    let offline: Vec<String> = queries.iter().map(|q| stdout(&cli(c, q))).collect();
+    let exported: Value = serde_json::from_str(&offline[4]).unwrap();
+    assert_eq!(
+        exported, created,
+        "export is the registration create printed"
+    );
+    let yaml: Value = serde_yaml_ng::from_str(&offline[3]).unwrap();
+    assert_eq!(yaml, created, "YAML and JSON carry the same registration");
+    assert!(
+        offline[0].contains("alice/whatsapp") && offline[0].contains("websocket"),
+        "{}",
+        offline[0]
+    );
+
+    let mut server = Process::serve(c, s.port).await;
+    let online: Vec<String> = queries.iter().map(|q| stdout(&cli(c, q))).collect();
+    assert_eq!(
+        online, offline,
+        "the running server answers the CLI identically"
+    );
+
+    // Through the server: create, show by UUID, delete.
+    let signal: Value = serde_json::from_str(&stdout(&cli(
+        c,
+        &[
+            "bridge",
+            "create",
+            "alice",
+            "signal",
+            "--address",
+            "http://127.0.0.1:9",
+            "--format",
+            "json",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(signal["url"], "http://127.0.0.1:9");
+    let id = signal["id"].as_str().unwrap();
+    assert!(stdout(&cli(c, &["bridge", "show", id])).contains("push to http://127.0.0.1:9"));
+    let api = send(
+        "GET",
+        &format!("http://127.0.0.1:{}/_matrix/asmux/appservice/{id}", s.port),
+        Some(SHARED_SECRET),
+        None,
+    )
+    .await;
+    assert_eq!(api.body, signal, "the CLI prints what the API returns");
+    stdout(&cli(c, &["bridge", "delete", "alice", "whatsapp"]));
+
+    let missing = cli(c, &["bridge", "show", "alice", "whatsapp"]);
+    assert!(!missing.status.success());
+    let online_error = String::from_utf8_lossy(&missing.stderr).into_owned();
+    assert!(
+        online_error.contains("M_NOT_FOUND: Application service not found."),
+        "{online_error}"
+    );
+
+    assert!(server.terminate().success(), "SIGTERM exits 0");
+    let list = stdout(&cli(c, &["bridge", "list"]));
+    assert!(
+        list.contains("alice/signal") && !list.contains("alice/whatsapp"),
+        "{list}"
+    );
+    let offline_error =
+        String::from_utf8_lossy(&cli(c, &["bridge", "show", "alice", "whatsapp"]).stderr)
+            .into_owned();
+    assert_eq!(
+        offline_error, online_error,
+        "errors read the same both ways"
+    );
+
+    // Export to a private file.
+    let out = s.dir.path().join("signal.yaml");
+    stdout(&cli(
+        c,
+        &[
+            "bridge",
+            "export-registration",
+            "alice",
+            "signal",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    ));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let from_file: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(from_file, signal);
+
+    let bad = cli(c, &["bridge", "create", "Alice", "x"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("owner must match"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_right_after_201_loses_nothing() {
+    let s = setup().await;
+    let mut server = Process::serve(&s.config, s.port).await;
+    let mut created = Vec::new();
+    for prefix in ["whatsapp", "signal", "telegram", "discord", "slack"] {
+        let url = format!(
+            "http://127.0.0.1:{}/_matrix/asmux/appservice/alice/{prefix}",
+            s.port
+        );
+        let reply = send("PUT", &url, Some(SHARED_SECRET), Some(r#"{"push": false}"#)).await;
+        assert_eq!(reply.status, 201);
+        created.push(reply.body);
+    }
+    server.kill9();
+
+    let store = asmux::store::Store::open(&s.dir.path().join("data")).unwrap();
+    for registration in &created {
+        let token = registration["as_token"].as_str().unwrap();
+        let bridge = store
+            .bridge_by_token(token)
+            .unwrap()
+            .expect("bridge survived SIGKILL");
+        assert_eq!(
+            bridge.hs_token.expose(),
+            registration["hs_token"].as_str().unwrap()
+        );
+    }
+    let alice = store
+        .user("alice")
+        .unwrap()
+        .expect("owner survived SIGKILL");
+    assert_eq!(
+        alice.login_token.expose(),
+        created[0]["login_shared_secret"].as_str().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_and_generate_registration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, asmux::config::EXAMPLE).unwrap();
+    let check = cli(&config, &["check-config"]);
+    assert!(!check.status.success());
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        text.contains("generate-registration") && text.contains("example.com"),
+        "{text}"
+    );
+
+    // serve refuses the placeholders and says why.
+    let serve = cli(&config, &["serve"]);
+    assert_eq!(serve.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&serve.stderr).contains("generate-registration"));
+
+    let reg = dir.path().join("registration.yaml");
+    let generated = cli(
+        &config,
+        &["generate-registration", "-r", reg.to_str().unwrap()],
+    );
+    assert!(generated.status.success());
+    let yaml: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&reg).unwrap()).unwrap();
+    let loaded = asmux::config::Config::load(&config).unwrap();
+    assert_eq!(yaml["as_token"], loaded.appservice.as_token.expose());
+    assert_eq!(yaml["hs_token"], loaded.appservice.hs_token.expose());
+    assert_eq!(
+        yaml["namespaces"]["users"][0]["regex"],
+        r"@_.+:example\.com"
+    );
+
+    std::fs::write(
+        &config,
+        "[homeserver]\naddress = \"http://x\"\ndomain = \"d.test\"\nbogus = 1\n",
+    )
+    .unwrap();
+    let unknown = cli(&config, &["check-config"]);
+    assert!(!unknown.status.success());
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        err.contains("config.toml") && err.contains("line 4") && err.contains("bogus"),
+        "{err}"
+    );
+}

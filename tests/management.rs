@@ -1,0 +1,545 @@
+//! The management API (spec 6) against the real server and a stub homeserver.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+const WA: &str = "/_matrix/asmux/appservice/alice/whatsapp";
+
+async fn provision(server: &TestServer, path: &str, token: &str, body: &str) -> Reply {
+    send("PUT", &server.url(path), Some(token), Some(body)).await
+}
+
+async fn user_token(server: &TestServer, user: &str) -> String {
+    let reply = send(
+        "PUT",
+        &server.url(&format!("/_matrix/asmux/user/{user}")),
+        Some(SHARED_SECRET),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply.body["api_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn provisioning_returns_the_exact_registration() {
+    let hs = StubHomeserver::start().await;
+    let server = TestServer::start(&hs).await;
+
+    let created = provision(&server, WA, SHARED_SECRET, r#"{"push": false}"#).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert_eq!(created.header("access-control-allow-origin"), Some("*"));
+    let body = &created.body;
+    let id = body["id"].as_str().unwrap();
+    assert!(uuid::Uuid::try_parse(id).is_ok());
+    let as_token = body["as_token"].as_str().unwrap();
+    assert!(as_token.starts_with(&format!("{id}-")));
+    assert_eq!(as_token.len(), 36 + 1 + 27);
+    assert_eq!(body["hs_token"].as_str().unwrap().len(), 64);
+
+    let alice = send(
+        "GET",
+        &server.url("/_matrix/asmux/user/alice"),
+        Some(SHARED_SECRET),
+        None,
+    )
+    .await;
+    assert_eq!(alice.status, 200, "root created the owner: {}", alice.text);
+    let login = alice.body["login_token"].clone();
+
+    // Key order and every value as the original sends them.
+    let expected = json!({
+        "id": id,
+        "as_token": as_token,
+        "hs_token": body["hs_token"],
+        "login_shared_secret": login,
+        "com.beeper.asmux": {"login_shared_secret": login},
+        "namespaces": {
+            "users": [{"regex": "@_alice_whatsapp_.+:example\\.test", "exclusive": true}],
+            "aliases": [{"regex": "#_alice_whatsapp_.+:example\\.test", "exclusive": true}]
+        },
+        "url": "",
+        "sender_localpart": "_alice_whatsapp_bot",
+        "rate_limited": true
+    });
+    assert_eq!(created.body, expected);
+    assert!(
+        created
+            .text
+            .starts_with(&format!("{{\"id\":\"{id}\",\"as_token\"")),
+        "{}",
+        created.text
+    );
+
+    // The bot was registered on the homeserver with asmux's own token.
+    let registers = hs.requests_to("/_matrix/client/v3/register");
+    assert_eq!(registers.len(), 1);
+    assert_eq!(registers[0].query, "kind=user");
+    assert_eq!(
+        registers[0].authorization.as_deref(),
+        Some(&*format!("Bearer {AS_TOKEN}"))
+    );
+    assert_eq!(
+        registers[0].body,
+        json!({"type": "m.login.application_service", "username": "_alice_whatsapp_bot"})
+    );
+
+    // Same PUT again: 200, same body, no second registration.
+    let again = provision(&server, WA, SHARED_SECRET, r#"{"push": false}"#).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body, expected);
+    assert_eq!(hs.requests_to("/_matrix/client/v3/register").len(), 1);
+
+    // GET by name and by UUID.
+    for path in [WA.to_owned(), format!("/_matrix/asmux/appservice/{id}")] {
+        let got = send("GET", &server.url(&path), Some(SHARED_SECRET), None).await;
+        assert_eq!(got.status, 200, "{path}");
+        assert_eq!(got.body, expected, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn updates_change_address_and_push_only_when_given() {
+    let hs = StubHomeserver::start().await;
+    let server = TestServer::start(&hs).await;
+    let first = provision(
+        &server,
+        WA,
+        SHARED_SECRET,
+        r#"{"address": "http://127.0.0.1:9/wa", "bot": "wabot"}"#,
+    )
+    .await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    assert_eq!(first.body["url"], "http://127.0.0.1:9/wa");
+    assert_eq!(first.body["sender_localpart"], "_alice_whatsapp_wabot");
+
+    let id = first.body["id"].as_str().unwrap();
+    let by_id = format!("/_matrix/asmux/appservice/{id}");
+    let updated = provision(
+        &server,
+        &by_id,
+        SHARED_SECRET,
+        r#"{"address": "http://127.0.0.1:10"}"#,
+    )
+    .await;
+    assert_eq!(updated.status, 200);
+    assert_eq!(updated.body["url"], "http://127.0.0.1:10");
+    assert_eq!(updated.body["sender_localpart"], "_alice_whatsapp_wabot");
+    assert_eq!(updated.body["as_token"], first.body["as_token"]);
+
+    let list = send(
+        "GET",
+        &server.url("/_matrix/asmux/appservices"),
+        Some(SHARED_SECRET),
+        None,
+    )
+    .await;
+    assert_eq!(list.status, 200);
+    assert_eq!(
+        list.body["appservices"],
+        json!([{"id": id, "owner": "alice", "prefix": "whatsapp", "bot": "wabot", "push": true, "address": "http://127.0.0.1:10"}])
+    );
+
+    // PUT by an unknown UUID cannot create anything.
+    let unknown = format!("/_matrix/asmux/appservice/{}", uuid::Uuid::new_v4());
+    provision(&server, &unknown, SHARED_SECRET, "{}")
+        .await
+        .assert_error(404, "M_NOT_FOUND");
+
+    let bad = provision(&server, WA, SHARED_SECRET, r#"{"address": "not a url"}"#).await;
+    bad.assert_error(400, "M_BAD_REQUEST");
+    let bad = provision(&server, WA, SHARED_SECRET, r#"{"push": "yes"}"#).await;
+    bad.assert_error(400, "M_BAD_JSON");
+}
+
+#[tokio::test]
+async fn config_password_is_generated_on_request() {
+    let hs = StubHomeserver::start().await;
+    let server = TestServer::start(&hs).await;
+    let reply = provision(
+        &server,
+        WA,
+        SHARED_SECRET,
+        r#"{"generate_config": true, "config_password_lifetime": 99999}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 201);
+    let extras = &reply.body["com.beeper.asmux"];
+    assert_eq!(
+        extras["config_password"].as_str().unwrap().len(),
+        52,
+        "32 bytes as unpadded base32"
+    );
+    assert_eq!(extras["config_password_lifetime"], 3600, "clamped");
+    let got = send("GET", &server.url(WA), Some(SHARED_SECRET), None).await;
+    assert!(got.body["com.beeper.asmux"]
+        .get("config_password")
+        .is_none());
+}
+
+#[tokio::test]
+async fn authentication_matrix() {
+    let hs = StubHomeserver::start().await;
+    let server = TestServer::start(&hs).await;
+    let alice = user_token(&server, "alice").await;
+    let bob = user_token(&server, "bob").await;
+    let url = server.url(WA);
+
+    // No header, not Bearer, unknown token: 403 with the spec's messages.
+    let none = send_raw("GET", &url, None, None).await;
+    none.assert_error(403, "M_MISSING_TOKEN");
+    assert_eq!(none.body["error"], "Missing authorization header");
+    let basic = send_raw("GET", &url, Some("Basic YWxpY2U6cHc="), None).await;
+    basic.assert_error(403, "M_UNKNOWN_TOKEN");
+    assert_eq!(basic.body["error"], "Invalid authorization header");
+    let unknown = send("GET", &url, Some("wrong-token"), None).await;
+    unknown.assert_error(403, "M_UNKNOWN_TOKEN");
+    assert_eq!(unknown.body["error"], "Invalid authorization token");
+    // Errors carry CORS too, so browsers can read them.
+    assert_eq!(unknown.header("access-control-allow-origin"), Some("*"));
+
+    // The owner provisions with their own token.
+    let created = provision(&server, WA, &alice, "{}").await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let by_id = server.url(&format!("/_matrix/asmux/appservice/{id}"));
+    assert_eq!(send("GET", &url, Some(&alice), None).await.status, 200);
+    assert_eq!(send("GET", &by_id, Some(&alice), None).await.status, 200);
+
+    // Another user: 401 on the name, on the UUID, and on a UUID that does not exist, so
+    // existence never leaks.
+    send("GET", &url, Some(&bob), None)
+        .await
+        .assert_error(401, "M_UNAUTHORIZED");
+    send("GET", &by_id, Some(&bob), None)
+        .await
+        .assert_error(401, "M_UNAUTHORIZED");
+    send("DELETE", &by_id, Some(&bob), None)
+        .await
+        .assert_error(401, "M_UNAUTHORIZED");
+    provision(&server, WA, &bob, "{}")
+        .await
+        .assert_error(401, "M_UNAUTHORIZED");
+    let missing = server.url(&format!(
+        "/_matrix/asmux/appservice/{}",
+        uuid::Uuid::new_v4()
+    ));
+    send("GET", &missing, Some(&bob), None)
+        .await
+        .assert_error(401, "M_UNAUTHORIZED");
+    send("GET", &missing, Some(SHARED_SECRET), None)
+        .await
+        .assert_error(404, "M_NOT_FOUND");
+    let missing_name = server.url("/_matrix/asmux/appservice/alice/signal");
+    send("GET", &missing_name, Some(&alice), None)
+        .await
+        .assert_error(401, "M_UNAUTHORIZED");
+    let root_missing = send("GET", &missing_name, Some(SHARED_SECRET), None).await;
+    root_missing.assert_error(404, "M_NOT_FOUND");
+    assert_eq!(root_missing.body["error"], "Application service not found.");
+
+    // Listing is scoped to the caller.
+    let list = |token: String| {
+        let url = server.url("/_matrix/asmux/appservices");
+        async move {
+            send("GET", &url, Some(&token), None).await.body["appservices"]
+                .as_array()
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(list(alice.clone()).await, 1);
+    assert_eq!(list(bob.clone()).await, 0);
+    assert_eq!(list(SHARED_SECRET.into()).await, 1);
+
+    // Users read only themselves and cannot delete rooms.
+    let bob_reads_alice = send(
+        "GET",
+        &server.url("/_matrix/asmux/user/alice"),
+        Some(&bob),
+        None,
+    )
+    .await;
+    bob_reads_alice.assert_error(401, "M_UNAUTHORIZED");
+    let own = send(
+        "GET",
+        &server.url("/_matrix/asmux/user/bob"),
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(own.body["api_token"], bob.as_str());
+    let room = server.url("/_matrix/asmux/room/%21abc");
+    send("DELETE", &room, Some(&bob), None)
+        .await
+        .assert_error(401, "M_UNAUTHORIZED");
+    assert_eq!(
+        send("DELETE", &room, Some(SHARED_SECRET), None)
+            .await
+            .status,
+        204
+    );
+
+    // The owner deletes: 204, then 404 for root and 401 for the owner.
+    let deleted = send("DELETE", &by_id, Some(&alice), None).await;
+    assert_eq!(deleted.status, 204);
+    assert_eq!(deleted.text, "");
+    send("DELETE", &by_id, Some(SHARED_SECRET), None)
+        .await
+        .assert_error(404, "M_NOT_FOUND");
+    send("GET", &url, Some(&alice), None)
+        .await
+        .assert_error(401, "M_UNAUTHORIZED");
+}
+
+#[tokio::test]
+async fn mxauth_resolves_matrix_tokens_through_whoami() {
+    let hs = StubHomeserver::start().await;
+    let server = TestServer::start(&hs).await;
+    user_token(&server, "alice").await;
+    provision(&server, WA, SHARED_SECRET, "{}").await;
+    hs.add_token("alice-matrix-token", "@alice:example.test");
+    hs.add_token("carol-matrix-token", "@carol:example.test");
+    hs.add_token("remote-matrix-token", "@alice:elsewhere.test");
+
+    let url = server.url("/_matrix/asmux/mxauth/appservice/alice/whatsapp");
+    let ok = send("GET", &url, Some("alice-matrix-token"), None).await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(ok.body["sender_localpart"], "_alice_whatsapp_bot");
+    // Cached: a second call does not ask the homeserver again.
+    assert_eq!(
+        send("GET", &url, Some("alice-matrix-token"), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(hs.requests_to("/_matrix/client/v3/account/whoami").len(), 1);
+
+    send("GET", &url, Some("carol-matrix-token"), None)
+        .await
+        .assert_error(403, "M_FORBIDDEN");
+    send("GET", &url, Some("remote-matrix-token"), None)
+        .await
+        .assert_error(403, "M_FORBIDDEN");
+    send("GET", &url, Some("bogus"), None)
+        .await
+        .assert_error(403, "M_UNKNOWN_TOKEN");
+    send("GET", &url, None, None)
+        .await
+        .assert_error(403, "M_MISSING_TOKEN");
+    // The shared secret is not a Matrix token.
+    send("GET", &url, Some(SHARED_SECRET), None)
+        .await
+        .assert_error(403, "M_UNKNOWN_TOKEN");
+}
+
+#[tokio::test]
+async fn invalid_names_and_uuids() {
+    let hs = StubHomeserver::start().await;
+    let server = TestServer::start(&hs).await;
+    let owner = provision(
+        &server,
+        "/_matrix/asmux/appservice/Alice_X/whatsapp",
+        SHARED_SECRET,
+        "{}",
+    )
+    .await;
+    owner.assert_error(400, "M_BAD_REQUEST");
+    assert_eq!(
+        owner.body["error"],
+        "Appservice owner must match [a-z0-9=.-]{1,32}"
+    );
+    let prefix = provision(
+        &server,
+        "/_matrix/asmux/appservice/alice/Bad_Prefix",
+        SHARED_SECRET,
+        "{}",
+    )
+    .await;
+    prefix.assert_error(400, "M_BAD_REQUEST");
+    assert_eq!(
+        prefix.body["error"],
+        "Appservice prefix must match [a-z0-9=.-]{1,32}"
+    );
+    let long = format!("/_matrix/asmux/appservice/{}/x", "a".repeat(33));
+    provision(&server, &long, SHARED_SECRET, "{}")
+        .await
+        .assert_error(400, "M_BAD_REQUEST");
+    let uuid = send(
+        "GET",
+        &server.url("/_matrix/asmux/appservice/not-a-uuid"),
+        Some(SHARED_SECRET),
+        None,
+    )
+    .await;
+    uuid.assert_error(400, "M_BAD_REQUEST");
+    assert_eq!(uuid.body["error"], "Invalid UUID");
+    let not_json = provision(&server, WA, SHARED_SECRET, "not json").await;
+    not_json.assert_error(400, "M_NOT_JSON");
+    // Percent-encoded segments are decoded before validation.
+    let encoded = provision(
+        &server,
+        "/_matrix/asmux/appservice/al%69ce/whatsapp",
+        SHARED_SECRET,
+        "{}",
+    )
+    .await;
+    assert_eq!(encoded.status, 201, "{}", encoded.text);
+    assert_eq!(encoded.body["sender_localpart"], "_alice_whatsapp_bot");
+}
+
+#[tokio::test]
+async fn user_records() {
+    let hs = StubHomeserver::start().await;
+    let server = TestServer::start(&hs).await;
+    let url = |q: &str| server.url(&format!("/_matrix/asmux/user/dave{q}"));
+    let missing = send("GET", &url(""), Some(SHARED_SECRET), None).await;
+    missing.assert_error(404, "M_NOT_FOUND");
+    assert_eq!(missing.body["error"], "User not found.");
+    send("GET", &url("?create=no"), Some(SHARED_SECRET), None)
+        .await
+        .assert_error(404, "M_NOT_FOUND");
+
+    let created = send("GET", &url("?create=1"), Some(SHARED_SECRET), None).await;
+    assert_eq!(created.status, 200, "create answers 200, not 201");
+    assert_eq!(created.body["id"], "dave");
+    assert_eq!(created.body["api_token"].as_str().unwrap().len(), 64);
+    assert_eq!(created.body["login_token"].as_str().unwrap().len(), 64);
+    assert_eq!(created.body.as_object().unwrap().len(), 3);
+
+    for create in ["?create=true", "?create=yes", "?create=t", "?create=Y"] {
+        let again = send("GET", &url(create), Some(SHARED_SECRET), None).await;
+        assert_eq!(again.body, created.body, "{create} returns the same user");
+    }
+    let put = send("PUT", &url(""), Some(SHARED_SECRET), None).await;
+    assert_eq!(put.body, created.body);
+
+    let invalid = send(
+        "PUT",
+        &server.url("/_matrix/asmux/user/Not_Valid"),
+        Some(SHARED_SECRET),
+        None,
+    )
+    .await;
+    invalid.assert_error(400, "M_BAD_REQUEST");
+    // The new user's token works for the management API.
+    let token = created.body["api_token"].as_str().unwrap();
+    let own = send("GET", &url(""), Some(token), None).await;
+    assert_eq!(own.body, created.body);
+}
+
+#[tokio::test]
+async fn cors_and_options() {
+    let hs = StubHomeserver::start().await;
+    let server = TestServer::start(&hs).await;
+    for path in [
+        "/_matrix/asmux/user/alice",
+        "/_matrix/asmux/appservice/alice/whatsapp",
+        "/_matrix/asmux/anything/else",
+    ] {
+        let reply = send_raw("OPTIONS", &server.url(path), None, None).await;
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(reply.text, "");
+        assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+        assert_eq!(
+            reply.header("access-control-allow-headers"),
+            Some("Authorization, Content-Type")
+        );
+        assert_eq!(
+            reply.header("access-control-allow-methods"),
+            Some("GET, PUT, POST, OPTIONS")
+        );
+    }
+    let unknown = send(
+        "GET",
+        &server.url("/_matrix/asmux/nothing"),
+        Some(SHARED_SECRET),
+        None,
+    )
+    .await;
+    unknown.assert_error(404, "M_UNRECOGNIZED");
+    assert_eq!(unknown.header("access-control-allow-origin"), Some("*"));
+}
+
+#[tokio::test]
+async fn data_survives_restart() {
+    let hs = StubHomeserver::start().await;
+    let server = TestServer::start(&hs).await;
+    let created = provision(&server, WA, SHARED_SECRET, r#"{"push": false}"#).await;
+    let user = send(
+        "GET",
+        &server.url("/_matrix/asmux/user/alice"),
+        Some(SHARED_SECRET),
+        None,
+    )
+    .await;
+    let room = server.url("/_matrix/asmux/room/%21gone%3Aexample.test");
+    assert_eq!(
+        send("DELETE", &room, Some(SHARED_SECRET), None)
+            .await
+            .status,
+        204
+    );
+
+    let server = server.restart().await;
+    let after = send("GET", &server.url(WA), Some(SHARED_SECRET), None).await;
+    assert_eq!(after.body, created.body);
+    let user_after = send(
+        "GET",
+        &server.url("/_matrix/asmux/user/alice"),
+        Some(SHARED_SECRET),
+        None,
+    )
+    .await;
+    assert_eq!(user_after.body, user.body);
+    // The user's token still authenticates after the restart.
+    let token = user.body["api_token"].as_str().unwrap();
+    assert_eq!(
+        send("GET", &server.url(WA), Some(token), None).await.status,
+        200
+    );
+    let dir = server.stop().await;
+    let store = asmux::store::Store::open(&dir.path().join("data")).unwrap();
+    assert!(store.room("!gone:example.test").unwrap().unwrap().deleted);
+}
+
+#[tokio::test]
+async fn homeserver_down_does_not_fail_provisioning() {
+    // Nothing listens on this port once the listener is dropped.
+    let closed = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        config_text(&format!("http://127.0.0.1:{closed}"), 0),
+    )
+    .unwrap();
+    let server = TestServer::start_in(dir).await;
+    let created = provision(&server, WA, SHARED_SECRET, "{}").await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    // mxauth needs the homeserver: a clear 502.
+    let mx = send(
+        "GET",
+        &server.url("/_matrix/asmux/mxauth/appservice/alice/whatsapp"),
+        Some("tok"),
+        None,
+    )
+    .await;
+    mx.assert_error(502, "M_BAD_GATEWAY");
+}
+
+#[tokio::test]
+async fn bodies_are_limited() {
+    let hs = StubHomeserver::start().await;
+    let server = TestServer::start(&hs).await;
+    // The test config allows 64 KiB of management body.
+    let big = format!(r#"{{"address": "http://x/{}"}}"#, "a".repeat(70_000));
+    provision(&server, WA, SHARED_SECRET, &big)
+        .await
+        .assert_error(413, "M_TOO_LARGE");
+    // Nothing was provisioned by the refused request.
+    send("GET", &server.url(WA), Some(SHARED_SECRET), None)
+        .await
+        .assert_error(404, "M_NOT_FOUND");
+}
