@@ -1,16 +1,28 @@
-//! The running server: shared state and the accept loop.
+//! The running server: shared state, the accept loop, background maintenance and the
+//! orderly shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::delivery::Delivery;
 use crate::homeserver::Homeserver;
 use crate::http_client::HttpClient;
+use crate::intake::Intake;
 use crate::management::Management;
-use crate::store::Store;
+use crate::store::{now_ms, Store};
+
+/// How long deliveries in flight may take to finish once shutdown begins.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+/// How often old queue entries and processed-transaction records are trimmed.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Processed transaction IDs are remembered at least this long and at least this many.
+const PROCESSED_TXN_RETENTION: Duration = Duration::from_secs(24 * 3600);
+const PROCESSED_TXN_KEEP: usize = 10_000;
 
 /// Everything a request handler may need, shared by every connection.
 pub struct AppState {
@@ -18,24 +30,31 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub homeserver: Arc<Homeserver>,
     pub management: Management,
+    pub delivery: Arc<Delivery>,
+    pub intake: Intake,
 }
 
 impl AppState {
     pub fn new(config: Config, store: Arc<Store>) -> Result<Arc<AppState>> {
         let client = HttpClient::new().context("cannot load TLS root certificates")?;
-        let homeserver = Arc::new(Homeserver::new(&config, client));
-        let management = Management::new(&config, store.clone(), homeserver.clone());
+        let homeserver = Arc::new(Homeserver::new(&config, client.clone()));
+        let delivery = Delivery::new(&config, store.clone(), client);
+        let management =
+            Management::new(&config, store.clone(), homeserver.clone(), delivery.clone());
+        let intake = Intake::new(&config, store.clone(), delivery.clone());
         Ok(Arc::new(AppState {
             config: Arc::new(config),
             store,
             homeserver,
             management,
+            delivery,
+            intake,
         }))
     }
 }
 
-/// Serves on `listener` until `shutdown` completes, lets requests in flight finish, and
-/// flushes the store.
+/// Serves on `listener` until `shutdown` completes; then closes websockets (1012), lets
+/// requests and deliveries in flight finish, and flushes the store.
 pub async fn run(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -44,12 +63,50 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }
+    state.delivery.start_queued();
+    let maintenance = tokio::spawn(maintain(state.clone()));
+    let delivery = state.delivery.clone();
+    let stop = async move {
+        shutdown.await;
+        delivery.shutdown(SHUTDOWN_DEADLINE).await;
+    };
     warp::serve(crate::api::routes(state.clone()))
         .incoming(listener)
-        .graceful(shutdown)
+        .graceful(stop)
         .run()
         .await;
+    maintenance.abort();
     state.store.flush().await.context("final flush failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Trims queues past `mux.queue_retention_days` and forgets old processed transactions.
+async fn maintain(state: Arc<AppState>) {
+    let retention = Duration::from_secs(state.config.mux.queue_retention_days * 24 * 3600);
+    let mut interval = tokio::time::interval(MAINTENANCE_INTERVAL);
+    loop {
+        interval.tick().await;
+        let now = now_ms();
+        let store = state.store.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let queued = if retention.is_zero() {
+                0
+            } else {
+                store.trim_queues(now.saturating_sub(retention.as_millis() as u64))?
+            };
+            let processed = store.trim_processed_transactions(
+                now.saturating_sub(PROCESSED_TXN_RETENTION.as_millis() as u64),
+                PROCESSED_TXN_KEEP,
+            )?;
+            Ok::<_, crate::store::StoreError>((queued, processed))
+        })
+        .await;
+        match result {
+            Ok(Ok((0, 0))) => {}
+            Ok(Ok((queued, processed))) => tracing::info!(queued, processed, "trimmed old records"),
+            Ok(Err(e)) => tracing::error!(error = %e, "maintenance failed"),
+            Err(e) => tracing::error!(error = %e, "maintenance task failed"),
+        }
+    }
 }

@@ -55,6 +55,13 @@ pub enum Error {
     /// 500 `M_UNKNOWN`: details are logged where this is made, never sent.
     #[error("Internal server error")]
     Internal,
+    /// A non-standard errcode of the original asmux (`COM.BEEPER.*`, `FI.MAU.*`, ...).
+    #[error("{message}")]
+    Custom {
+        status: StatusCode,
+        errcode: &'static str,
+        message: String,
+    },
 }
 
 impl Error {
@@ -69,6 +76,7 @@ impl Error {
             TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             BadGateway => StatusCode::BAD_GATEWAY,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Custom { status, .. } => *status,
         }
     }
 
@@ -87,6 +95,7 @@ impl Error {
             TooLarge => "M_TOO_LARGE",
             BadGateway => "M_BAD_GATEWAY",
             Internal => "M_UNKNOWN",
+            Custom { errcode, .. } => errcode,
         }
     }
 

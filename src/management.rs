@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::config::{is_http_url, Config};
+use crate::delivery::Delivery;
 use crate::error::Error;
 use crate::homeserver::Homeserver;
 use crate::matrix::{is_valid_name, Namespace};
@@ -107,15 +108,22 @@ pub struct Management {
     namespace: Namespace,
     exclusive: bool,
     shared_secret: Secret,
+    delivery: Arc<Delivery>,
     /// SHA-256 of a Matrix access token -> its user ID, as the homeserver said.
     whoami: moka::future::Cache<[u8; 32], String>,
 }
 
 impl Management {
-    pub fn new(config: &Config, store: Arc<Store>, homeserver: Arc<Homeserver>) -> Self {
+    pub fn new(
+        config: &Config,
+        store: Arc<Store>,
+        homeserver: Arc<Homeserver>,
+        delivery: Arc<Delivery>,
+    ) -> Self {
         Management {
             store,
             homeserver,
+            delivery,
             namespace: config.namespace(),
             exclusive: config.appservice.namespace.exclusive,
             shared_secret: config.mux.shared_secret.clone(),
@@ -220,6 +228,8 @@ impl Management {
             if bridge != *existing {
                 self.store.update_bridge(&bridge).map_err(store_error)?;
                 self.flush().await?;
+                // A new address or mode may unblock queued deliveries.
+                self.delivery.wake(bridge.id);
             }
             let registration = self.registration_of(&bridge, password, lifetime)?;
             return Ok((registration, false));
@@ -279,6 +289,7 @@ impl Management {
             .find(caller, target)?
             .ok_or_else(|| self.not_found(caller))?;
         self.store.delete_bridge(bridge.id).map_err(store_error)?;
+        self.delivery.forget(bridge.id);
         self.flush().await?;
         tracing::info!(bridge = %bridge.name(), id = %bridge.id, "deleted bridge");
         Ok(bridge)

@@ -2,26 +2,50 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use warp::{Filter, Rejection, Reply};
 
-use super::{authorization, query_param, raw_query, Response};
+use super::{authorization, body, query_param, raw_query, with_state, Response, Segment};
 use crate::app::AppState;
 use crate::error::Error;
+use crate::intake::Accepted;
+use crate::matrix::{HomeserverTransaction, TransactionError};
 
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    ping(state)
-}
-
-/// # `POST /_matrix/app/v1/ping`
-///
-/// MSC2659: the homeserver checks that asmux is reachable and has its token.
-fn ping(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("_matrix" / "app" / "v1" / "ping")
+    let limit = state.config.mux.max_body_bytes;
+    let transaction = warp::path!("_matrix" / "app" / "v1" / "transactions" / Segment)
+        .or(warp::path!("transactions" / Segment))
+        .unify()
+        .and(warp::put())
+        .and(homeserver_auth(state.clone()))
+        .and(body::limited(limit))
+        .and(with_state(state.clone()))
+        .and_then(transaction);
+    let ping = warp::path!("_matrix" / "app" / "v1" / "ping")
         .and(warp::post())
         .and(homeserver_auth(state))
-        .map(|| warp::reply::json(&serde_json::json!({})).into_response())
+        .map(|| warp::reply::json(&serde_json::json!({})).into_response());
+    transaction.or(ping).unify()
+}
+
+/// # `PUT /_matrix/app/v1/transactions/{txnId}` (and the legacy `/transactions/{txnId}`)
+///
+/// Answers 200 only once every routed event is on disk.
+async fn transaction(
+    Segment(txn_id): Segment,
+    body: Bytes,
+    state: Arc<AppState>,
+) -> Result<Response, Rejection> {
+    let txn = HomeserverTransaction::parse(&body).map_err(|e| match e {
+        TransactionError::NotJson => Error::NotJson(e.to_string()),
+        TransactionError::BadJson(msg) => Error::BadJson(msg),
+    })?;
+    Ok(match state.intake.accept(&txn_id, txn).await? {
+        Accepted::Duplicate => warp::reply::json(&serde_json::json!({})).into_response(),
+        Accepted::Processed(sent_to) => warp::reply::json(&sent_to).into_response(),
+    })
 }
 
 /// Accepts the homeserver's hs_token from `Authorization: Bearer` or `?access_token=`.

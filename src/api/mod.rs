@@ -4,6 +4,7 @@
 mod appservice;
 mod body;
 mod management;
+mod websocket;
 
 use std::convert::Infallible;
 use std::str::FromStr;
@@ -21,6 +22,8 @@ pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     appservice::routes(state.clone())
+        .or(websocket::routes(state.clone()))
+        .unify()
         .or(management::routes(state))
         .unify()
         .recover(handle_rejection)

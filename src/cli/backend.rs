@@ -10,6 +10,7 @@ use http::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::config::Config;
+use crate::delivery::Delivery;
 use crate::error::Error;
 use crate::homeserver::Homeserver;
 use crate::http_client::{full_body, HttpClient};
@@ -35,11 +36,13 @@ impl Backend {
         let client = HttpClient::new().context("cannot load TLS root certificates")?;
         match Store::open(&config.data_dir()) {
             Ok(store) => {
-                let homeserver = Arc::new(Homeserver::new(config, client));
+                let store = Arc::new(store);
+                let homeserver = Arc::new(Homeserver::new(config, client.clone()));
+                // Offline there are no connections and no workers; deletions only touch disk.
+                let delivery = Delivery::new(config, store.clone(), client);
+                delivery.disable();
                 Ok(Backend::Local(Management::new(
-                    config,
-                    Arc::new(store),
-                    homeserver,
+                    config, store, homeserver, delivery,
                 )))
             }
             Err(StoreError::Locked(_)) => {

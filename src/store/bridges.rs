@@ -149,7 +149,7 @@ impl Store {
         Ok(())
     }
 
-    /// Removes a bridge, its name and its room ownerships. Returns false when unknown.
+    /// Removes a bridge, its name, its room ownerships, its queue and its last state. Returns false when unknown.
     pub fn delete_bridge(&self, id: Uuid) -> Result<bool, StoreError> {
         let _guard = self.write_lock();
         let Some(bridge) = self.bridgeid_bridge.get(id.as_bytes())? else {
@@ -185,6 +185,8 @@ impl Store {
                 }),
         )?;
         self.bridges.invalidate(&id);
+        self.clear_queue(id)?;
+        self.bridgeid_status.remove(id.as_bytes())?;
         for key in &room_keys {
             self.rooms
                 .invalidate(&String::from_utf8_lossy(&key[16..]).into_owned());

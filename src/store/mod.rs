@@ -9,9 +9,11 @@
 //! - `ownerprefix_bridgeid`: `"{owner}/{prefix}"` -> bridge UUID
 //! - `roomid_room`: room ID -> [`Room`] (owning bridges, deleted flag)
 //! - `bridgeid_roomid`: bridge UUID ++ room ID -> empty (the rooms a bridge owns)
+//! - queues, processed transactions and bridge states: see [`queue`]
 
 mod bridges;
 mod cache;
+pub mod queue;
 mod rooms;
 mod users;
 
@@ -23,6 +25,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use uuid::Uuid;
 
 pub use bridges::{Bridge, ConfigPassword, PushKey};
+pub use queue::{now_ms, QueuedEntry, TransactionCommit, TxnRecord};
 pub use rooms::Room;
 pub use users::User;
 
@@ -64,6 +67,10 @@ pub struct Store {
     ownerprefix_bridgeid: sled::Tree,
     roomid_room: sled::Tree,
     bridgeid_roomid: sled::Tree,
+    queue: sled::Tree,
+    txnid_record: sled::Tree,
+    txnage_txnid: sled::Tree,
+    bridgeid_status: sled::Tree,
     /// Held by every write and every cache fill, so a fill can never put a value into a
     /// cache after a newer write invalidated it. Both are rare next to cache hits.
     lock: Mutex<()>,
@@ -98,6 +105,10 @@ impl Store {
             ownerprefix_bridgeid: db.open_tree("ownerprefix_bridgeid")?,
             roomid_room: db.open_tree("roomid_room")?,
             bridgeid_roomid: db.open_tree("bridgeid_roomid")?,
+            queue: db.open_tree("queue")?,
+            txnid_record: db.open_tree("txnid_record")?,
+            txnage_txnid: db.open_tree("txnage_txnid")?,
+            bridgeid_status: db.open_tree("bridgeid_status")?,
             db,
             lock: Mutex::new(()),
             users: ReadThrough::new(100_000),

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::ConflictableTransactionError;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 use uuid::Uuid;
 
@@ -22,6 +22,26 @@ fn bridge_room_key(bridge: Uuid, room_id: &str) -> Vec<u8> {
     [bridge.as_bytes().as_slice(), room_id.as_bytes()].concat()
 }
 
+/// Adds `bridge` to the owners of `room_id` inside a transaction; false if it already was.
+pub(super) fn add_owner(
+    rooms: &TransactionalTree,
+    bridge_rooms: &TransactionalTree,
+    room_id: &str,
+    bridge: Uuid,
+) -> Result<bool, ConflictableTransactionError<StoreError>> {
+    let mut room: Room = match rooms.get(room_id)? {
+        Some(v) => decode("roomid_room", &v).map_err(ConflictableTransactionError::Abort)?,
+        None => Room::default(),
+    };
+    if room.owners.contains(&bridge) {
+        return Ok(false);
+    }
+    room.owners.push(bridge);
+    rooms.insert(room_id.as_bytes(), encode(&room))?;
+    bridge_rooms.insert(bridge_room_key(bridge, room_id), &[])?;
+    Ok(true)
+}
+
 impl Store {
     /// The room `room_id`, if any bridge ever owned it or it was deleted.
     pub fn room(&self, room_id: &str) -> Result<Option<Arc<Room>>, StoreError> {
@@ -36,23 +56,10 @@ impl Store {
     /// Adds `bridge` to the owners of `room_id`. Returns false when it already was one.
     pub fn add_room_owner(&self, room_id: &str, bridge: Uuid) -> Result<bool, StoreError> {
         let _guard = self.write_lock();
-        let added = tx_result::<_, StoreError>(
-            (&self.roomid_room, &self.bridgeid_roomid).transaction(|(rooms, bridge_rooms)| {
-                let mut room: Room = match rooms.get(room_id)? {
-                    Some(v) => {
-                        decode("roomid_room", &v).map_err(ConflictableTransactionError::Abort)?
-                    }
-                    None => Room::default(),
-                };
-                if room.owners.contains(&bridge) {
-                    return Ok(false);
-                }
-                room.owners.push(bridge);
-                rooms.insert(room_id.as_bytes(), encode(&room))?;
-                bridge_rooms.insert(bridge_room_key(bridge, room_id), &[])?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(true)
-            }),
-        )?;
+        let added =
+            tx_result::<_, StoreError>((&self.roomid_room, &self.bridgeid_roomid).transaction(
+                |(rooms, bridge_rooms)| add_owner(rooms, bridge_rooms, room_id, bridge),
+            ))?;
         self.rooms.invalidate(&room_id.to_owned());
         Ok(added)
     }

@@ -1,0 +1,162 @@
+//! Homeserver -> bridge delivery: per-bridge workers draining durable queues, HTTP push,
+//! and the websocket sessions of bridges behind NAT.
+
+pub mod connection;
+pub mod http_push;
+pub mod hub;
+pub mod session;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::http_client::HttpClient;
+use crate::matrix::Namespace;
+use crate::reporting::Reporter;
+use crate::store::{now_ms, Store};
+use hub::Hub;
+
+/// The close reason sent to every websocket when asmux stops.
+pub const SHUTDOWN_REASON: &str = r#"{"command":"disconnect","status":"server_shutting_down"}"#;
+
+struct Worker {
+    wake: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+/// The delivery service.
+pub struct Delivery {
+    pub store: Arc<Store>,
+    pub hub: Hub,
+    pub client: HttpClient,
+    pub namespace: Namespace,
+    pub max_pdu_age_ms: u64,
+    pub ping_interval: Duration,
+    pub reporter: Reporter,
+    /// Bridge -> its worker.
+    workers: Mutex<HashMap<Uuid, Worker>>,
+    /// Bridge -> unix ms of its last completed delivery.
+    last_delivery: Mutex<HashMap<Uuid, u64>>,
+    next_serial: AtomicU64,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Delivery {
+    pub fn new(config: &Config, store: Arc<Store>, client: HttpClient) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            store,
+            hub: Hub::default(),
+            client: client.clone(),
+            namespace: config.namespace(),
+            max_pdu_age_ms: config.mux.max_pdu_age_seconds * 1000,
+            ping_interval: Duration::from_secs(config.mux.websocket_ping_seconds),
+            reporter: Reporter::new(config, client.clone()),
+            workers: Mutex::default(),
+            last_delivery: Mutex::default(),
+            next_serial: AtomicU64::new(1),
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Worker>> {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts workers for every bridge that has queued work (at start-up).
+    pub fn start_queued(self: &Arc<Self>) {
+        match self.store.queued_bridges() {
+            Ok(ids) => {
+                tracing::info!(bridges = ids.len(), "resuming queued deliveries");
+                ids.into_iter().for_each(|id| self.wake(id));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot list queued bridges"),
+        }
+    }
+
+    /// Tells the bridge's worker there may be something to do, starting it if needed.
+    pub fn wake(self: &Arc<Self>, id: Uuid) {
+        if self.is_shutting_down() {
+            return;
+        }
+        let mut workers = self.workers();
+        if let Some(worker) = workers.get(&id).filter(|w| !w.task.is_finished()) {
+            worker.wake.notify_one();
+            return;
+        }
+        let wake = Arc::new(Notify::new());
+        let task = tokio::spawn(worker::run(self.clone(), id, wake.clone()));
+        workers.insert(id, Worker { wake, task });
+    }
+
+    /// Stops everything for a deleted bridge: its worker and its websocket.
+    pub fn forget(&self, id: Uuid) {
+        if let Some(worker) = self.workers().remove(&id) {
+            worker.task.abort();
+        }
+        if let Some(conn) = self.hub.get(id) {
+            conn.close(
+                1000,
+                r#"{"command":"disconnect","status":"bridge_deleted"}"#,
+            );
+        }
+        self.last_delivery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    pub(crate) fn note_delivered(&self, id: Uuid) {
+        self.last_delivery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, now_ms());
+    }
+
+    /// Unix ms of the bridge's last completed delivery.
+    pub fn last_delivery(&self, id: Uuid) -> Option<u64> {
+        self.last_delivery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied()
+    }
+
+    pub fn next_serial(&self) -> u64 {
+        self.next_serial.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Makes this instance inert: for the CLI working on the data directory, which must
+    /// never deliver anything itself.
+    pub fn disable(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Closes every websocket with 1012 and stops taking new batches. Deliveries in flight
+    /// may finish until `deadline`; whatever is not acknowledged stays queued.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.shutdown.send_replace(true);
+        for conn in self.hub.all() {
+            conn.close(1012, SHUTDOWN_REASON);
+        }
+        let tasks: Vec<JoinHandle<()>> = self.workers().drain().map(|(_, w)| w.task).collect();
+        let all = futures_util::future::join_all(tasks);
+        if tokio::time::timeout(deadline, all).await.is_err() {
+            tracing::warn!("deliveries still running at the shutdown deadline; they stay queued");
+        }
+    }
+}

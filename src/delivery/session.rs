@@ -1,0 +1,218 @@
+//! A bridge's websocket session (spec 4.2): replaces the older connection, answers the
+//! bridge's requests, routes responses to asmux's requests, pings, and hands the
+//! connection to the bridge's delivery worker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+use warp::ws::{Message, WebSocket};
+
+use super::connection::{with_header, Connection};
+use super::Delivery;
+use crate::store::{now_ms, Bridge, PushKey};
+
+/// Frames waiting for the writer at most; a bridge that reads slower than this holds up
+/// its own deliveries, never the server.
+const OUTGOING_FRAMES: usize = 64;
+/// The close reason sent to a connection a newer one of the same bridge replaces.
+pub const REPLACED_REASON: &str = r#"{"command":"disconnect","status":"conn_replaced"}"#;
+
+/// A frame from the bridge.
+#[derive(Debug, Deserialize)]
+struct Incoming {
+    #[serde(default)]
+    command: String,
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    data: Value,
+}
+
+/// Runs the session until the socket closes, the bridge is replaced or asmux stops.
+pub async fn run(
+    delivery: Arc<Delivery>,
+    bridge: Arc<Bridge>,
+    socket: WebSocket,
+    protocol: u8,
+    process_id: String,
+) {
+    let span = tracing::info_span!("websocket", bridge = %bridge.name());
+    serve(delivery, bridge, socket, protocol, process_id)
+        .instrument(span)
+        .await
+}
+
+async fn serve(
+    delivery: Arc<Delivery>,
+    bridge: Arc<Bridge>,
+    socket: WebSocket,
+    protocol: u8,
+    process_id: String,
+) {
+    let (mut sink, mut stream) = socket.split();
+    let (out, mut outgoing) = mpsc::channel::<Message>(OUTGOING_FRAMES);
+    let conn = Arc::new(Connection::new(
+        bridge.id,
+        delivery.next_serial(),
+        protocol,
+        process_id,
+        now_ms(),
+        out,
+    ));
+
+    let writer = tokio::spawn(async move {
+        while let Some(message) = outgoing.recv().await {
+            let closing = message.is_close();
+            if sink.send(message).await.is_err() || closing {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    if let Some(old) = delivery.hub.insert(conn.clone()) {
+        tracing::info!(old_serial = old.serial, "replacing the older connection");
+        old.close(4001, REPLACED_REASON);
+    }
+    tracing::info!(protocol, serial = conn.serial, process_id = %conn.process_id, "bridge connected");
+    conn.send_text(r#"{"command":"connect","status":"connected"}"#.to_owned())
+        .await;
+    delivery.wake(bridge.id);
+
+    let mut shutdown = delivery.shutdown_signal();
+    let mut ping = tokio::time::interval(delivery.ping_interval);
+    ping.tick().await;
+    let mut awaiting_pong = false;
+    loop {
+        tokio::select! {
+            frame = stream.next() => match frame {
+                Some(Ok(message)) if message.is_text() => {
+                    handle_text(&delivery, &bridge, &conn, message.to_str().unwrap_or_default()).await;
+                }
+                Some(Ok(message)) if message.is_pong() => awaiting_pong = false,
+                Some(Ok(message)) if message.is_close() => {
+                    tracing::info!(close = ?message.close_frame(), "bridge closed the websocket");
+                    break;
+                }
+                Some(Ok(message)) if message.is_binary() => tracing::debug!("ignoring a binary frame"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::info!(error = %e, "websocket error");
+                    break;
+                }
+                None => break,
+            },
+            _ = ping.tick() => {
+                if awaiting_pong {
+                    tracing::warn!("no pong since the last ping, closing");
+                    conn.close(1011, r#"{"command":"disconnect","status":"ping_timeout"}"#);
+                    break;
+                }
+                awaiting_pong = true;
+                let _ = conn_ping(&conn).await;
+            }
+            _ = conn.wait_closed() => break,
+            _ = shutdown.changed() => {
+                conn.close(1012, super::SHUTDOWN_REASON);
+                break;
+            }
+        }
+    }
+    delivery.hub.remove(&conn);
+    if !conn.is_closed() {
+        conn.close(1000, "");
+    }
+    // Let the writer send the close frame, but never wait on a dead peer for long.
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    tracing::info!("bridge disconnected");
+}
+
+async fn conn_ping(conn: &Connection) -> bool {
+    // Ping frames go through the same writer as everything else.
+    conn.send_frame(Message::ping(Vec::new())).await
+}
+
+async fn handle_text(delivery: &Delivery, bridge: &Bridge, conn: &Connection, text: &str) {
+    let Ok(frame) = serde_json::from_str::<Incoming>(text) else {
+        tracing::debug!("ignoring a frame that is not a JSON command");
+        return;
+    };
+    let answer = match frame.command.as_str() {
+        "response" | "error" => {
+            if let Some(id) = frame.id {
+                let result = if frame.command == "response" {
+                    Ok(frame.data)
+                } else {
+                    Err(frame.data)
+                };
+                conn.resolve(id, result);
+            }
+            return;
+        }
+        "ping" => Ok(json!({ "timestamp": now_ms() })),
+        "bridge_status" => {
+            if let Err(e) = delivery
+                .store
+                .set_bridge_status(bridge.id, frame.data.to_string().as_bytes())
+            {
+                tracing::error!(error = %e, "cannot store bridge status");
+            }
+            delivery.reporter.remote_status(bridge, &frame.data);
+            Ok(json!({}))
+        }
+        "message_checkpoint" => {
+            delivery.reporter.bridge_checkpoints(bridge, &frame.data);
+            Ok(json!({}))
+        }
+        "push_key" => store_push_key(delivery, bridge, frame.data),
+        other => {
+            Err(json!({"code": "UnknownCommand", "message": format!("Unknown command {other}")}))
+        }
+    };
+    let Some(id) = frame.id else { return };
+    let (command, data) = match answer {
+        Ok(data) => ("response", data),
+        Err(data) => ("error", data),
+    };
+    conn.send_text(with_header(
+        command,
+        Some(id),
+        &json!({ "data": data }).to_string(),
+    ))
+    .await;
+}
+
+fn store_push_key(delivery: &Delivery, bridge: &Bridge, data: Value) -> Result<Value, Value> {
+    #[derive(Deserialize)]
+    struct Input {
+        #[serde(default)]
+        url: String,
+        #[serde(default)]
+        app_id: String,
+        #[serde(default)]
+        pushkey: String,
+        pushkey_ts: Option<i64>,
+        data: Option<Value>,
+    }
+    let input: Input = serde_json::from_value(data)
+        .map_err(|e| json!({"code": "BadRequest", "message": format!("Invalid push key: {e}")}))?;
+    let push_key = (!input.pushkey.is_empty()).then(|| PushKey {
+        url: input.url,
+        app_id: input.app_id,
+        pushkey: input.pushkey,
+        pushkey_ts: input.pushkey_ts,
+        data: input.data.map(|d| d.to_string()),
+    });
+    let mut updated = bridge.clone();
+    updated.push_key = push_key;
+    delivery.store.update_bridge(&updated).map_err(|e| {
+        tracing::error!(error = %e, "cannot store push key");
+        json!({"code": "InternalError", "message": "Failed to store push key"})
+    })?;
+    Ok(json!({}))
+}

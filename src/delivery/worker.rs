@@ -1,0 +1,208 @@
+//! One task per bridge with queued work: takes up to [`MAX_BATCH`] queued
+//! sub-transactions, merges them, delivers them by push or websocket, and removes them
+//! only once acknowledged (or given up).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::connection::RequestError;
+use super::http_push::{push, PushOutcome};
+use super::Delivery;
+use crate::matrix::{BridgeTransaction, EventMeta};
+use crate::store::{now_ms, Bridge, QueuedEntry};
+
+/// Queued sub-transactions merged into one delivery at most.
+pub const MAX_BATCH: usize = 10;
+/// Acknowledgement timeout of protocol 3 before the first timeout, and after it (and of
+/// protocol 2 always).
+pub const ACK_TIMEOUT_FIRST: Duration = Duration::from_secs(5);
+pub const ACK_TIMEOUT_AFTER: Duration = Duration::from_secs(30);
+/// Consecutive unacknowledged deliveries after which the socket is closed with 4002.
+pub const MAX_ACK_TIMEOUTS: u32 = 7;
+/// Pause after a store error before trying again.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// What became of one delivery attempt.
+enum Outcome {
+    /// Acknowledged, or given up for good: remove the entries.
+    Done,
+    /// Not delivered; keep the entries and wait for a wake-up (a connection, an address).
+    Wait,
+}
+
+/// Acknowledgement bookkeeping for the bridge's current websocket.
+#[derive(Default)]
+struct AckState {
+    serial: u64,
+    timeouts: u32,
+}
+
+pub async fn run(delivery: Arc<Delivery>, id: Uuid, wake: Arc<tokio::sync::Notify>) {
+    let mut acks = AckState::default();
+    let mut shutdown = delivery.shutdown_signal();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let step = async {
+            let bridge = match delivery.store.bridge(id) {
+                Ok(Some(bridge)) => bridge,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::error!(bridge = %id, error = %e, "cannot read bridge");
+                    tokio::time::sleep(STORE_RETRY).await;
+                    return Some(Outcome::Wait);
+                }
+            };
+            let batch = match delivery.store.queue_batch(id, MAX_BATCH) {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::error!(bridge = %bridge.name(), error = %e, "cannot read queue");
+                    tokio::time::sleep(STORE_RETRY).await;
+                    return Some(Outcome::Wait);
+                }
+            };
+            if batch.is_empty() {
+                return Some(Outcome::Wait);
+            }
+            let txn = merge(&delivery, &bridge, &batch);
+            let outcome = if txn.is_empty() {
+                Outcome::Done
+            } else if bridge.push {
+                deliver_push(&delivery, &bridge, &txn).await
+            } else {
+                deliver_websocket(&delivery, &bridge, &txn, &mut acks).await
+            };
+            if let Outcome::Done = outcome {
+                if let Err(e) = delivery.store.remove_queued(&batch) {
+                    tracing::error!(bridge = %bridge.name(), error = %e, "cannot remove delivered entries");
+                }
+                delivery.note_delivered(id);
+                // More may be queued: go again without waiting.
+                return Some(Outcome::Done);
+            }
+            Some(outcome)
+        };
+        match step.await {
+            None => return,
+            Some(Outcome::Done) => continue,
+            Some(Outcome::Wait) => {
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+/// Merges the batch, dropping PDUs the owner sent that waited too long: by now the
+/// owner has seen them fail to bridge and may have resent them.
+fn merge(delivery: &Delivery, bridge: &Bridge, batch: &[QueuedEntry]) -> BridgeTransaction {
+    let owner = delivery.namespace.user_id(&bridge.owner);
+    let max_age = delivery.max_pdu_age_ms;
+    let cutoff = now_ms().saturating_sub(max_age) as i64;
+    let mut merged = BridgeTransaction::default();
+    for entry in batch {
+        let mut txn: BridgeTransaction = match serde_json::from_slice(&entry.body) {
+            Ok(txn) => txn,
+            Err(e) => {
+                tracing::error!(bridge = %bridge.name(), error = %e, "dropping unreadable queue entry");
+                continue;
+            }
+        };
+        if max_age > 0 {
+            txn.events.retain(|raw| {
+                let expired = EventMeta::parse(raw).is_some_and(|meta| {
+                    meta.sender.as_deref() == Some(owner.as_str())
+                        && !meta.is_double_puppeted()
+                        && meta.origin_server_ts().is_some_and(|ts| ts < cutoff)
+                });
+                if expired {
+                    tracing::info!(bridge = %bridge.name(), "dropping expired event from the owner");
+                }
+                !expired
+            });
+        }
+        merged.merge(txn);
+    }
+    merged
+}
+
+async fn deliver_push(delivery: &Delivery, bridge: &Bridge, txn: &BridgeTransaction) -> Outcome {
+    if bridge.address.is_empty() {
+        return Outcome::Wait;
+    }
+    match push(&delivery.client, bridge, txn, &txn.to_json()).await {
+        PushOutcome::Delivered => {}
+        PushOutcome::GaveUp(error) => {
+            tracing::error!(bridge = %bridge.name(), txn_id = %txn.txn_id, %error, "giving up on delivery");
+        }
+    }
+    Outcome::Done
+}
+
+async fn deliver_websocket(
+    delivery: &Delivery,
+    bridge: &Bridge,
+    txn: &BridgeTransaction,
+    acks: &mut AckState,
+) -> Outcome {
+    let Some(conn) = delivery.hub.get(bridge.id) else {
+        return Outcome::Wait;
+    };
+    if acks.serial != conn.serial {
+        *acks = AckState {
+            serial: conn.serial,
+            timeouts: 0,
+        };
+    }
+    let json = txn.to_json();
+    let fields = format!(
+        "{{\"status\":\"ok\",{}",
+        json.get(1..)
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default()
+    );
+    if conn.protocol < 2 {
+        // Protocol 1 has no acknowledgements: sent is delivered.
+        let frame = super::connection::with_header("transaction", None, &fields);
+        return if conn.send_text(frame).await {
+            Outcome::Done
+        } else {
+            Outcome::Wait
+        };
+    }
+    loop {
+        let timeout = if conn.protocol == 3 && acks.timeouts == 0 {
+            ACK_TIMEOUT_FIRST
+        } else {
+            ACK_TIMEOUT_AFTER
+        };
+        match conn.request_raw("transaction", &fields, timeout).await {
+            Ok(_) => {
+                acks.timeouts = 0;
+                return Outcome::Done;
+            }
+            Err(RequestError::Closed) => return Outcome::Wait,
+            Err(RequestError::Timeout) if conn.protocol == 2 => {
+                tracing::warn!(bridge = %bridge.name(), txn_id = %txn.txn_id, "not acknowledged, dropping (protocol 2)");
+                return Outcome::Done;
+            }
+            Err(RequestError::Timeout | RequestError::Refused(_)) => {
+                acks.timeouts += 1;
+                tracing::warn!(bridge = %bridge.name(), txn_id = %txn.txn_id, timeouts = acks.timeouts, "transaction not acknowledged");
+                if acks.timeouts >= MAX_ACK_TIMEOUTS {
+                    conn.close(
+                        4002,
+                        r#"{"command":"disconnect","status":"transactions_not_acknowledged"}"#,
+                    );
+                    return Outcome::Wait;
+                }
+                // Resend the same delivery: bridges deduplicate by txn_id.
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Accepting homeserver transactions (spec 3.1): recognise retries, route, write the
+//! sub-transactions and the processed-transaction record atomically, make them durable,
+//! then wake the bridges' workers. Only then may the homeserver get its 200.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::error::Error;
+use crate::management::store_error;
+use crate::matrix::{EventMeta, HomeserverTransaction};
+use crate::routing::Router;
+use crate::store::{now_ms, Store, TransactionCommit, TxnRecord};
+
+/// The 200 body of a processed transaction.
+#[derive(Debug, Serialize)]
+pub struct SentTo {
+    #[serde(rename = "com.beeper.asmux.sent_to")]
+    pub sent_to: BTreeMap<Uuid, &'static str>,
+    #[serde(rename = "com.beeper.asmux.synchronous")]
+    pub synchronous: bool,
+}
+
+/// What became of a transaction.
+#[derive(Debug)]
+pub enum Accepted {
+    /// A retry of a transaction already processed: nothing was queued.
+    Duplicate,
+    Processed(SentTo),
+}
+
+pub struct Intake {
+    store: Arc<Store>,
+    delivery: Arc<Delivery>,
+    router: Router,
+    /// The homeserver sends one transaction at a time; processing them one at a time too
+    /// keeps every bridge's queue in homeserver order.
+    order: tokio::sync::Mutex<()>,
+}
+
+impl Intake {
+    pub fn new(config: &Config, store: Arc<Store>, delivery: Arc<Delivery>) -> Intake {
+        Intake {
+            store,
+            delivery,
+            router: Router {
+                namespace: config.namespace(),
+                filter: config.mux.event_filter,
+            },
+            order: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub async fn accept(
+        &self,
+        txn_id: &str,
+        txn: HomeserverTransaction,
+    ) -> Result<Accepted, Error> {
+        let order = self.order.lock().await;
+        let event_ids: Vec<String> = txn
+            .events
+            .iter()
+            .filter_map(|raw| EventMeta::parse(raw)?.event_id.map(|id| id.into_owned()))
+            .collect();
+        if self.is_retry(txn_id, &txn, &event_ids)? {
+            tracing::debug!(txn_id, "transaction already processed");
+            // Its first attempt may have been answered 500 after a failed flush.
+            self.store.flush().await.map_err(store_error)?;
+            return Ok(Accepted::Duplicate);
+        }
+        let connected = self.delivery.hub.connected();
+        let routed = self
+            .router
+            .route(txn_id, &txn, self.store.as_ref(), &connected)
+            .map_err(store_error)?;
+        for (kind, reason) in &routed.dropped {
+            tracing::debug!(txn_id, kind, reason = reason.as_str(), "event dropped");
+        }
+        let mut sent_to = BTreeMap::new();
+        let mut entries = Vec::new();
+        for (id, sub) in &routed.transactions {
+            let bridge = &routed.bridges[id];
+            if bridge.push && bridge.address.is_empty() {
+                sent_to.insert(*id, "no-address");
+            } else {
+                sent_to.insert(*id, "ok");
+                entries.push((*id, sub.to_json()));
+            }
+        }
+        let commit = TransactionCommit {
+            txn_id,
+            record: Some(TxnRecord {
+                at_ms: now_ms(),
+                event_ids,
+            }),
+            new_room_owners: routed.new_room_owners,
+            entries,
+        };
+        self.store.commit_transaction(&commit).map_err(|e| {
+            tracing::error!(txn_id, error = %e, "cannot queue transaction; the homeserver will retry");
+            Error::Internal
+        })?;
+        drop(order);
+        self.store.flush().await.map_err(|e| {
+            tracing::error!(txn_id, error = %e, "cannot flush transaction; the homeserver will retry");
+            Error::Internal
+        })?;
+        for (id, _) in &commit.entries {
+            self.delivery.wake(*id);
+        }
+        Ok(Accepted::Processed(SentTo {
+            sent_to,
+            synchronous: true,
+        }))
+    }
+
+    /// A repeated txn ID is a retry only if all its PDUs were in the earlier transaction
+    /// and it has no to-device events: Synapse rebuilds retried bodies and reuses IDs
+    /// after its own restart.
+    fn is_retry(
+        &self,
+        txn_id: &str,
+        txn: &HomeserverTransaction,
+        event_ids: &[String],
+    ) -> Result<bool, Error> {
+        if !txn.to_device.is_empty() {
+            return Ok(false);
+        }
+        let Some(previous) = self
+            .store
+            .processed_transaction(txn_id)
+            .map_err(store_error)?
+        else {
+            return Ok(false);
+        };
+        Ok(event_ids.len() == txn.events.len()
+            && event_ids.iter().all(|id| previous.event_ids.contains(id)))
+    }
+}

@@ -1,0 +1,103 @@
+//! Optional reporting to external endpoints (spec 8): bridge states and message
+//! checkpoints. Every report is fire-and-forget with a short timeout; failures are only
+//! logged, so reporting can never hold up delivery.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::http_client::{full_body, HttpClient};
+use crate::store::Bridge;
+
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The configured endpoints.
+#[derive(Clone)]
+pub struct Reporter {
+    client: HttpClient,
+    remote_status: Option<String>,
+    checkpoints: Option<String>,
+    bridge_status: Option<String>,
+}
+
+impl Reporter {
+    pub fn new(config: &Config, client: HttpClient) -> Reporter {
+        Reporter {
+            client,
+            remote_status: config.mux.remote_status_endpoint.clone(),
+            checkpoints: config.mux.message_send_checkpoint_endpoint.clone(),
+            bridge_status: config.mux.bridge_status_endpoint.clone(),
+        }
+    }
+
+    /// Forwards a `bridge_status` a websocket bridge sent.
+    pub fn remote_status(&self, bridge: &Bridge, status: &Value) {
+        if let Some(url) = &self.remote_status {
+            self.post(url.clone(), Some(bridge.real_as_token()), status.clone());
+        }
+    }
+
+    /// Forwards `message_checkpoint` data a bridge sent.
+    pub fn bridge_checkpoints(&self, bridge: &Bridge, data: &Value) {
+        let checkpoints = data
+            .get("checkpoints")
+            .cloned()
+            .unwrap_or_else(|| json!([data]));
+        self.checkpoints(bridge, checkpoints);
+    }
+
+    /// Reports checkpoints asmux made itself (`reported_by: ASMUX`).
+    pub fn checkpoints(&self, bridge: &Bridge, checkpoints: Value) {
+        if let Some(base) = &self.checkpoints {
+            let url = format!(
+                "{}/bridgebox/{}/bridge/{}/send_message_metrics",
+                base.trim_end_matches('/'),
+                bridge.owner,
+                bridge.prefix
+            );
+            self.post(
+                url,
+                Some(bridge.real_as_token()),
+                json!({ "checkpoints": checkpoints }),
+            );
+        }
+    }
+
+    /// Tells the status endpoint a websocket bridge became unreachable.
+    pub fn bridge_unreachable(&self, bridge: &Bridge) {
+        if bridge.prefix == "androidsms" {
+            return;
+        }
+        if let Some(template) = &self.bridge_status {
+            let url = template
+                .replace("{owner}", &bridge.owner)
+                .replace("{prefix}", &bridge.prefix);
+            self.post(
+                url,
+                Some(bridge.real_as_token()),
+                json!({"stateEvent": "BRIDGE_UNREACHABLE"}),
+            );
+        }
+    }
+
+    fn post(&self, url: String, token: Option<String>, body: Value) {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let mut request =
+                http::Request::post(&url).header(http::header::CONTENT_TYPE, "application/json");
+            if let Some(token) = token {
+                request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            let Ok(request) = request.body(full_body(body.to_string())) else {
+                tracing::warn!(%url, "invalid reporting URL");
+                return;
+            };
+            match client.send_buffered(request, REPORT_TIMEOUT).await {
+                Ok(r) if r.status.is_success() => {}
+                Ok(r) => tracing::warn!(%url, status = %r.status, "report refused"),
+                Err(e) => tracing::warn!(%url, error = %e, "report failed"),
+            }
+        });
+    }
+}

@@ -1,0 +1,300 @@
+//! Splitting a homeserver transaction into per-bridge sub-transactions (spec 3.1). Pure:
+//! reads rooms and bridges through [`RoutingView`], returns what to write.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::config::EventFilter;
+use crate::matrix::{BridgeTransaction, EventMeta, HomeserverTransaction, Namespace, Raw};
+use crate::store::{Bridge, Room, Store, StoreError};
+
+/// The lookups routing needs.
+pub trait RoutingView {
+    fn room(&self, room_id: &str) -> Result<Option<Arc<Room>>, StoreError>;
+    fn bridge(&self, id: Uuid) -> Result<Option<Arc<Bridge>>, StoreError>;
+    fn bridge_by_name(&self, owner: &str, prefix: &str) -> Result<Option<Arc<Bridge>>, StoreError>;
+}
+
+impl RoutingView for Store {
+    fn room(&self, room_id: &str) -> Result<Option<Arc<Room>>, StoreError> {
+        Store::room(self, room_id)
+    }
+    fn bridge(&self, id: Uuid) -> Result<Option<Arc<Bridge>>, StoreError> {
+        Store::bridge(self, id)
+    }
+    fn bridge_by_name(&self, owner: &str, prefix: &str) -> Result<Option<Arc<Bridge>>, StoreError> {
+        Store::bridge_by_name(self, owner, prefix)
+    }
+}
+
+/// Why an event went to no bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    Malformed,
+    NoRoom,
+    UnownedRoom,
+    DeletedRoom,
+    Redacted,
+    Filtered,
+    UnknownUser,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::NoRoom => "no_room",
+            DropReason::UnownedRoom => "unowned_room",
+            DropReason::DeletedRoom => "deleted_room",
+            DropReason::Redacted => "redacted",
+            DropReason::Filtered => "filtered",
+            DropReason::UnknownUser => "unknown_user",
+        }
+    }
+}
+
+/// The outcome of routing one transaction.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// The sub-transaction of every bridge that gets something.
+    pub transactions: BTreeMap<Uuid, BridgeTransaction>,
+    /// Every bridge named in `transactions`.
+    pub bridges: HashMap<Uuid, Arc<Bridge>>,
+    /// Rooms that gained an owning bridge.
+    pub new_room_owners: Vec<(String, Uuid)>,
+    /// Event type and reason of every dropped event.
+    pub dropped: Vec<(String, DropReason)>,
+}
+
+/// Routing settings from the config.
+pub struct Router {
+    pub namespace: Namespace,
+    pub filter: EventFilter,
+}
+
+struct RoomState {
+    owners: Vec<Uuid>,
+    deleted: bool,
+}
+
+impl Router {
+    /// Routes `txn`. `connected` lists the websocket bridges connected now: they receive
+    /// a transaction that carries nothing but device lists.
+    pub fn route(
+        &self,
+        txn_id: &str,
+        txn: &HomeserverTransaction,
+        view: &dyn RoutingView,
+        connected: &[Uuid],
+    ) -> Result<Routed, StoreError> {
+        let mut ctx = Context {
+            router: self,
+            view,
+            txn_id,
+            rooms: HashMap::new(),
+            routed: Routed::default(),
+        };
+        for raw in &txn.events {
+            ctx.route_pdu(raw)?;
+        }
+        for raw in &txn.ephemeral {
+            ctx.route_ephemeral(raw)?;
+        }
+        for raw in &txn.to_device {
+            ctx.route_to_device(raw)?;
+        }
+        for (user_id, counts) in &txn.one_time_keys_count {
+            if let Some(t) = ctx.for_user(user_id)? {
+                t.device_one_time_keys_count
+                    .insert(user_id.clone(), counts.clone());
+            }
+        }
+        for (user_id, types) in &txn.fallback_key_types {
+            if let Some(t) = ctx.for_user(user_id)? {
+                t.device_unused_fallback_key_types
+                    .insert(user_id.clone(), types.clone());
+            }
+        }
+        if !txn.device_lists.is_empty() {
+            if txn.only_device_lists() {
+                for id in connected {
+                    if let Some(bridge) = view.bridge(*id)? {
+                        ctx.transaction(&bridge);
+                    }
+                }
+            }
+            for t in ctx.routed.transactions.values_mut() {
+                t.device_lists = txn.device_lists.clone();
+            }
+        }
+        Ok(ctx.routed)
+    }
+}
+
+struct Context<'a> {
+    router: &'a Router,
+    view: &'a dyn RoutingView,
+    txn_id: &'a str,
+    /// Rooms seen in this transaction, with owners registered so far.
+    rooms: HashMap<String, RoomState>,
+    routed: Routed,
+}
+
+impl Context<'_> {
+    fn drop_event(&mut self, meta: Option<&EventMeta<'_>>, reason: DropReason) {
+        let kind = meta.map(|m| m.kind().to_owned()).unwrap_or_default();
+        self.routed.dropped.push((kind, reason));
+    }
+
+    fn room(&mut self, room_id: &str) -> Result<&mut RoomState, StoreError> {
+        if !self.rooms.contains_key(room_id) {
+            let state = match self.view.room(room_id)? {
+                Some(room) => RoomState {
+                    owners: room.owners.clone(),
+                    deleted: room.deleted,
+                },
+                None => RoomState {
+                    owners: Vec::new(),
+                    deleted: false,
+                },
+            };
+            self.rooms.insert(room_id.to_owned(), state);
+        }
+        Ok(self.rooms.get_mut(room_id).expect("inserted above"))
+    }
+
+    fn transaction(&mut self, bridge: &Arc<Bridge>) -> &mut BridgeTransaction {
+        self.routed
+            .bridges
+            .entry(bridge.id)
+            .or_insert_with(|| bridge.clone());
+        self.routed
+            .transactions
+            .entry(bridge.id)
+            .or_insert_with(|| BridgeTransaction {
+                txn_id: self.txn_id.to_owned(),
+                ..Default::default()
+            })
+    }
+
+    /// The bridge whose namespace holds `user_id`.
+    fn bridge_of(&self, user_id: &str) -> Result<Option<Arc<Bridge>>, StoreError> {
+        match self.router.namespace.parse('@', user_id) {
+            Some(user) => self.view.bridge_by_name(user.owner, user.prefix),
+            None => Ok(None),
+        }
+    }
+
+    fn for_user(&mut self, user_id: &str) -> Result<Option<&mut BridgeTransaction>, StoreError> {
+        Ok(match self.bridge_of(user_id)? {
+            Some(bridge) => Some(self.transaction(&bridge)),
+            None => None,
+        })
+    }
+
+    fn route_pdu(&mut self, raw: &Raw) -> Result<(), StoreError> {
+        let Some(meta) = EventMeta::parse(raw) else {
+            self.drop_event(None, DropReason::Malformed);
+            return Ok(());
+        };
+        let Some(room_id) = meta.room_id.as_deref() else {
+            self.drop_event(Some(&meta), DropReason::NoRoom);
+            return Ok(());
+        };
+        // A bridge user's membership makes that bridge an owner of the room.
+        let member_bridge = match (meta.kind(), meta.state_key.as_deref()) {
+            ("m.room.member", Some(state_key)) => self.bridge_of(state_key)?,
+            _ => None,
+        };
+        let room = self.room(room_id)?;
+        if room.deleted {
+            self.drop_event(Some(&meta), DropReason::DeletedRoom);
+            return Ok(());
+        }
+        let new_owner = member_bridge.filter(|b| !room.owners.contains(&b.id));
+        if let Some(bridge) = &new_owner {
+            room.owners.push(bridge.id);
+        }
+        let owners = room.owners.clone();
+        if let Some(bridge) = new_owner {
+            self.routed
+                .new_room_owners
+                .push((room_id.to_owned(), bridge.id));
+        }
+        if owners.is_empty() {
+            self.drop_event(Some(&meta), DropReason::UnownedRoom);
+            return Ok(());
+        }
+        if meta.is_redacted_message() {
+            self.drop_event(Some(&meta), DropReason::Redacted);
+            return Ok(());
+        }
+        for owner in owners {
+            let Some(bridge) = self.view.bridge(owner)? else {
+                continue;
+            };
+            if self.router.filter == EventFilter::OwnerMessages
+                && !self.is_owner_message(&meta, &bridge)
+            {
+                self.drop_event(Some(&meta), DropReason::Filtered);
+                continue;
+            }
+            self.transaction(&bridge).events.push(raw.clone());
+        }
+        Ok(())
+    }
+
+    fn is_owner_message(&self, meta: &EventMeta<'_>, bridge: &Bridge) -> bool {
+        meta.is_message()
+            && meta.sender.as_deref() == Some(self.router.namespace.user_id(&bridge.owner).as_str())
+            && !meta.is_double_puppeted()
+    }
+
+    fn route_ephemeral(&mut self, raw: &Raw) -> Result<(), StoreError> {
+        let Some(meta) = EventMeta::parse(raw) else {
+            self.drop_event(None, DropReason::Malformed);
+            return Ok(());
+        };
+        if meta.room_id.is_none() && meta.to_user_id.is_some() {
+            // Legacy to-device events arrived among the ephemeral ones.
+            return self.route_to_device(raw);
+        }
+        let Some(room_id) = meta.room_id.as_deref() else {
+            self.drop_event(Some(&meta), DropReason::NoRoom);
+            return Ok(());
+        };
+        let room = self.room(room_id)?;
+        if room.deleted {
+            self.drop_event(Some(&meta), DropReason::DeletedRoom);
+            return Ok(());
+        }
+        let owners = room.owners.clone();
+        if owners.is_empty() {
+            self.drop_event(Some(&meta), DropReason::UnownedRoom);
+        }
+        for owner in owners {
+            if let Some(bridge) = self.view.bridge(owner)? {
+                self.transaction(&bridge).ephemeral.push(raw.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn route_to_device(&mut self, raw: &Raw) -> Result<(), StoreError> {
+        let Some(meta) = EventMeta::parse(raw) else {
+            self.drop_event(None, DropReason::Malformed);
+            return Ok(());
+        };
+        let bridge = match meta.to_user_id.as_deref() {
+            Some(user_id) => self.bridge_of(user_id)?,
+            None => None,
+        };
+        match bridge {
+            Some(bridge) => self.transaction(&bridge).to_device.push(raw.clone()),
+            None => self.drop_event(Some(&meta), DropReason::UnknownUser),
+        }
+        Ok(())
+    }
+}

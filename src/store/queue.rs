@@ -1,0 +1,346 @@
+//! Per-bridge delivery queues and the record of processed homeserver transactions.
+//!
+//! Trees:
+//! - `queue`: bridge UUID (16) ++ sequence (u64 BE) -> enqueued-at unix ms (u64 BE) ++
+//!   the bridge transaction as JSON bytes
+//! - `txnid_record`: homeserver txn ID -> [`TxnRecord`]
+//! - `txnage_txnid`: processed-at unix ms (u64 BE) ++ txn ID -> empty (oldest first)
+//! - `bridgeid_status`: bridge UUID -> the bridge's last `bridge_status` (JSON)
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::{IVec, Transactional};
+use uuid::Uuid;
+
+use super::{decode, encode, rooms::add_owner, tx_result, Store, StoreError};
+
+/// What asmux remembers of a processed homeserver transaction, to recognise a retry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnRecord {
+    pub at_ms: u64,
+    /// The PDU event IDs it contained.
+    pub event_ids: Vec<String>,
+}
+
+/// One queued sub-transaction.
+#[derive(Debug, Clone)]
+pub struct QueuedEntry {
+    key: IVec,
+    pub enqueued_at_ms: u64,
+    /// The bridge transaction, JSON.
+    pub body: IVec,
+}
+
+impl QueuedEntry {
+    pub fn sequence(&self) -> u64 {
+        u64::from_be_bytes(self.key[16..24].try_into().unwrap_or_default())
+    }
+}
+
+/// Everything one homeserver transaction changes, written atomically.
+#[derive(Debug, Default)]
+pub struct TransactionCommit<'a> {
+    pub txn_id: &'a str,
+    pub record: Option<TxnRecord>,
+    pub new_room_owners: Vec<(String, Uuid)>,
+    /// Bridge and the JSON of its sub-transaction.
+    pub entries: Vec<(Uuid, Vec<u8>)>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+fn age_key(at_ms: u64, txn_id: &str) -> Vec<u8> {
+    [at_ms.to_be_bytes().as_slice(), txn_id.as_bytes()].concat()
+}
+
+fn queue_key(bridge: Uuid, seq: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(bridge.as_bytes());
+    key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+impl Store {
+    /// The record of transaction `txn_id`, if it was processed.
+    pub fn processed_transaction(&self, txn_id: &str) -> Result<Option<TxnRecord>, StoreError> {
+        self.txnid_record
+            .get(txn_id)?
+            .map(|v| decode("txnid_record", &v))
+            .transpose()
+    }
+
+    /// Registers room owners, appends the sub-transactions to their queues and records the
+    /// transaction as processed, all in one atomic write. Not yet durable: call
+    /// [`Store::flush`] before acknowledging.
+    pub fn commit_transaction(&self, commit: &TransactionCommit<'_>) -> Result<(), StoreError> {
+        let now = now_ms();
+        let guard = self.write_lock();
+        tx_result::<_, StoreError>(
+            (
+                &self.roomid_room,
+                &self.bridgeid_roomid,
+                &self.queue,
+                &self.txnid_record,
+                &self.txnage_txnid,
+            )
+                .transaction(|(rooms, bridge_rooms, queue, records, ages)| {
+                    for (room_id, bridge) in &commit.new_room_owners {
+                        add_owner(rooms, bridge_rooms, room_id, *bridge)?;
+                    }
+                    for (bridge, body) in &commit.entries {
+                        let seq = queue.generate_id()?;
+                        let value = [now.to_be_bytes().as_slice(), body].concat();
+                        queue.insert(&queue_key(*bridge, seq), value)?;
+                    }
+                    if let Some(record) = &commit.record {
+                        record_transaction(records, ages, commit.txn_id, record)?;
+                    }
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                }),
+        )?;
+        for (room_id, _) in &commit.new_room_owners {
+            self.rooms.invalidate(room_id);
+        }
+        drop(guard);
+        Ok(())
+    }
+
+    /// Up to `max` of the oldest entries of `bridge`'s queue, left in place.
+    pub fn queue_batch(&self, bridge: Uuid, max: usize) -> Result<Vec<QueuedEntry>, StoreError> {
+        self.queue
+            .scan_prefix(bridge.as_bytes())
+            .take(max)
+            .map(|item| {
+                let (key, value) = item?;
+                entry(key, value)
+            })
+            .collect()
+    }
+
+    /// Removes delivered (or given up) entries.
+    pub fn remove_queued(&self, entries: &[QueuedEntry]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for e in entries {
+            batch.remove(e.key.clone());
+        }
+        self.queue.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Number of queued entries of `bridge` and when the oldest was queued.
+    pub fn queue_stats(&self, bridge: Uuid) -> Result<(u64, Option<u64>), StoreError> {
+        let mut depth = 0;
+        let mut oldest = None;
+        for item in self.queue.scan_prefix(bridge.as_bytes()) {
+            let (key, value) = item?;
+            if oldest.is_none() {
+                oldest = Some(entry(key, value)?.enqueued_at_ms);
+            }
+            depth += 1;
+        }
+        Ok((depth, oldest))
+    }
+
+    /// Every bridge with a non-empty queue.
+    pub fn queued_bridges(&self) -> Result<Vec<Uuid>, StoreError> {
+        let mut out = Vec::new();
+        let mut next = self.queue.first()?;
+        while let Some((key, _)) = next {
+            let id = Uuid::from_slice(&key[..16]).map_err(|_| corrupt_queue())?;
+            out.push(id);
+            next = self.queue.get_gt(queue_key(id, u64::MAX))?;
+        }
+        Ok(out)
+    }
+
+    /// Drops every queue entry of `bridge`.
+    pub fn clear_queue(&self, bridge: Uuid) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in self.queue.scan_prefix(bridge.as_bytes()).keys() {
+            batch.remove(key?);
+        }
+        self.queue.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Drops queue entries queued before `before_ms`; returns how many.
+    pub fn trim_queues(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut trimmed = 0;
+        for item in self.queue.iter() {
+            let (key, value) = item?;
+            if entry(key.clone(), value)?.enqueued_at_ms < before_ms {
+                batch.remove(key);
+                trimmed += 1;
+            }
+        }
+        self.queue.apply_batch(batch)?;
+        Ok(trimmed)
+    }
+
+    /// Forgets processed transactions older than `before_ms`, but always keeps the newest
+    /// `keep`. Returns how many were forgotten.
+    pub fn trim_processed_transactions(
+        &self,
+        before_ms: u64,
+        keep: usize,
+    ) -> Result<usize, StoreError> {
+        let _guard = self.write_lock();
+        let excess = self.txnage_txnid.len().saturating_sub(keep);
+        let mut batch_ages = sled::Batch::default();
+        let mut batch_records = sled::Batch::default();
+        let mut trimmed = 0;
+        for key in self.txnage_txnid.iter().keys().take(excess) {
+            let key = key?;
+            let at = u64::from_be_bytes(key[..8].try_into().map_err(|_| corrupt_queue())?);
+            if at >= before_ms {
+                break;
+            }
+            batch_records.remove(&key[8..]);
+            batch_ages.remove(key);
+            trimmed += 1;
+        }
+        self.txnid_record.apply_batch(batch_records)?;
+        self.txnage_txnid.apply_batch(batch_ages)?;
+        Ok(trimmed)
+    }
+
+    /// Stores the latest `bridge_status` a bridge reported.
+    pub fn set_bridge_status(&self, bridge: Uuid, status: &[u8]) -> Result<(), StoreError> {
+        self.bridgeid_status.insert(bridge.as_bytes(), status)?;
+        Ok(())
+    }
+
+    /// The latest `bridge_status` a bridge reported.
+    pub fn bridge_status(&self, bridge: Uuid) -> Result<Option<IVec>, StoreError> {
+        Ok(self.bridgeid_status.get(bridge.as_bytes())?)
+    }
+}
+
+fn record_transaction(
+    records: &TransactionalTree,
+    ages: &TransactionalTree,
+    txn_id: &str,
+    record: &TxnRecord,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    if let Some(old) = records.get(txn_id)? {
+        let old: TxnRecord =
+            decode("txnid_record", &old).map_err(ConflictableTransactionError::Abort)?;
+        ages.remove(age_key(old.at_ms, txn_id))?;
+    }
+    records.insert(txn_id.as_bytes(), encode(record))?;
+    ages.insert(age_key(record.at_ms, txn_id), &[])?;
+    Ok(())
+}
+
+fn entry(key: IVec, value: IVec) -> Result<QueuedEntry, StoreError> {
+    if key.len() != 24 || value.len() < 8 {
+        return Err(corrupt_queue());
+    }
+    let enqueued_at_ms = u64::from_be_bytes(value[..8].try_into().map_err(|_| corrupt_queue())?);
+    Ok(QueuedEntry {
+        key,
+        enqueued_at_ms,
+        body: value.subslice(8, value.len() - 8),
+    })
+}
+
+fn corrupt_queue() -> StoreError {
+    StoreError::Corrupt {
+        tree: "queue",
+        source: postcard::Error::DeserializeBadEncoding,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_are_fifo_per_bridge_and_survive_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        {
+            let store = Store::open(tmp.path()).unwrap();
+            for i in 0..5 {
+                store
+                    .commit_transaction(&TransactionCommit {
+                        txn_id: &i.to_string(),
+                        record: Some(TxnRecord {
+                            at_ms: i,
+                            event_ids: vec![format!("$e{i}")],
+                        }),
+                        new_room_owners: vec![("!r".into(), a)],
+                        entries: vec![
+                            (a, format!("a{i}").into_bytes()),
+                            (b, format!("b{i}").into_bytes()),
+                        ],
+                    })
+                    .unwrap();
+            }
+        }
+        let store = Store::open(tmp.path()).unwrap();
+        let batch = store.queue_batch(a, 3).unwrap();
+        let bodies: Vec<&[u8]> = batch.iter().map(|e| e.body.as_ref()).collect();
+        assert_eq!(bodies, [b"a0".as_slice(), b"a1", b"a2"]);
+        assert!(batch.windows(2).all(|w| w[0].sequence() < w[1].sequence()));
+        store.remove_queued(&batch).unwrap();
+        assert_eq!(store.queue_stats(a).unwrap().0, 2);
+        assert_eq!(store.queue_stats(b).unwrap().0, 5);
+        let mut queued = store.queued_bridges().unwrap();
+        queued.sort();
+        let mut expected = vec![a, b];
+        expected.sort();
+        assert_eq!(queued, expected);
+        assert_eq!(store.room("!r").unwrap().unwrap().owners, vec![a]);
+        assert_eq!(
+            store.processed_transaction("3").unwrap().unwrap().event_ids,
+            vec!["$e3"]
+        );
+
+        store.clear_queue(b).unwrap();
+        assert_eq!(store.queued_bridges().unwrap(), vec![a]);
+        assert_eq!(store.trim_queues(u64::MAX).unwrap(), 2);
+        assert!(store.queued_bridges().unwrap().is_empty());
+    }
+
+    #[test]
+    fn processed_transactions_are_trimmed_by_age_beyond_the_newest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        for i in 0..10u64 {
+            let commit = TransactionCommit {
+                txn_id: &i.to_string(),
+                record: Some(TxnRecord {
+                    at_ms: i * 100,
+                    event_ids: vec![],
+                }),
+                ..Default::default()
+            };
+            store.commit_transaction(&commit).unwrap();
+        }
+        // Replacing a record moves it to the new age.
+        let again = TransactionCommit {
+            txn_id: "0",
+            record: Some(TxnRecord {
+                at_ms: 5000,
+                event_ids: vec![],
+            }),
+            ..Default::default()
+        };
+        store.commit_transaction(&again).unwrap();
+        // Keep at least 4; of the rest, only those older than 450 ms go: 1, 2, 3, 4.
+        assert_eq!(store.trim_processed_transactions(450, 4).unwrap(), 4);
+        assert!(store.processed_transaction("1").unwrap().is_none());
+        assert!(store.processed_transaction("0").unwrap().is_some());
+        assert!(store.processed_transaction("5").unwrap().is_some());
+        assert_eq!(store.trim_processed_transactions(u64::MAX, 4).unwrap(), 2);
+    }
+}
