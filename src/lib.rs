@@ -20,6 +20,7 @@
 
 pub mod api;
 pub mod app;
+pub mod bridge_requests;
 pub mod cli;
 pub mod config;
 pub mod delivery;

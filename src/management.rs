@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::bridge_requests;
 use crate::config::{is_http_url, Config};
 use crate::delivery::Delivery;
 use crate::error::Error;
@@ -277,22 +278,46 @@ impl Management {
         caller: &Caller,
         target: &BridgeRef,
     ) -> Result<BridgeRegistration, Error> {
-        let bridge = self
-            .find(caller, target)?
-            .ok_or_else(|| self.not_found(caller))?;
+        let bridge = self.visible(caller, target)?;
         self.registration_of(&bridge, None, 0)
     }
 
     /// `DELETE /appservice/...`: removes the bridge, its queue and its rooms.
     pub async fn delete(&self, caller: &Caller, target: &BridgeRef) -> Result<Arc<Bridge>, Error> {
-        let bridge = self
-            .find(caller, target)?
-            .ok_or_else(|| self.not_found(caller))?;
+        let bridge = self.visible(caller, target)?;
         self.store.delete_bridge(bridge.id).map_err(store_error)?;
         self.delivery.forget(bridge.id);
         self.flush().await?;
         tracing::info!(bridge = %bridge.name(), id = %bridge.id, "deleted bridge");
         Ok(bridge)
+    }
+
+    /// `POST /appservice/.../ping`: the bridge's GlobalBridgeState.
+    pub async fn ping(
+        &self,
+        caller: &Caller,
+        target: &BridgeRef,
+    ) -> Result<serde_json::Value, Error> {
+        let bridge = self.visible(caller, target)?;
+        Ok(bridge_requests::global_state(&self.delivery, &bridge).await)
+    }
+
+    /// `GET /appservice/.../status`: connection, queue and last state.
+    pub fn status(&self, caller: &Caller, target: &BridgeRef) -> Result<serde_json::Value, Error> {
+        let bridge = self.visible(caller, target)?;
+        bridge_requests::status(&self.delivery, &bridge)
+    }
+
+    /// Mxauth `POST /appservice/.../exec/{command}`: `(status, data)`.
+    pub async fn exec(
+        &self,
+        caller: &Caller,
+        target: &BridgeRef,
+        command: &str,
+        body: serde_json::Value,
+    ) -> Result<(u16, serde_json::Value), Error> {
+        let bridge = self.visible(caller, target)?;
+        bridge_requests::exec(&self.delivery, &bridge, command, body).await
     }
 
     /// `GET /appservices`: every bridge the caller may see.
@@ -378,6 +403,12 @@ impl Management {
             (Caller::User(user), Some(b)) if b.owner != user.id => Err(self.not_found(caller)),
             (_, bridge) => Ok(bridge),
         }
+    }
+
+    /// The bridge `target`, or the error the caller should see.
+    fn visible(&self, caller: &Caller, target: &BridgeRef) -> Result<Arc<Bridge>, Error> {
+        self.find(caller, target)?
+            .ok_or_else(|| self.not_found(caller))
     }
 
     fn not_found(&self, caller: &Caller) -> Error {

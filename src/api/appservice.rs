@@ -7,9 +7,11 @@ use warp::{Filter, Rejection, Reply};
 
 use super::{authorization, body, query_param, raw_query, with_state, Response, Segment};
 use crate::app::AppState;
+use crate::bridge_requests::{self, Query};
 use crate::error::Error;
 use crate::intake::Accepted;
 use crate::matrix::{HomeserverTransaction, TransactionError};
+use warp::http::StatusCode;
 
 pub fn routes(
     state: Arc<AppState>,
@@ -25,9 +27,44 @@ pub fn routes(
         .and_then(transaction);
     let ping = warp::path!("_matrix" / "app" / "v1" / "ping")
         .and(warp::post())
-        .and(homeserver_auth(state))
+        .and(homeserver_auth(state.clone()))
         .map(|| warp::reply::json(&serde_json::json!({})).into_response());
-    transaction.or(ping).unify()
+    let user = warp::path!("_matrix" / "app" / "v1" / "users" / Segment)
+        .or(warp::path!("users" / Segment))
+        .unify()
+        .map(|Segment(id)| QueryKind::User(id));
+    let alias = warp::path!("_matrix" / "app" / "v1" / "rooms" / Segment)
+        .or(warp::path!("rooms" / Segment))
+        .unify()
+        .map(|Segment(alias)| QueryKind::Alias(alias));
+    let query = user
+        .or(alias)
+        .unify()
+        .and(warp::get())
+        .and(homeserver_auth(state.clone()))
+        .and(with_state(state.clone()))
+        .and_then(query);
+    transaction.or(ping).unify().or(query).unify()
+}
+
+enum QueryKind {
+    User(String),
+    Alias(String),
+}
+
+/// # `GET /_matrix/app/v1/users/{userId}` and `GET /_matrix/app/v1/rooms/{alias}`
+///
+/// Asked of the bridge that owns the namespace; 404 `{}` when none can answer.
+async fn query(kind: QueryKind, state: Arc<AppState>) -> Result<Response, Rejection> {
+    let query = match &kind {
+        QueryKind::User(id) => Query::User(id),
+        QueryKind::Alias(alias) => Query::Alias(alias),
+    };
+    let (status, body) = bridge_requests::query(&state.delivery, query)
+        .await
+        .unwrap_or((404, serde_json::json!({})));
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    Ok(warp::reply::with_status(warp::reply::json(&body), status).into_response())
 }
 
 /// # `PUT /_matrix/app/v1/transactions/{txnId}` (and the legacy `/transactions/{txnId}`)

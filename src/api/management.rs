@@ -24,7 +24,11 @@ pub fn routes(
             Err(warp::reject::not_found())
         }
     });
-    let mxauth = warp::path("mxauth").and(surface(state.clone(), matrix_caller(state.clone())));
+    let mxauth = warp::path("mxauth").and(
+        exec_route(state.clone())
+            .or(surface(state.clone(), matrix_caller(state.clone())))
+            .unify(),
+    );
     let bearer = surface(state.clone(), bearer_caller(state));
     warp::path!("_matrix" / "asmux" / ..)
         .and(
@@ -73,6 +77,16 @@ where
         .and(caller.clone())
         .and(with_state(state.clone()))
         .and_then(delete_bridge);
+    let ping = bridge_action("ping")
+        .and(warp::post())
+        .and(caller.clone())
+        .and(with_state(state.clone()))
+        .and_then(ping_bridge);
+    let status = bridge_action("status")
+        .and(warp::get())
+        .and(caller.clone())
+        .and(with_state(state.clone()))
+        .and_then(bridge_status);
     let list = warp::path!("appservices")
         .and(warp::get())
         .and(caller.clone())
@@ -106,6 +120,60 @@ where
         .unify()
         .or(room)
         .unify()
+        .or(ping)
+        .unify()
+        .or(status)
+        .unify()
+}
+
+/// Mxauth only: `POST /_matrix/asmux/mxauth/appservice/.../exec/{command}`.
+fn exec_route(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = state.config.mux.max_management_body_bytes;
+    let target = warp::path!("appservice" / Segment / "exec" / Segment)
+        .and_then(|Segment(id), Segment(command)| async move {
+            BridgeRef::id(&id)
+                .map(|t| (t, command))
+                .map_err(warp::reject::custom)
+        })
+        .or(
+            warp::path!("appservice" / Segment / Segment / "exec" / Segment).and_then(
+                |Segment(owner), Segment(prefix), Segment(command)| async move {
+                    BridgeRef::name(&owner, &prefix)
+                        .map(|t| (t, command))
+                        .map_err(warp::reject::custom)
+                },
+            ),
+        )
+        .unify()
+        .untuple_one();
+    target
+        .and(warp::post())
+        .and(matrix_caller(state.clone()))
+        .and(body::limited(limit))
+        .and(with_state(state))
+        .and_then(exec)
+}
+
+/// `appservice/{uuid}/{action}` or `appservice/{owner}/{prefix}/{action}`.
+fn bridge_action(
+    action: &'static str,
+) -> impl Filter<Extract = (BridgeRef,), Error = Rejection> + Clone {
+    let by_id = warp::path("appservice")
+        .and(warp::path::param::<Segment>())
+        .and(warp::path(action))
+        .and(warp::path::end())
+        .and_then(|Segment(id)| async move { BridgeRef::id(&id).map_err(warp::reject::custom) });
+    let by_name = warp::path("appservice")
+        .and(warp::path::param::<Segment>())
+        .and(warp::path::param::<Segment>())
+        .and(warp::path(action))
+        .and(warp::path::end())
+        .and_then(|Segment(owner), Segment(prefix)| async move {
+            BridgeRef::name(&owner, &prefix).map_err(warp::reject::custom)
+        });
+    by_id.or(by_name).unify()
 }
 
 fn bearer_caller(
@@ -175,6 +243,43 @@ async fn delete_bridge(
 ) -> Result<Response, Rejection> {
     state.management.delete(&caller, &target).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// # `POST /_matrix/asmux/appservice/{owner}/{prefix}/ping` and `/appservice/{uuid}/ping`
+async fn ping_bridge(
+    target: BridgeRef,
+    caller: Caller,
+    state: Arc<AppState>,
+) -> Result<Response, Rejection> {
+    let bridge_state = state.management.ping(&caller, &target).await?;
+    Ok(json(&bridge_state, StatusCode::OK))
+}
+
+/// # `GET /_matrix/asmux/appservice/{owner}/{prefix}/status` and `/appservice/{uuid}/status`
+async fn bridge_status(
+    target: BridgeRef,
+    caller: Caller,
+    state: Arc<AppState>,
+) -> Result<Response, Rejection> {
+    let status = state.management.status(&caller, &target)?;
+    Ok(json(&status, StatusCode::OK))
+}
+
+/// # `POST /_matrix/asmux/mxauth/appservice/{owner}/{prefix}/exec/{command}`
+async fn exec(
+    target: BridgeRef,
+    command: String,
+    caller: Caller,
+    body: Bytes,
+    state: Arc<AppState>,
+) -> Result<Response, Rejection> {
+    let body: serde_json::Value = body::parse_json(&body)?;
+    let (status, data) = state
+        .management
+        .exec(&caller, &target, &command, body)
+        .await?;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    Ok(json(&data, status))
 }
 
 /// # `GET /_matrix/asmux/appservices`

@@ -15,8 +15,7 @@ pub const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// `ATTEMPTS_WITHOUT_PDUS`, since those go stale quickly.
 pub const ATTEMPTS_WITH_PDUS: u32 = 10;
 pub const ATTEMPTS_WITHOUT_PDUS: u32 = 2;
-/// First pause between attempts; each further pause is `BACKOFF_FACTOR` times longer.
-pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Each pause between attempts is this much longer than the one before.
 pub const BACKOFF_FACTOR: f64 = 1.5;
 
 /// How a push ended.
@@ -28,12 +27,14 @@ pub enum PushOutcome {
 }
 
 /// Pushes `txn` to `bridge`, retrying as the spec says.
+/// `first_backoff` is the first pause between attempts.
 pub async fn push(
     client: &HttpClient,
     bridge: &Bridge,
     txn: &BridgeTransaction,
-    body: &[u8],
+    first_backoff: Duration,
 ) -> PushOutcome {
+    let body = txn.to_json();
     let attempts = if txn.events.is_empty() {
         ATTEMPTS_WITHOUT_PDUS
     } else {
@@ -45,10 +46,10 @@ pub async fn push(
         utf8_percent_encode(&txn.txn_id, NON_ALPHANUMERIC),
         utf8_percent_encode(bridge.hs_token.expose(), NON_ALPHANUMERIC),
     );
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = first_backoff;
     let mut last_error = String::new();
     for attempt in 1..=attempts {
-        match put(client, bridge, &url, body).await {
+        match put(client, bridge, &url, &body).await {
             Ok(()) => return PushOutcome::Delivered,
             Err(e) => {
                 tracing::warn!(bridge = %bridge.name(), txn_id = %txn.txn_id, attempt, error = %e, "push failed");

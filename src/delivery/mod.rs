@@ -39,6 +39,9 @@ pub struct Delivery {
     pub namespace: Namespace,
     pub max_pdu_age_ms: u64,
     pub ping_interval: Duration,
+    /// Protocol 3 acknowledgement timeouts: before the first miss, and after it.
+    pub ack_timeouts: (Duration, Duration),
+    pub push_retry_delay: Duration,
     pub reporter: Reporter,
     /// Bridge -> its worker.
     workers: Mutex<HashMap<Uuid, Worker>>,
@@ -57,6 +60,11 @@ impl Delivery {
             namespace: config.namespace(),
             max_pdu_age_ms: config.mux.max_pdu_age_seconds * 1000,
             ping_interval: Duration::from_secs(config.mux.websocket_ping_seconds),
+            ack_timeouts: (
+                Duration::from_secs_f64(config.mux.websocket_ack_timeout_seconds),
+                Duration::from_secs_f64(config.mux.websocket_ack_retry_timeout_seconds),
+            ),
+            push_retry_delay: Duration::from_secs_f64(config.mux.push_retry_delay_seconds),
             reporter: Reporter::new(config, client.clone()),
             workers: Mutex::default(),
             last_delivery: Mutex::default(),

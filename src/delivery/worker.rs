@@ -15,10 +15,6 @@ use crate::store::{now_ms, Bridge, QueuedEntry};
 
 /// Queued sub-transactions merged into one delivery at most.
 pub const MAX_BATCH: usize = 10;
-/// Acknowledgement timeout of protocol 3 before the first timeout, and after it (and of
-/// protocol 2 always).
-pub const ACK_TIMEOUT_FIRST: Duration = Duration::from_secs(5);
-pub const ACK_TIMEOUT_AFTER: Duration = Duration::from_secs(30);
 /// Consecutive unacknowledged deliveries after which the socket is closed with 4002.
 pub const MAX_ACK_TIMEOUTS: u32 = 7;
 /// Pause after a store error before trying again.
@@ -135,7 +131,7 @@ async fn deliver_push(delivery: &Delivery, bridge: &Bridge, txn: &BridgeTransact
     if bridge.address.is_empty() {
         return Outcome::Wait;
     }
-    match push(&delivery.client, bridge, txn, &txn.to_json()).await {
+    match push(&delivery.client, bridge, txn, delivery.push_retry_delay).await {
         PushOutcome::Delivered => {}
         PushOutcome::GaveUp(error) => {
             tracing::error!(bridge = %bridge.name(), txn_id = %txn.txn_id, %error, "giving up on delivery");
@@ -176,10 +172,12 @@ async fn deliver_websocket(
         };
     }
     loop {
+        // Protocol 2 always waits the longer timeout.
+        let (first, after) = delivery.ack_timeouts;
         let timeout = if conn.protocol == 3 && acks.timeouts == 0 {
-            ACK_TIMEOUT_FIRST
+            first
         } else {
-            ACK_TIMEOUT_AFTER
+            after
         };
         match conn.request_raw("transaction", &fields, timeout).await {
             Ok(_) => {

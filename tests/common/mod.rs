@@ -108,6 +108,11 @@ impl StubHomeserver {
 
 /// The text of a config for tests, pointing at `homeserver`, listening on `port`.
 pub fn config_text(homeserver: &str, port: u16) -> String {
+    config_text_with(homeserver, port, "")
+}
+
+/// [`config_text`] with more lines at the end of `[mux]`.
+pub fn config_text_with(homeserver: &str, port: u16, extra: &str) -> String {
     format!(
         r#"[homeserver]
 address = "{homeserver}"
@@ -123,6 +128,11 @@ hs_token = "{HS_TOKEN}"
 data_dir = "data"
 shared_secret = "{SHARED_SECRET}"
 max_management_body_bytes = 65536
+websocket_ack_timeout_seconds = 0.3
+websocket_ack_retry_timeout_seconds = 0.4
+push_retry_delay_seconds = 0.02
+max_pdu_age_seconds = 0
+{extra}
 "#
     )
 }
@@ -138,8 +148,17 @@ pub struct TestServer {
 impl TestServer {
     /// Starts asmux with a fresh data directory.
     pub async fn start(hs: &StubHomeserver) -> TestServer {
+        TestServer::start_with(hs, "").await
+    }
+
+    /// Starts asmux with extra `[mux]` lines in its config.
+    pub async fn start_with(hs: &StubHomeserver, extra: &str) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("config.toml"), config_text(&hs.url(), 0)).unwrap();
+        std::fs::write(
+            dir.path().join("config.toml"),
+            config_text_with(&hs.url(), 0, extra),
+        )
+        .unwrap();
         TestServer::start_in(dir).await
     }
 
@@ -320,4 +339,246 @@ impl Drop for Process {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bridges and the homeserver's side of the appservice API.
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
+
+/// The body of a Synapse fixture.
+pub fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/../shared/fixtures/synapse-1.163/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let value: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    value["body"].clone()
+}
+
+/// PUTs a homeserver transaction with the hs_token.
+pub async fn hs_transaction(server: &TestServer, txn_id: &str, body: &Value) -> Reply {
+    let url = server.url(&format!("/_matrix/app/v1/transactions/{txn_id}"));
+    send("PUT", &url, Some(HS_TOKEN), Some(&body.to_string())).await
+}
+
+/// Provisions `owner`/`prefix` and returns its registration.
+pub async fn provision(server: &TestServer, owner: &str, prefix: &str, body: Value) -> Value {
+    let url = server.url(&format!("/_matrix/asmux/appservice/{owner}/{prefix}"));
+    let reply = send("PUT", &url, Some(SHARED_SECRET), Some(&body.to_string())).await;
+    assert!(reply.status == 201 || reply.status == 200, "{}", reply.text);
+    reply.body
+}
+
+/// A websocket bridge client, as mautrix bridges connect.
+pub struct WsBridge {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// Connects to asmux's as_sync endpoint with `token` and protocol `version`.
+pub async fn ws_connect(
+    server: &TestServer,
+    token: &str,
+    version: u8,
+) -> Result<WsBridge, tungstenite::Error> {
+    let url = format!(
+        "ws://{}/_matrix/client/unstable/fi.mau.as_sync",
+        server.addr
+    );
+    let mut request = url.into_client_request().unwrap();
+    let headers = request.headers_mut();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    headers.insert(
+        "x-mautrix-websocket-version",
+        version.to_string().parse().unwrap(),
+    );
+    headers.insert("x-mautrix-process-id", "test-process".parse().unwrap());
+    let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+    Ok(WsBridge { socket })
+}
+
+/// What the next read from a websocket gave.
+#[derive(Debug)]
+pub enum WsEvent {
+    Json(Value),
+    Closed(u16, String),
+    Timeout,
+}
+
+impl WsBridge {
+    /// Connects and reads the `connect` greeting.
+    pub async fn connect(server: &TestServer, token: &str, version: u8) -> WsBridge {
+        let mut ws = ws_connect(server, token, version).await.unwrap();
+        let hello = ws.next_json().await;
+        assert_eq!(
+            hello,
+            serde_json::json!({"command": "connect", "status": "connected"})
+        );
+        ws
+    }
+
+    /// The next text frame as JSON (waiting at most 10 s).
+    pub async fn next_json(&mut self) -> Value {
+        match self.next_event(Duration::from_secs(10)).await {
+            WsEvent::Json(v) => v,
+            other => panic!("expected a JSON frame, got {other:?}"),
+        }
+    }
+
+    /// The next text frame or close, skipping pings; `Timeout` after `wait`.
+    pub async fn next_event(&mut self, wait: Duration) -> WsEvent {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Err(_) => return WsEvent::Timeout,
+                Ok(frame) => frame,
+            };
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return WsEvent::Json(serde_json::from_str(&text).unwrap())
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = frame
+                        .map(|f| (u16::from(f.code), f.reason.to_string()))
+                        .unwrap_or((1005, String::new()));
+                    return WsEvent::Closed(code, reason);
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return WsEvent::Closed(0, e.to_string()),
+                None => return WsEvent::Closed(0, "stream ended".into()),
+            }
+        }
+    }
+
+    pub async fn send_json(&mut self, value: &Value) {
+        self.socket
+            .send(Message::text(value.to_string()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.socket.send(message).await.unwrap();
+    }
+
+    /// Acknowledges transaction frame `frame`.
+    pub async fn ack(&mut self, frame: &Value) {
+        let ack = serde_json::json!({"command": "response", "id": frame["id"], "data": {"txn_id": frame["txn_id"]}});
+        self.send_json(&ack).await;
+    }
+
+    /// Reads transaction frames, acknowledging each, until `events` events arrived.
+    pub async fn receive_events(&mut self, events: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        while out.len() < events {
+            let frame = self.next_json().await;
+            assert_eq!(frame["command"], "transaction", "{frame}");
+            self.ack(&frame).await;
+            out.extend(frame["events"].as_array().cloned().unwrap_or_default());
+        }
+        out
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+    }
+}
+
+/// A transaction an HTTP push bridge received.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    pub txn_id: String,
+    pub query: String,
+    pub authorization: Option<String>,
+    pub body: Value,
+}
+
+/// An HTTP push bridge that fails its first `failures` requests with 500.
+#[derive(Clone)]
+pub struct PushBridge {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Pushed>>>,
+    pub failures: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl PushBridge {
+    pub async fn start(failures: usize) -> PushBridge {
+        let received: Arc<Mutex<Vec<Pushed>>> = Arc::default();
+        let failures = Arc::new(std::sync::atomic::AtomicUsize::new(failures));
+        let (rec, fail) = (received.clone(), failures.clone());
+        let route = warp::put()
+            .and(warp::path!(
+                "_matrix" / "app" / "v1" / "transactions" / String
+            ))
+            .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+            .and(warp::header::optional::<String>("authorization"))
+            .and(warp::body::json())
+            .map(
+                move |txn_id: String, query: String, authorization: Option<String>, body: Value| {
+                    let txn_id = percent_encoding::percent_decode_str(&txn_id)
+                        .decode_utf8_lossy()
+                        .into_owned();
+                    rec.lock().unwrap().push(Pushed {
+                        txn_id,
+                        query,
+                        authorization,
+                        body,
+                    });
+                    let failing = fail
+                        .fetch_update(
+                            std::sync::atomic::Ordering::SeqCst,
+                            std::sync::atomic::Ordering::SeqCst,
+                            |n| n.checked_sub(1),
+                        )
+                        .is_ok();
+                    let status = if failing { 500 } else { 200 };
+                    warp::reply::with_status(
+                        warp::reply::json(&serde_json::json!({})),
+                        warp::http::StatusCode::from_u16(status).unwrap(),
+                    )
+                },
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        PushBridge {
+            addr,
+            received,
+            failures,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Pushed> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `n` requests arrived.
+    pub async fn wait_for(&self, n: usize) -> Vec<Pushed> {
+        for _ in 0..1000 {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "push bridge got {} requests, expected {n}",
+            self.received().len()
+        );
+    }
+}
+
+/// Event IDs of a list of events.
+pub fn event_ids(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap_or("").to_owned())
+        .collect()
 }

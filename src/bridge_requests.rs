@@ -1,0 +1,311 @@
+//! Requests asmux makes to a bridge outside of transactions: bridge state pings, exec
+//! commands, homeserver user/alias queries, and status reports. Push bridges are asked
+//! over HTTP; websocket bridges over their socket.
+
+use std::time::Duration;
+
+use data_encoding::BASE64;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use serde_json::{json, Value};
+
+use crate::delivery::connection::RequestError;
+use crate::delivery::Delivery;
+use crate::error::Error;
+use crate::http_client::{full_body, RequestError as HttpError};
+use crate::store::{now_ms, Bridge};
+
+/// How long a bridge state ping may take.
+const PING_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long an exec command may take.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a homeserver query may wait for the bridge.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Seconds a reported state stays valid.
+const TTL_OK: u64 = 240;
+const TTL_ERROR: u64 = 60;
+
+/// A homeserver query the bridge owning the namespace should answer.
+pub enum Query<'a> {
+    User(&'a str),
+    Alias(&'a str),
+}
+
+/// `bridgeState` made by asmux itself.
+fn asmux_state(owner_id: &str, state: &str, error: Option<&str>) -> Value {
+    let mut s = json!({
+        "state_event": state,
+        "timestamp": now_ms() / 1000,
+        "ttl": if error.is_some() { TTL_ERROR } else { TTL_OK },
+        "source": "asmux",
+        "user_id": owner_id,
+    });
+    if let Some(error) = error {
+        s["error"] = json!(error);
+    }
+    s
+}
+
+/// `POST /appservice/.../ping`: the bridge's GlobalBridgeState.
+pub async fn global_state(delivery: &Delivery, bridge: &Bridge) -> Value {
+    let owner_id = delivery.namespace.user_id(&bridge.owner);
+    let unreachable = |error: &str| json!({"remoteState": null, "bridgeState": asmux_state(&owner_id, "BRIDGE_UNREACHABLE", Some(error))});
+    let running =
+        || json!({"remoteState": null, "bridgeState": asmux_state(&owner_id, "RUNNING", None)});
+    if bridge.push {
+        if bridge.address.is_empty() {
+            return unreachable("ping-no-remote");
+        }
+        let url = format!(
+            "{}/_matrix/app/com.beeper.bridge_state?user_id={}",
+            bridge.address.trim_end_matches('/'),
+            utf8_percent_encode(&owner_id, NON_ALPHANUMERIC)
+        );
+        return match call_bridge(
+            delivery,
+            bridge,
+            http::Method::POST,
+            &url,
+            b"{}",
+            PING_TIMEOUT,
+        )
+        .await
+        {
+            Ok((404, _)) => match msc2659_ping(delivery, bridge).await {
+                Ok(_) => running(),
+                Err(e) => unreachable(&e),
+            },
+            Ok((status, _)) if !(200..300).contains(&status) => {
+                unreachable(&format!("ping-http-{status}"))
+            }
+            Ok((_, body)) => match serde_json::from_slice::<Value>(&body) {
+                Ok(body) => interpret_state(&owner_id, body),
+                Err(_) => unreachable("http-not-json"),
+            },
+            Err(HttpError::Timeout) => unreachable("io-timeout"),
+            Err(_) => unreachable("http-connection-error"),
+        };
+    }
+    let Some(conn) = delivery.hub.get(bridge.id) else {
+        return unreachable("websocket-not-connected");
+    };
+    match conn.request("ping", &json!({}), PING_TIMEOUT).await {
+        Ok(data) => interpret_state(&owner_id, data),
+        Err(RequestError::Refused(data)) if data["code"] == "UnknownCommand" => {
+            // An older bridge: its last reported state is the best there is.
+            let stored = delivery
+                .store
+                .bridge_status(bridge.id)
+                .ok()
+                .flatten()
+                .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok());
+            match stored {
+                Some(state) => json!({"remoteState": null, "bridgeState": state}),
+                None => running(),
+            }
+        }
+        Err(RequestError::Timeout) => unreachable("io-timeout"),
+        Err(_) => unreachable("websocket-fatal-error"),
+    }
+}
+
+/// Reads a bridge's answer to a state ping: a GlobalBridgeState, or the legacy
+/// `{"ok": bool, "remote_id"?...}`.
+fn interpret_state(owner_id: &str, body: Value) -> Value {
+    if body.get("bridgeState").is_some() {
+        return body;
+    }
+    if let Some(ok) = body.get("ok").and_then(Value::as_bool) {
+        let remote_id = body
+            .get("remote_id")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_owned();
+        let mut remote = body.clone();
+        if let Some(obj) = remote.as_object_mut() {
+            obj.remove("ok");
+            obj.insert(
+                "state_event".into(),
+                json!(if ok { "CONNECTED" } else { "UNKNOWN_ERROR" }),
+            );
+            obj.insert("timestamp".into(), json!(now_ms() / 1000));
+            obj.insert("ttl".into(), json!(if ok { TTL_OK } else { TTL_ERROR }));
+            obj.insert("source".into(), json!("bridge"));
+            obj.insert("remote_id".into(), json!(remote_id));
+        }
+        return json!({
+            "remoteState": { remote_id: remote },
+            "bridgeState": asmux_state(owner_id, "RUNNING", None),
+        });
+    }
+    json!({"remoteState": null, "bridgeState": asmux_state(owner_id, "RUNNING", None)})
+}
+
+/// MSC2659 ping of a push bridge: `Ok(duration_ms)` or one of the spec's error codes.
+pub async fn msc2659_ping(delivery: &Delivery, bridge: &Bridge) -> Result<u64, String> {
+    let url = format!(
+        "{}/_matrix/app/v1/ping",
+        bridge.address.trim_end_matches('/')
+    );
+    let body = json!({ "transaction_id": format!("asmux-{}", now_ms()) }).to_string();
+    let started = std::time::Instant::now();
+    match call_bridge(
+        delivery,
+        bridge,
+        http::Method::POST,
+        &url,
+        body.as_bytes(),
+        PING_TIMEOUT,
+    )
+    .await
+    {
+        Ok((status, _)) if (200..300).contains(&status) => Ok(started.elapsed().as_millis() as u64),
+        Ok((status, _)) => Err(format!("ping-http-{status}")),
+        Err(HttpError::Timeout) => Err("io-timeout".into()),
+        Err(_) => Err("http-connection-error".into()),
+    }
+}
+
+/// Mxauth `POST .../exec/{command}`: runs a command on a websocket bridge.
+pub async fn exec(
+    delivery: &Delivery,
+    bridge: &Bridge,
+    command: &str,
+    body: Value,
+) -> Result<(u16, Value), Error> {
+    let fail = |status: u16, reason: &str| Error::Custom {
+        status: http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY),
+        errcode: "FI.MAU.WEBSOCKET_SEND_FAIL",
+        message: format!("Failed to send command: {reason}"),
+    };
+    if bridge.push {
+        return Err(Error::Custom {
+            status: http::StatusCode::NOT_IMPLEMENTED,
+            errcode: "FI.MAU.NOT_IMPLEMENTED",
+            message: "Exec is only supported for websocket bridges".into(),
+        });
+    }
+    let conn = delivery
+        .hub
+        .get(bridge.id)
+        .ok_or_else(|| fail(503, "websocket not connected"))?;
+    match conn.request(command, &body, EXEC_TIMEOUT).await {
+        Ok(data) => Ok((200, data)),
+        Err(RequestError::Refused(data)) => Ok((400, data)),
+        Err(RequestError::Timeout) => Err(fail(504, "timed out")),
+        Err(RequestError::Closed) => Err(fail(502, "websocket closed")),
+    }
+}
+
+/// A homeserver user or alias query, answered by the bridge owning the namespace:
+/// `(status, JSON body)`, or `None` when no bridge could answer.
+pub async fn query(delivery: &Delivery, query: Query<'_>) -> Option<(u16, Value)> {
+    let (sigil, id, kind) = match query {
+        Query::User(id) => ('@', id, "users"),
+        Query::Alias(alias) => ('#', alias, "rooms"),
+    };
+    let parsed = delivery.namespace.parse(sigil, id)?;
+    let bridge = delivery
+        .store
+        .bridge_by_name(parsed.owner, parsed.prefix)
+        .ok()??;
+    let path = format!(
+        "/_matrix/app/v1/{kind}/{}",
+        utf8_percent_encode(id, NON_ALPHANUMERIC)
+    );
+    if bridge.push {
+        if bridge.address.is_empty() {
+            return None;
+        }
+        let url = format!("{}{path}", bridge.address.trim_end_matches('/'));
+        let (status, body) = call_bridge(
+            delivery,
+            &bridge,
+            http::Method::GET,
+            &url,
+            b"",
+            QUERY_TIMEOUT,
+        )
+        .await
+        .ok()?;
+        return Some((
+            status,
+            serde_json::from_slice(&body).unwrap_or_else(|_| json!({})),
+        ));
+    }
+    let conn = delivery.hub.get(bridge.id)?;
+    let request = json!({"method": "GET", "path": path, "query": "", "headers": {}, "body": null});
+    let answer = conn
+        .request("http_proxy", &request, QUERY_TIMEOUT)
+        .await
+        .ok()?;
+    let status = answer.get("status").and_then(Value::as_u64).unwrap_or(502) as u16;
+    let body = match answer.get("body") {
+        // Non-JSON bodies come base64-encoded.
+        Some(Value::String(b64)) => BASE64
+            .decode(b64.as_bytes())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| json!({})),
+        Some(body) if body.is_object() => body.clone(),
+        _ => json!({}),
+    };
+    Some((status, body))
+}
+
+/// `GET /appservice/.../status`: what asmux knows of the bridge's delivery.
+pub fn status(delivery: &Delivery, bridge: &Bridge) -> Result<Value, Error> {
+    let conn = delivery.hub.get(bridge.id);
+    let (depth, oldest) = delivery
+        .store
+        .queue_stats(bridge.id)
+        .map_err(crate::management::store_error)?;
+    let state = delivery
+        .store
+        .bridge_status(bridge.id)
+        .map_err(crate::management::store_error)?
+        .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok());
+    Ok(json!({
+        "id": bridge.id,
+        "owner": bridge.owner,
+        "prefix": bridge.prefix,
+        "push": bridge.push,
+        "address": bridge.address,
+        "connected": conn.is_some(),
+        "protocol": conn.as_ref().map(|c| c.protocol),
+        "process_id": conn.as_ref().map(|c| c.process_id.clone()),
+        "connected_since": conn.as_ref().map(|c| c.connected_at_ms),
+        "queue_depth": depth,
+        "oldest_queued": oldest,
+        "oldest_queued_age_ms": oldest.map(|t| now_ms().saturating_sub(t)),
+        "last_delivery": delivery.last_delivery(bridge.id),
+        "bridge_state": state,
+    }))
+}
+
+/// One request to a push bridge with its hs_token: `(status, body)`.
+async fn call_bridge(
+    delivery: &Delivery,
+    bridge: &Bridge,
+    method: http::Method,
+    url: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u16, bytes::Bytes), HttpError> {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let url = format!(
+        "{url}{separator}access_token={}",
+        utf8_percent_encode(bridge.hs_token.expose(), NON_ALPHANUMERIC)
+    );
+    let request = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", bridge.hs_token.expose()),
+        )
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(full_body(body.to_vec()))
+        .map_err(|e| HttpError::Invalid(e.to_string()))?;
+    let response = delivery.client.send_buffered(request, timeout).await?;
+    Ok((response.status.as_u16(), response.body))
+}

@@ -1,0 +1,272 @@
+//! The websocket protocol (spec 4.2) with a real websocket client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+const WA_ROOM: &str = "!o-Qzij4pVy-fGxdFgb8LDLJ5y9ykdPENMse-TF2O8zQ";
+
+/// A websocket bridge alice/whatsapp that owns the fixtures' WhatsApp room.
+async fn setup() -> (StubHomeserver, TestServer, String) {
+    let hs = StubHomeserver::start().await;
+    let server = TestServer::start(&hs).await;
+    let reg = provision(&server, "alice", "whatsapp", json!({"push": false})).await;
+    // The invite of the bridge bot registers the room for the bridge.
+    let sent = hs_transaction(&server, "1", &fixture("a1-invite-bridge-bot.json")).await;
+    assert_eq!(sent.status, 200, "{}", sent.text);
+    (hs, server, reg["as_token"].as_str().unwrap().to_owned())
+}
+
+fn message(n: usize) -> serde_json::Value {
+    json!({"type": "m.room.message", "room_id": WA_ROOM, "sender": "@alice:example.test",
+           "event_id": format!("$m{n}"), "origin_server_ts": 1, "content": {"body": format!("m{n}"), "msgtype": "m.text"}})
+}
+
+#[tokio::test]
+async fn protocol_3_transactions_are_acknowledged() {
+    let (_hs, server, token) = setup().await;
+    let mut ws = WsBridge::connect(&server, &token, 3).await;
+    let frame = ws.next_json().await;
+    assert_eq!(frame["command"], "transaction");
+    assert_eq!(frame["status"], "ok");
+    assert_eq!(frame["txn_id"], "1");
+    assert!(frame["id"].as_u64().is_some());
+    // The event is passed on exactly as Synapse sent it.
+    assert_eq!(
+        frame["events"],
+        fixture("a1-invite-bridge-bot.json")["events"]
+    );
+    ws.ack(&frame).await;
+
+    let sent = hs_transaction(&server, "2", &json!({"events": [message(1)]})).await;
+    assert_eq!(sent.status, 200);
+    let frame = ws.next_json().await;
+    assert_eq!(frame["txn_id"], "2");
+    assert_eq!(frame["events"][0]["event_id"], "$m1");
+    ws.ack(&frame).await;
+}
+
+#[tokio::test]
+async fn unacknowledged_transactions_are_resent_then_4002() {
+    let (_hs, server, token) = setup().await;
+    let mut ws = WsBridge::connect(&server, &token, 3).await;
+    let mut ids = Vec::new();
+    for _ in 0..7 {
+        let frame = ws.next_json().await;
+        assert_eq!(frame["txn_id"], "1", "the same delivery is resent");
+        ids.push(frame["id"].as_u64().unwrap());
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "new request ids: {ids:?}"
+    );
+    match ws.next_event(Duration::from_secs(5)).await {
+        WsEvent::Closed(code, reason) => {
+            assert_eq!(code, 4002);
+            assert_eq!(
+                reason,
+                r#"{"command":"disconnect","status":"transactions_not_acknowledged"}"#
+            );
+        }
+        other => panic!("expected 4002, got {other:?}"),
+    }
+    // Nothing was lost: the next connection gets the same transaction.
+    let mut ws = WsBridge::connect(&server, &token, 3).await;
+    let frame = ws.next_json().await;
+    assert_eq!(frame["txn_id"], "1");
+    ws.ack(&frame).await;
+}
+
+#[tokio::test]
+async fn a_new_connection_replaces_the_old_with_4001() {
+    let (_hs, server, token) = setup().await;
+    let mut first = WsBridge::connect(&server, &token, 3).await;
+    let _ = first.next_json().await;
+    let mut second = WsBridge::connect(&server, &token, 3).await;
+    match first.next_event(Duration::from_secs(5)).await {
+        WsEvent::Closed(code, reason) => {
+            assert_eq!(code, 4001);
+            assert_eq!(
+                reason,
+                r#"{"command":"disconnect","status":"conn_replaced"}"#
+            );
+        }
+        other => panic!("expected 4001, got {other:?}"),
+    }
+    // The unacknowledged transaction goes to the new connection.
+    let frame = second.next_json().await;
+    assert_eq!(frame["txn_id"], "1");
+    second.ack(&frame).await;
+}
+
+#[tokio::test]
+async fn bridge_requests_get_answers() {
+    let (_hs, server, token) = setup().await;
+    let mut ws = WsBridge::connect(&server, &token, 3).await;
+    let txn = ws.next_json().await;
+    ws.ack(&txn).await;
+
+    ws.send_json(&json!({"command": "ping", "id": 1})).await;
+    let pong = ws.next_json().await;
+    assert_eq!(pong["command"], "response");
+    assert_eq!(pong["id"], 1);
+    let ts = pong["data"]["timestamp"].as_u64().unwrap();
+    assert!(ts > 1_700_000_000_000);
+
+    // Binary and non-JSON frames are ignored; the connection keeps working.
+    ws.send_raw(Message::binary(vec![0u8, 1, 2])).await;
+    ws.send_raw(Message::text("not json")).await;
+    ws.send_json(&json!({"command": "frobnicate", "id": 2, "data": {}}))
+        .await;
+    let error = ws.next_json().await;
+    assert_eq!(
+        error,
+        json!({"command": "error", "id": 2, "data": {"code": "UnknownCommand", "message": "Unknown command frobnicate"}})
+    );
+
+    // A response with an unknown id is ignored; bridge_status is stored.
+    ws.send_json(&json!({"command": "response", "id": 999, "data": {}}))
+        .await;
+    ws.send_json(&json!({"command": "bridge_status", "id": 3, "data": {"state_event": "CONNECTED", "ttl": 240}})).await;
+    let ok = ws.next_json().await;
+    assert_eq!(
+        (ok["command"].as_str(), ok["id"].as_u64()),
+        (Some("response"), Some(3))
+    );
+    let status = send(
+        "GET",
+        &server.url("/_matrix/asmux/appservice/alice/whatsapp/status"),
+        Some(SHARED_SECRET),
+        None,
+    )
+    .await;
+    assert_eq!(status.status, 200, "{}", status.text);
+    assert_eq!(status.body["connected"], true);
+    assert_eq!(status.body["protocol"], 3);
+    assert_eq!(status.body["process_id"], "test-process");
+    assert_eq!(status.body["bridge_state"]["state_event"], "CONNECTED");
+
+    ws.send_json(&json!({"command": "push_key", "id": 4, "data": {"url": "https://push.example", "app_id": "a", "pushkey": "k"}})).await;
+    assert_eq!(ws.next_json().await["id"], 4);
+}
+
+#[tokio::test]
+async fn protocol_1_needs_no_acknowledgement() {
+    let (_hs, server, token) = setup().await;
+    let mut ws = WsBridge::connect(&server, &token, 1).await;
+    let frame = ws.next_json().await;
+    assert_eq!(frame["command"], "transaction");
+    assert!(
+        frame.get("id").is_none(),
+        "protocol 1 has no request ids: {frame}"
+    );
+    hs_transaction(&server, "2", &json!({"events": [message(1)]})).await;
+    let frame = ws.next_json().await;
+    assert_eq!(frame["txn_id"], "2");
+}
+
+#[tokio::test]
+async fn protocol_2_drops_unacknowledged_transactions() {
+    let (_hs, server, token) = setup().await;
+    let mut ws = WsBridge::connect(&server, &token, 2).await;
+    hs_transaction(&server, "2", &json!({"events": [message(1)]})).await;
+    let first = ws.next_json().await;
+    assert_eq!(first["txn_id"], "1");
+    // Not acknowledged: after the timeout the next one comes, the first is not resent.
+    let next = ws.next_json().await;
+    assert_eq!(next["txn_id"], "2");
+    ws.ack(&next).await;
+    assert!(matches!(
+        ws.next_event(Duration::from_secs(1)).await,
+        WsEvent::Timeout
+    ));
+}
+
+#[tokio::test]
+async fn refusals_before_the_upgrade() {
+    let (_hs, server, token) = setup().await;
+    let url = server.url("/_matrix/client/unstable/fi.mau.as_sync");
+    send("GET", &url, None, None)
+        .await
+        .assert_error(403, "M_MISSING_TOKEN");
+    send("GET", &url, Some("nonsense"), None)
+        .await
+        .assert_error(403, "M_UNKNOWN_TOKEN");
+    let wrong = format!("{}x", token);
+    send("GET", &url, Some(&wrong), None)
+        .await
+        .assert_error(403, "M_UNKNOWN_TOKEN");
+    send("GET", &url, Some(&token), None)
+        .await
+        .assert_error(400, "M_BAD_REQUEST");
+
+    let push = provision(
+        &server,
+        "alice",
+        "signal",
+        json!({"address": "http://127.0.0.1:9"}),
+    )
+    .await;
+    let err = ws_connect(&server, push["as_token"].as_str().unwrap(), 3)
+        .await
+        .err()
+        .unwrap();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            assert_eq!(response.status(), 401);
+            let body: serde_json::Value =
+                serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["errcode"], "COM.BEEPER.TXN_WS_NOT_ENABLED");
+        }
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_1012() {
+    let (_hs, server, token) = setup().await;
+    let mut ws = WsBridge::connect(&server, &token, 3).await;
+    let frame = ws.next_json().await;
+    ws.ack(&frame).await;
+    let stopping = tokio::spawn(server.stop());
+    match ws.next_event(Duration::from_secs(10)).await {
+        WsEvent::Closed(code, reason) => {
+            assert_eq!(code, 1012);
+            assert_eq!(
+                reason,
+                r#"{"command":"disconnect","status":"server_shutting_down"}"#
+            );
+        }
+        other => panic!("expected 1012, got {other:?}"),
+    }
+    ws.close().await;
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn deleting_the_bridge_closes_its_socket() {
+    let (_hs, server, token) = setup().await;
+    let mut ws = WsBridge::connect(&server, &token, 3).await;
+    let frame = ws.next_json().await;
+    ws.ack(&frame).await;
+    let deleted = send(
+        "DELETE",
+        &server.url("/_matrix/asmux/appservice/alice/whatsapp"),
+        Some(SHARED_SECRET),
+        None,
+    )
+    .await;
+    assert_eq!(deleted.status, 204);
+    assert!(matches!(
+        ws.next_event(Duration::from_secs(5)).await,
+        WsEvent::Closed(..)
+    ));
+    assert!(
+        ws_connect(&server, &token, 3).await.is_err(),
+        "the token is gone"
+    );
+}
