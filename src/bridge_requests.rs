@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use data_encoding::BASE64;
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use percent_encoding::utf8_percent_encode;
 use serde_json::{json, Value};
 
 use crate::delivery::connection::RequestError;
 use crate::delivery::Delivery;
 use crate::error::Error;
-use crate::http_client::{full_body, RequestError as HttpError};
+use crate::http_client::{full_body, RequestError as HttpError, URL_COMPONENT};
 use crate::store::{now_ms, Bridge};
 
 /// How long a bridge state ping may take.
@@ -58,7 +58,7 @@ pub async fn global_state(delivery: &Delivery, bridge: &Bridge) -> Value {
         let url = format!(
             "{}/_matrix/app/com.beeper.bridge_state?user_id={}",
             bridge.address.trim_end_matches('/'),
-            utf8_percent_encode(&owner_id, NON_ALPHANUMERIC)
+            utf8_percent_encode(&owner_id, URL_COMPONENT)
         );
         return match call_bridge(
             delivery,
@@ -210,7 +210,7 @@ pub async fn query(delivery: &Delivery, query: Query<'_>) -> Option<(u16, Value)
         .ok()??;
     let path = format!(
         "/_matrix/app/v1/{kind}/{}",
-        utf8_percent_encode(id, NON_ALPHANUMERIC)
+        utf8_percent_encode(id, URL_COMPONENT)
     );
     if bridge.push {
         if bridge.address.is_empty() {
@@ -294,7 +294,7 @@ async fn call_bridge(
     let separator = if url.contains('?') { '&' } else { '?' };
     let url = format!(
         "{url}{separator}access_token={}",
-        utf8_percent_encode(bridge.hs_token.expose(), NON_ALPHANUMERIC)
+        utf8_percent_encode(bridge.hs_token.expose(), URL_COMPONENT)
     );
     let request = http::Request::builder()
         .method(method)

@@ -12,6 +12,14 @@ use hyper_util::rt::TokioExecutor;
 /// reads itself (whoami, register, bridge pings).
 pub const MAX_JSON_RESPONSE_BYTES: usize = 1024 * 1024;
 
+/// Characters percent-encoded in a path segment or query value: everything but the
+/// unreserved characters of RFC 3986.
+pub const URL_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// An outgoing request body.
 pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

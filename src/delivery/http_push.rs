@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use percent_encoding::utf8_percent_encode;
 
-use crate::http_client::{full_body, HttpClient};
+use crate::http_client::{full_body, HttpClient, URL_COMPONENT};
 use crate::matrix::BridgeTransaction;
 use crate::store::Bridge;
 
@@ -43,8 +43,8 @@ pub async fn push(
     let url = format!(
         "{}/_matrix/app/v1/transactions/{}?access_token={}",
         bridge.address.trim_end_matches('/'),
-        utf8_percent_encode(&txn.txn_id, NON_ALPHANUMERIC),
-        utf8_percent_encode(bridge.hs_token.expose(), NON_ALPHANUMERIC),
+        utf8_percent_encode(&txn.txn_id, URL_COMPONENT),
+        utf8_percent_encode(bridge.hs_token.expose(), URL_COMPONENT),
     );
     let mut backoff = first_backoff;
     let mut last_error = String::new();

@@ -108,7 +108,7 @@ impl StubHomeserver {
 
 /// The text of a config for tests, pointing at `homeserver`, listening on `port`.
 pub fn config_text(homeserver: &str, port: u16) -> String {
-    config_text_with(homeserver, port, "")
+    config_text_with(homeserver, port, "max_pdu_age_seconds = 0")
 }
 
 /// [`config_text`] with more lines at the end of `[mux]`.
@@ -131,7 +131,6 @@ max_management_body_bytes = 65536
 websocket_ack_timeout_seconds = 0.3
 websocket_ack_retry_timeout_seconds = 0.4
 push_retry_delay_seconds = 0.02
-max_pdu_age_seconds = 0
 {extra}
 "#
     )
@@ -147,8 +146,9 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts asmux with a fresh data directory.
+    /// Owner PDU expiry is off: fixture events are older than any sensible limit.
     pub async fn start(hs: &StubHomeserver) -> TestServer {
-        TestServer::start_with(hs, "").await
+        TestServer::start_with(hs, "max_pdu_age_seconds = 0").await
     }
 
     /// Starts asmux with extra `[mux]` lines in its config.
@@ -581,4 +581,16 @@ pub fn event_ids(events: &[Value]) -> Vec<String> {
         .iter()
         .map(|e| e["event_id"].as_str().unwrap_or("").to_owned())
         .collect()
+}
+
+/// Waits (bounded) until the bridge's queue is empty: acknowledgements were processed.
+pub async fn wait_queue_empty(server: &TestServer, bridge: &str) {
+    let url = server.url(&format!("/_matrix/asmux/appservice/{bridge}/status"));
+    for _ in 0..500 {
+        if send("GET", &url, Some(SHARED_SECRET), None).await.body["queue_depth"] == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the queue of {bridge} did not drain");
 }
