@@ -256,7 +256,7 @@ async fn retried_and_reused_transaction_ids() {
         200
     );
     let frame = next_txn(&mut wa).await;
-    assert_eq!(frame["events"][0]["content"]["body"].is_string(), true);
+    assert!(frame["events"][0]["content"]["body"].is_string());
     let retry = hs_transaction(
         &two.server,
         "11",
