@@ -247,6 +247,34 @@ pub async fn send_raw(
     authorization: Option<&str>,
     body: Option<Vec<u8>>,
 ) -> Reply {
+    try_send_raw(method, url, authorization, body)
+        .await
+        .expect("the server answers")
+}
+
+/// Like [`send`], but `None` when the server could not be reached or did not answer.
+pub async fn try_send(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<Reply> {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    try_send_raw(
+        method,
+        url,
+        auth.as_deref(),
+        body.map(|b| b.as_bytes().to_vec()),
+    )
+    .await
+}
+
+async fn try_send_raw(
+    method: &str,
+    url: &str,
+    authorization: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> Option<Reply> {
     let client = CLIENT.with(Clone::clone);
     let mut request = http::Request::builder().method(method).uri(url);
     if let Some(auth) = authorization {
@@ -256,14 +284,14 @@ pub async fn send_raw(
     let response = client
         .send_buffered(request, Duration::from_secs(30))
         .await
-        .unwrap();
+        .ok()?;
     let text = String::from_utf8_lossy(&response.body).into_owned();
-    Reply {
+    Some(Reply {
         status: response.status.as_u16(),
         headers: response.headers,
         body: serde_json::from_str(&text).unwrap_or(Value::Null),
         text,
-    }
+    })
 }
 
 /// The asmux binary built for these tests.
@@ -384,10 +412,16 @@ pub async fn ws_connect(
     token: &str,
     version: u8,
 ) -> Result<WsBridge, tungstenite::Error> {
-    let url = format!(
-        "ws://{}/_matrix/client/unstable/fi.mau.as_sync",
-        server.addr
-    );
+    ws_connect_to(server.addr, token, version).await
+}
+
+/// [`ws_connect`] to the server at `addr`.
+pub async fn ws_connect_to(
+    addr: SocketAddr,
+    token: &str,
+    version: u8,
+) -> Result<WsBridge, tungstenite::Error> {
+    let url = format!("ws://{addr}/_matrix/client/unstable/fi.mau.as_sync");
     let mut request = url.into_client_request().unwrap();
     let headers = request.headers_mut();
     headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
