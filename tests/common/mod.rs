@@ -628,3 +628,82 @@ pub async fn wait_queue_empty(server: &TestServer, bridge: &str) {
     }
     panic!("the queue of {bridge} did not drain");
 }
+
+/// An HTTP server answering each path from a table (404 `{}` otherwise), recording
+/// every request: a stand-in for a push bridge's non-transaction endpoints.
+#[derive(Clone)]
+pub struct Scripted {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+    answers: Arc<Mutex<HashMap<String, (u16, String)>>>,
+}
+
+impl Scripted {
+    pub async fn start() -> Scripted {
+        let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let answers: Arc<Mutex<HashMap<String, (u16, String)>>> = Arc::default();
+        let (reqs, table) = (requests.clone(), answers.clone());
+        let route = warp::method()
+            .and(warp::path::full())
+            .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+            .and(warp::header::optional::<String>("authorization"))
+            .and(warp::body::bytes())
+            .map(
+                move |method: warp::http::Method,
+                      path: warp::path::FullPath,
+                      query: String,
+                      authorization: Option<String>,
+                      body: bytes::Bytes| {
+                    let path = path.as_str().to_owned();
+                    reqs.lock().unwrap().push(Recorded {
+                        method: method.to_string(),
+                        path: path.clone(),
+                        query,
+                        authorization,
+                        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                    });
+                    let (status, body) = table
+                        .lock()
+                        .unwrap()
+                        .get(&path)
+                        .cloned()
+                        .unwrap_or((404, "{}".into()));
+                    warp::http::Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .unwrap()
+                },
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        Scripted {
+            addr,
+            requests,
+            answers,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Answers `path` with `status` and `body` from now on.
+    pub fn answer(&self, path: &str, status: u16, body: &str) {
+        self.answers
+            .lock()
+            .unwrap()
+            .insert(path.into(), (status, body.into()));
+    }
+
+    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+}

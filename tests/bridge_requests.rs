@@ -1,0 +1,238 @@
+//! Requests asmux makes of bridges: state pings, exec commands, homeserver queries.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const STATE: &str = "/_matrix/app/com.beeper.bridge_state";
+
+async fn ping(server: &TestServer, bridge: &str) -> Value {
+    let reply = send(
+        "POST",
+        &server.url(&format!("/_matrix/asmux/appservice/{bridge}/ping")),
+        Some(SHARED_SECRET),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply.body
+}
+
+#[tokio::test]
+async fn push_bridge_states() {
+    let hs = StubHomeserver::start().await;
+    let server = TestServer::start(&hs).await;
+    let bridge = Scripted::start().await;
+    let reg = provision(&server, "alice", "signal", json!({"address": bridge.url()})).await;
+
+    // A modern bridge answers with its GlobalBridgeState: passed on.
+    let global = json!({"remoteState": {"+49": {"state_event": "CONNECTED"}}, "bridgeState": {"state_event": "RUNNING", "source": "bridge"}});
+    bridge.answer(STATE, 200, &global.to_string());
+    assert_eq!(ping(&server, "alice/signal").await, global);
+    let request = &bridge.requests_to(STATE)[0];
+    assert_eq!(request.method, "POST");
+    assert!(
+        request.query.contains("user_id=%40alice%3Aexample.test"),
+        "{}",
+        request.query
+    );
+    assert_eq!(
+        request.authorization.as_deref(),
+        Some(&*format!("Bearer {}", reg["hs_token"].as_str().unwrap()))
+    );
+
+    // The legacy answer becomes a remote state under its remote_id.
+    bridge.answer(
+        STATE,
+        200,
+        r#"{"ok": false, "remote_id": "+49", "error": "logged-out"}"#,
+    );
+    let state = ping(&server, "alice/signal").await;
+    assert_eq!(state["bridgeState"]["state_event"], "RUNNING");
+    assert_eq!(state["bridgeState"]["user_id"], "@alice:example.test");
+    assert_eq!(state["remoteState"]["+49"]["state_event"], "UNKNOWN_ERROR");
+    assert_eq!(state["remoteState"]["+49"]["error"], "logged-out");
+
+    // No state endpoint (404): fall back to the MSC2659 ping.
+    bridge.answer(STATE, 404, "{}");
+    bridge.answer("/_matrix/app/v1/ping", 200, "{}");
+    assert_eq!(
+        ping(&server, "alice/signal").await["bridgeState"]["state_event"],
+        "RUNNING"
+    );
+    assert!(bridge.requests_to("/_matrix/app/v1/ping")[0].body["transaction_id"].is_string());
+
+    bridge.answer(STATE, 500, "{}");
+    let state = ping(&server, "alice/signal").await;
+    assert_eq!(state["bridgeState"]["state_event"], "BRIDGE_UNREACHABLE");
+    assert_eq!(state["bridgeState"]["error"], "ping-http-500");
+    bridge.answer(STATE, 200, "not json");
+    assert_eq!(
+        ping(&server, "alice/signal").await["bridgeState"]["error"],
+        "http-not-json"
+    );
+
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    provision(&server, "alice", "signal", json!({"address": closed})).await;
+    assert_eq!(
+        ping(&server, "alice/signal").await["bridgeState"]["error"],
+        "http-connection-error"
+    );
+    provision(&server, "alice", "signal", json!({"address": ""})).await;
+    assert_eq!(
+        ping(&server, "alice/signal").await["bridgeState"]["error"],
+        "ping-no-remote"
+    );
+}
+
+#[tokio::test]
+async fn websocket_bridge_states_and_exec() {
+    let hs = StubHomeserver::start().await;
+    let server = TestServer::start(&hs).await;
+    let reg = provision(&server, "alice", "whatsapp", json!({"push": false})).await;
+    let token = reg["as_token"].as_str().unwrap();
+    hs.add_token("alice-token", "@alice:example.test");
+
+    let state = ping(&server, "alice/whatsapp").await;
+    assert_eq!(state["bridgeState"]["state_event"], "BRIDGE_UNREACHABLE");
+    assert_eq!(state["bridgeState"]["error"], "websocket-not-connected");
+    let exec_url = server.url("/_matrix/asmux/mxauth/appservice/alice/whatsapp/exec/delete_portal");
+    let offline = send("POST", &exec_url, Some("alice-token"), Some("{}")).await;
+    offline.assert_error(503, "FI.MAU.WEBSOCKET_SEND_FAIL");
+
+    let mut ws = WsBridge::connect(&server, token, 3).await;
+    let pinging = tokio::spawn({
+        let url = server.url("/_matrix/asmux/appservice/alice/whatsapp/ping");
+        async move { send("POST", &url, Some(SHARED_SECRET), None).await }
+    });
+    let request = ws.next_json().await;
+    assert_eq!(request["command"], "ping");
+    let global =
+        json!({"remoteState": {}, "bridgeState": {"state_event": "CONNECTED", "source": "bridge"}});
+    ws.send_json(&json!({"command": "response", "id": request["id"], "data": global}))
+        .await;
+    assert_eq!(pinging.await.unwrap().body, global);
+
+    // A bridge that does not know `ping`: its last reported state.
+    ws.send_json(&json!({"command": "bridge_status", "data": {"state_event": "TRANSIENT_DISCONNECT", "source": "bridge"}})).await;
+    let pinging = tokio::spawn({
+        let url = server.url("/_matrix/asmux/appservice/alice/whatsapp/ping");
+        async move { send("POST", &url, Some(SHARED_SECRET), None).await }
+    });
+    let request = ws.next_json().await;
+    ws.send_json(&json!({"command": "error", "id": request["id"], "data": {"code": "UnknownCommand", "message": "?"}})).await;
+    assert_eq!(
+        pinging.await.unwrap().body["bridgeState"]["state_event"],
+        "TRANSIENT_DISCONNECT"
+    );
+
+    // Exec goes over the socket; the bridge's answer or error comes back.
+    for (answer, status) in [("response", 200), ("error", 400)] {
+        let execing = tokio::spawn({
+            let url = exec_url.clone();
+            async move {
+                send(
+                    "POST",
+                    &url,
+                    Some("alice-token"),
+                    Some(r#"{"portal": "!x"}"#),
+                )
+                .await
+            }
+        });
+        let request = ws.next_json().await;
+        assert_eq!(request["command"], "delete_portal");
+        assert_eq!(request["data"], json!({"portal": "!x"}));
+        ws.send_json(&json!({"command": answer, "id": request["id"], "data": {"done": answer}}))
+            .await;
+        let reply = execing.await.unwrap();
+        assert_eq!(reply.status, status);
+        assert_eq!(reply.body, json!({"done": answer}));
+    }
+    // Exec needs a Matrix token, not the shared secret.
+    send("POST", &exec_url, Some(SHARED_SECRET), Some("{}"))
+        .await
+        .assert_error(403, "M_UNKNOWN_TOKEN");
+    // Not for push bridges.
+    provision(
+        &server,
+        "alice",
+        "signal",
+        json!({"address": "http://127.0.0.1:9"}),
+    )
+    .await;
+    let push_exec = server.url("/_matrix/asmux/mxauth/appservice/alice/signal/exec/x");
+    send("POST", &push_exec, Some("alice-token"), Some("{}"))
+        .await
+        .assert_error(501, "FI.MAU.NOT_IMPLEMENTED");
+}
+
+#[tokio::test]
+async fn homeserver_queries_reach_the_owning_bridge() {
+    let hs = StubHomeserver::start().await;
+    let server = TestServer::start(&hs).await;
+    let push = Scripted::start().await;
+    provision(&server, "alice", "signal", json!({"address": push.url()})).await;
+    let ws_reg = provision(&server, "alice", "whatsapp", json!({"push": false})).await;
+
+    let user = "@_alice_signal_123:example.test";
+    let user_path = "/_matrix/app/v1/users/%40_alice_signal_123%3Aexample.test";
+    push.answer(user_path, 200, "{}");
+    let url = server.url(&format!(
+        "/_matrix/app/v1/users/{}",
+        "%40_alice_signal_123%3Aexample.test"
+    ));
+    let reply = send("GET", &url, Some(HS_TOKEN), None).await;
+    assert_eq!((reply.status, reply.body.clone()), (200, json!({})));
+    assert_eq!(
+        push.requests_to(user_path).len(),
+        1,
+        "asked the signal bridge for {user}"
+    );
+    let missing = server.url("/_matrix/app/v1/users/%40_alice_signal_404%3Aexample.test");
+    assert_eq!(
+        send("GET", &missing, Some(HS_TOKEN), None).await.status,
+        404
+    );
+
+    // Outside any bridge, or a websocket bridge that is offline: 404 {}.
+    for id in [
+        "%40bob%3Aexample.test",
+        "%40_alice_whatsapp_1%3Aexample.test",
+        "%40_nobody_x_1%3Aexample.test",
+    ] {
+        let reply = send(
+            "GET",
+            &server.url(&format!("/_matrix/app/v1/users/{id}")),
+            Some(HS_TOKEN),
+            None,
+        )
+        .await;
+        assert_eq!((reply.status, reply.body.clone()), (404, json!({})), "{id}");
+    }
+    send("GET", &url, Some("wrong"), None)
+        .await
+        .assert_error(401, "M_UNKNOWN_TOKEN");
+
+    // A websocket bridge answers through http_proxy.
+    let mut ws = WsBridge::connect(&server, ws_reg["as_token"].as_str().unwrap(), 3).await;
+    let alias_url = server.url("/_matrix/app/v1/rooms/%23_alice_whatsapp_group%3Aexample.test");
+    let querying = tokio::spawn(async move { send("GET", &alias_url, Some(HS_TOKEN), None).await });
+    let request = ws.next_json().await;
+    assert_eq!(request["command"], "http_proxy");
+    assert_eq!(request["data"]["method"], "GET");
+    assert_eq!(
+        request["data"]["path"],
+        "/_matrix/app/v1/rooms/%23_alice_whatsapp_group%3Aexample.test"
+    );
+    ws.send_json(&json!({"command": "response", "id": request["id"], "data": {"status": 200, "headers": {}, "body": {}}})).await;
+    let reply = querying.await.unwrap();
+    assert_eq!((reply.status, reply.body), (200, json!({})));
+    assert!(matches!(
+        ws.next_event(Duration::from_millis(200)).await,
+        WsEvent::Timeout
+    ));
+}
