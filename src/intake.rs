@@ -97,7 +97,7 @@ impl Intake {
                 at_ms: now_ms(),
                 event_ids,
             }),
-            new_room_owners: routed.new_room_owners,
+            new_room_owners: routed.new_room_owners.clone(),
             entries,
         };
         self.store.commit_transaction(&commit).map_err(|e| {
@@ -111,6 +111,16 @@ impl Intake {
         })?;
         for (id, _) in &commit.entries {
             self.delivery.wake(*id);
+        }
+        for (id, sub) in &routed.transactions {
+            let bridge = &routed.bridges[id];
+            self.delivery.reporter.event_checkpoints(
+                bridge,
+                &sub.events,
+                "HOMESERVER",
+                "SUCCESS",
+                None,
+            );
         }
         Ok(Accepted::Processed(SentTo {
             sent_to,

@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::http_client::{full_body, HttpClient};
+use crate::matrix::{EventMeta, Raw};
+use crate::store::now_ms;
 use crate::store::Bridge;
 
 const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,6 +63,52 @@ impl Reporter {
                 Some(bridge.real_as_token()),
                 json!({ "checkpoints": checkpoints }),
             );
+        }
+    }
+
+    /// Whether message checkpoints are reported at all.
+    pub fn wants_checkpoints(&self) -> bool {
+        self.checkpoints.is_some()
+    }
+
+    /// Reports a checkpoint made by asmux for each message-like event in `events`.
+    pub fn event_checkpoints(
+        &self,
+        bridge: &Bridge,
+        events: &[Raw],
+        step: &str,
+        status: &str,
+        info: Option<&str>,
+    ) {
+        if !self.wants_checkpoints() {
+            return;
+        }
+        let now = now_ms();
+        let mut checkpoints = Vec::new();
+        for raw in events {
+            let Some(meta) = EventMeta::parse(raw) else {
+                continue;
+            };
+            if !meta.is_message() {
+                continue;
+            }
+            let mut checkpoint = json!({
+                "event_id": meta.event_id,
+                "room_id": meta.room_id,
+                "step": step,
+                "timestamp": now,
+                "status": status,
+                "event_type": meta.kind(),
+                "reported_by": "ASMUX",
+                "retry_num": 0,
+            });
+            if let Some(info) = info {
+                checkpoint["info"] = json!(info);
+            }
+            checkpoints.push(checkpoint);
+        }
+        if !checkpoints.is_empty() {
+            self.checkpoints(bridge, Value::Array(checkpoints));
         }
     }
 

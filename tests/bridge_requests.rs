@@ -236,3 +236,60 @@ async fn homeserver_queries_reach_the_owning_bridge() {
         WsEvent::Timeout
     ));
 }
+
+#[tokio::test]
+async fn reporting_endpoints_receive_checkpoints_and_states() {
+    let hs = StubHomeserver::start().await;
+    let sink = Scripted::start().await;
+    let extra = format!(
+        "max_pdu_age_seconds = 0\nmessage_send_checkpoint_endpoint = \"{0}\"\nremote_status_endpoint = \"{0}/remote\"",
+        sink.url()
+    );
+    let server = TestServer::start_with(&hs, &extra).await;
+    let reg = provision(&server, "alice", "whatsapp", json!({"push": false})).await;
+    let token = reg["as_token"].as_str().unwrap();
+    let invite = fixture("a1-invite-bridge-bot.json");
+    hs_transaction(&server, "1", &invite).await;
+    hs_transaction(&server, "2", &fixture("b1-text-message.json")).await;
+
+    let path = "/bridgebox/alice/bridge/whatsapp/send_message_metrics";
+    let mut checkpoints = Vec::new();
+    for _ in 0..500 {
+        checkpoints = sink.requests_to(path);
+        if !checkpoints.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        checkpoints.len(),
+        1,
+        "only the message, not the invite, is checkpointed"
+    );
+    let checkpoint = &checkpoints[0].body["checkpoints"][0];
+    assert_eq!(checkpoint["step"], "HOMESERVER");
+    assert_eq!(checkpoint["status"], "SUCCESS");
+    assert_eq!(checkpoint["reported_by"], "ASMUX");
+    assert_eq!(
+        checkpoint["event_id"],
+        fixture("b1-text-message.json")["events"][0]["event_id"]
+    );
+    assert_eq!(
+        checkpoints[0].authorization.as_deref(),
+        Some(&*format!("Bearer {token}"))
+    );
+
+    let mut ws = WsBridge::connect(&server, token, 3).await;
+    ws.send_json(&json!({"command": "bridge_status", "data": {"state_event": "CONNECTED"}}))
+        .await;
+    for _ in 0..500 {
+        if !sink.requests_to("/remote").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        sink.requests_to("/remote")[0].body,
+        json!({"state_event": "CONNECTED"})
+    );
+}

@@ -19,6 +19,8 @@ use crate::store::{now_ms, Bridge, PushKey};
 /// Frames waiting for the writer at most; a bridge that reads slower than this holds up
 /// its own deliveries, never the server.
 const OUTGOING_FRAMES: usize = 64;
+/// How long a disconnected bridge has to come back before it is reported unreachable.
+const UNREACHABLE_GRACE: Duration = Duration::from_secs(10);
 /// The close reason sent to a connection a newer one of the same bridge replaces.
 pub const REPLACED_REASON: &str = r#"{"command":"disconnect","status":"conn_replaced"}"#;
 
@@ -130,6 +132,23 @@ async fn serve(
     // Let the writer send the close frame, but never wait on a dead peer for long.
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     tracing::info!("bridge disconnected");
+    if !delivery.is_shutting_down() {
+        report_if_still_gone(delivery, bridge);
+    }
+}
+
+/// Reports the bridge unreachable if it has not reconnected after a grace period: bridges
+/// reconnect right away after a network blip or a restart.
+fn report_if_still_gone(delivery: Arc<Delivery>, bridge: Arc<Bridge>) {
+    tokio::spawn(async move {
+        tokio::time::sleep(UNREACHABLE_GRACE).await;
+        if delivery.hub.get(bridge.id).is_none() && !delivery.is_shutting_down() {
+            if let Ok(Some(current)) = delivery.store.bridge(bridge.id) {
+                tracing::info!(bridge = %current.name(), "bridge did not reconnect");
+                delivery.reporter.bridge_unreachable(&current);
+            }
+        }
+    });
 }
 
 async fn conn_ping(conn: &Connection) -> bool {

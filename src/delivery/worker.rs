@@ -118,6 +118,8 @@ fn merge(delivery: &Delivery, bridge: &Bridge, batch: &[QueuedEntry]) -> BridgeT
                 });
                 if expired {
                     tracing::info!(bridge = %bridge.name(), "dropping expired event from the owner");
+                    let events = std::slice::from_ref(raw);
+                    delivery.reporter.event_checkpoints(bridge, events, "BRIDGE", "TIMEOUT", Some("event expired in the queue"));
                 }
                 !expired
             });
@@ -134,6 +136,13 @@ async fn deliver_push(delivery: &Delivery, bridge: &Bridge, txn: &BridgeTransact
     match push(&delivery.client, bridge, txn, delivery.push_retry_delay).await {
         PushOutcome::Delivered => {}
         PushOutcome::GaveUp(error) => {
+            delivery.reporter.event_checkpoints(
+                bridge,
+                &txn.events,
+                "BRIDGE",
+                "PERM_FAILURE",
+                Some(&error),
+            );
             tracing::error!(bridge = %bridge.name(), txn_id = %txn.txn_id, %error, "giving up on delivery");
         }
     }
