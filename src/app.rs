@@ -14,6 +14,7 @@ use crate::homeserver::Homeserver;
 use crate::http_client::HttpClient;
 use crate::intake::Intake;
 use crate::management::Management;
+use crate::proxy::Proxy;
 use crate::store::{now_ms, Store};
 
 /// How long deliveries in flight may take to finish once shutdown begins.
@@ -32,13 +33,15 @@ pub struct AppState {
     pub management: Management,
     pub delivery: Arc<Delivery>,
     pub intake: Intake,
+    pub proxy: Proxy,
 }
 
 impl AppState {
     pub fn new(config: Config, store: Arc<Store>) -> Result<Arc<AppState>> {
         let client = HttpClient::new().context("cannot load TLS root certificates")?;
         let homeserver = Arc::new(Homeserver::new(&config, client.clone()));
-        let delivery = Delivery::new(&config, store.clone(), client);
+        let delivery = Delivery::new(&config, store.clone(), client.clone());
+        let proxy = Proxy::new(&config, store.clone(), delivery.clone(), homeserver.clone(), client);
         let management =
             Management::new(&config, store.clone(), homeserver.clone(), delivery.clone());
         let intake = Intake::new(&config, store.clone(), delivery.clone());
@@ -49,6 +52,7 @@ impl AppState {
             management,
             delivery,
             intake,
+            proxy,
         }))
     }
 }

@@ -70,9 +70,9 @@ pub async fn global_state(delivery: &Delivery, bridge: &Bridge) -> Value {
         )
         .await
         {
-            Ok((404, _)) => match msc2659_ping(delivery, bridge).await {
+            Ok((404, _)) => match msc2659_ping(delivery, bridge, &format!("asmux-{}", now_ms())).await {
                 Ok(_) => running(),
-                Err(e) => unreachable(&e),
+                Err(e) => unreachable(&e.code()),
             },
             Ok((status, _)) if !(200..300).contains(&status) => {
                 unreachable(&format!("ping-http-{status}"))
@@ -140,28 +140,46 @@ fn interpret_state(owner_id: &str, body: Value) -> Value {
     json!({"remoteState": null, "bridgeState": asmux_state(owner_id, "RUNNING", None)})
 }
 
-/// MSC2659 ping of a push bridge: `Ok(duration_ms)` or one of the spec's error codes.
-pub async fn msc2659_ping(delivery: &Delivery, bridge: &Bridge) -> Result<u64, String> {
-    let url = format!(
-        "{}/_matrix/app/v1/ping",
-        bridge.address.trim_end_matches('/')
-    );
-    let body = json!({ "transaction_id": format!("asmux-{}", now_ms()) }).to_string();
+/// Why an MSC2659 ping of a push bridge failed.
+#[derive(Debug)]
+pub enum PingFailure {
+    Status(u16, bytes::Bytes),
+    Timeout,
+    Connect,
+}
+
+impl PingFailure {
+    /// The bridge state error code for this failure.
+    pub fn code(&self) -> String {
+        match self {
+            PingFailure::Status(status, _) => format!("ping-http-{status}"),
+            PingFailure::Timeout => "io-timeout".into(),
+            PingFailure::Connect => "http-connection-error".into(),
+        }
+    }
+}
+
+/// MSC2659 ping of a push bridge with `transaction_id`: the round trip in ms.
+pub async fn msc2659_ping(delivery: &Delivery, bridge: &Bridge, transaction_id: &str) -> Result<u64, PingFailure> {
+    let url = format!("{}/_matrix/app/v1/ping", bridge.address.trim_end_matches('/'));
+    let body = json!({ "transaction_id": transaction_id }).to_string();
     let started = std::time::Instant::now();
-    match call_bridge(
-        delivery,
-        bridge,
-        http::Method::POST,
-        &url,
-        body.as_bytes(),
-        PING_TIMEOUT,
-    )
-    .await
-    {
+    match call_bridge(delivery, bridge, http::Method::POST, &url, body.as_bytes(), PING_TIMEOUT).await {
         Ok((status, _)) if (200..300).contains(&status) => Ok(started.elapsed().as_millis() as u64),
-        Ok((status, _)) => Err(format!("ping-http-{status}")),
-        Err(HttpError::Timeout) => Err("io-timeout".into()),
-        Err(_) => Err("http-connection-error".into()),
+        Ok((status, body)) => Err(PingFailure::Status(status, body)),
+        Err(HttpError::Timeout) => Err(PingFailure::Timeout),
+        Err(_) => Err(PingFailure::Connect),
+    }
+}
+
+/// MSC2659 round trip over a websocket bridge's socket: the time in ms.
+pub async fn websocket_ping(delivery: &Delivery, bridge: &Bridge) -> Result<u64, RequestError> {
+    let conn = delivery.hub.get(bridge.id).ok_or(RequestError::Closed)?;
+    let started = std::time::Instant::now();
+    match conn.request("ping", &json!({}), PING_TIMEOUT).await {
+        // Any answer, even "unknown command", proves the round trip.
+        Ok(_) | Err(RequestError::Refused(_)) => Ok(started.elapsed().as_millis() as u64),
+        Err(e) => Err(e),
     }
 }
 

@@ -67,6 +67,18 @@ impl HttpClient {
         Ok(HttpClient { client })
     }
 
+    /// Sends `request` and returns the response with its body still streaming. Only the
+    /// connection has a timeout: a long-polling `/sync` may take as long as it asks for.
+    pub async fn send(
+        &self,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, RequestError> {
+        self.client
+            .request(request)
+            .await
+            .map_err(|e| RequestError::Connect(error_chain(&e)))
+    }
+
     /// Sends `request` and reads the whole (small) response body, all within `timeout`.
     pub async fn send_buffered(
         &self,

@@ -3,6 +3,7 @@
 
 mod appservice;
 mod body;
+mod client;
 mod management;
 mod websocket;
 
@@ -24,7 +25,9 @@ pub fn routes(
     appservice::routes(state.clone())
         .or(websocket::routes(state.clone()))
         .unify()
-        .or(management::routes(state))
+        .or(management::routes(state.clone()))
+        .unify()
+        .or(client::routes(state))
         .unify()
         .recover(handle_rejection)
         .unify()

@@ -1,0 +1,105 @@
+//! Namespace isolation (spec 5): a bridge token may only name users and aliases inside
+//! its own bridge's namespace.
+
+use crate::error::Error;
+use crate::matrix::Namespace;
+use crate::store::Bridge;
+
+/// Checks a `user_id` the bridge wants to act as.
+pub fn masquerade(ns: &Namespace, bridge: &Bridge, user_id: &str) -> Result<(), Error> {
+    let on_server = user_id
+        .rsplit_once(':')
+        .is_some_and(|(_, server)| server == ns.server);
+    if !on_server {
+        return Err(Error::Forbidden(
+            "Application service cannot masquerade as user on external homeserver.".into(),
+        ));
+    }
+    if !ns.in_bridge(user_id, &bridge.owner, &bridge.prefix) {
+        return Err(Error::Forbidden(
+            "Application service cannot masquerade as this local user.".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a localpart or full user ID the bridge registers or logs in.
+pub fn own_user(ns: &Namespace, bridge: &Bridge, user: &str, errcode_exclusive: bool) -> Result<(), Error> {
+    let user_id = if user.starts_with('@') { user.to_owned() } else { ns.user_id(user) };
+    if ns.in_bridge(&user_id, &bridge.owner, &bridge.prefix) {
+        return Ok(());
+    }
+    let message = "User ID is outside this bridge's namespace";
+    Err(if errcode_exclusive {
+        Error::Custom {
+            status: http::StatusCode::FORBIDDEN,
+            errcode: "M_EXCLUSIVE",
+            message: message.into(),
+        }
+    } else {
+        Error::Forbidden(message.into())
+    })
+}
+
+/// Checks a room alias (full `#alias:server`) the bridge creates or deletes.
+pub fn own_alias(ns: &Namespace, bridge: &Bridge, alias: &str) -> Result<(), Error> {
+    match ns.parse('#', alias) {
+        Some(a) if a.owner == bridge.owner && a.prefix == bridge.prefix => Ok(()),
+        _ => Err(Error::Forbidden("Alias is outside this bridge's namespace".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::urlsafe_token;
+
+    fn bridge() -> Bridge {
+        Bridge {
+            id: uuid::Uuid::new_v4(),
+            owner: "alice".into(),
+            prefix: "whatsapp".into(),
+            bot: "bot".into(),
+            address: String::new(),
+            push: false,
+            hs_token: urlsafe_token(48),
+            as_token: urlsafe_token(20),
+            push_key: None,
+            config_password: None,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn masquerading() {
+        let ns = Namespace::new("_", "example.test");
+        let b = bridge();
+        assert!(masquerade(&ns, &b, "@_alice_whatsapp_bot:example.test").is_ok());
+        assert!(masquerade(&ns, &b, "@_alice_whatsapp_123:example.test").is_ok());
+        for other in [
+            "@alice:example.test",
+            "@_alice_whatsapp2_123:example.test",
+            "@_bob_whatsapp_123:example.test",
+            "@_alice_whatsapp:example.test",
+        ] {
+            let err = masquerade(&ns, &b, other).unwrap_err();
+            assert_eq!(err.to_string(), "Application service cannot masquerade as this local user.", "{other}");
+        }
+        let err = masquerade(&ns, &b, "@_alice_whatsapp_1:other.test").unwrap_err();
+        assert_eq!(err.to_string(), "Application service cannot masquerade as user on external homeserver.");
+    }
+
+    #[test]
+    fn users_and_aliases() {
+        let ns = Namespace::new("_", "example.test");
+        let b = bridge();
+        assert!(own_user(&ns, &b, "_alice_whatsapp_1", true).is_ok());
+        assert!(own_user(&ns, &b, "@_alice_whatsapp_1:example.test", true).is_ok());
+        assert_eq!(own_user(&ns, &b, "_alice_signal_1", true).unwrap_err().errcode(), "M_EXCLUSIVE");
+        assert_eq!(own_user(&ns, &b, "alice", false).unwrap_err().errcode(), "M_FORBIDDEN");
+        assert!(own_alias(&ns, &b, "#_alice_whatsapp_group:example.test").is_ok());
+        assert!(own_alias(&ns, &b, "#_alice_whatsapp2_group:example.test").is_err());
+        assert!(own_alias(&ns, &b, "#_alice_whatsapp_group:other.test").is_err());
+        assert!(own_alias(&ns, &b, "#general:example.test").is_err());
+    }
+}

@@ -1,0 +1,483 @@
+//! The client-server API proxy (spec 5): bridges send all their Matrix traffic through
+//! asmux, which swaps their token for its own, keeps them inside their namespace and
+//! streams bodies both ways. Only the few endpoints whose JSON must be read or rewritten
+//! are buffered, with a size limit.
+
+mod dms;
+mod guard;
+mod login;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+
+use crate::bridge_requests::{self, PingFailure};
+use crate::config::Config;
+use crate::delivery::connection::RequestError;
+use crate::delivery::Delivery;
+use crate::error::Error;
+use crate::homeserver::Homeserver;
+use crate::http_client::{full_body, Body, BoxError, HttpClient};
+use crate::management::store_error;
+use crate::matrix::Namespace;
+use crate::secret::Secret;
+use crate::store::{Bridge, Store};
+
+/// Largest request or response body read into memory for the endpoints asmux rewrites.
+pub const MAX_REWRITE_BODY: usize = 1024 * 1024;
+/// Query parameter that lets a bridge's batch sends include the owner; only asmux sets it.
+const ALSO_ALLOW_USER: &str = "com.beeper.also_allow_user";
+/// Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// A request to proxy, as received.
+pub struct ProxyRequest {
+    pub method: Method,
+    /// The raw (percent-encoded) path.
+    pub path: String,
+    /// The raw query string, without `?`.
+    pub query: String,
+    pub headers: HeaderMap,
+    pub body: Body,
+}
+
+pub type ProxyResponse = http::Response<Body>;
+
+/// The proxy service.
+pub struct Proxy {
+    store: Arc<Store>,
+    delivery: Arc<Delivery>,
+    homeserver: Arc<Homeserver>,
+    client: HttpClient,
+    /// Homeserver base URL without a trailing slash.
+    base: String,
+    as_token: Secret,
+    namespace: Namespace,
+    login_shared_secret: Option<Secret>,
+    /// SHA-512 of an owner's Matrix token -> user ID, for the DM endpoint.
+    whoami: moka::future::Cache<Vec<u8>, String>,
+    /// One lock per user whose `m.direct` the DM endpoint rewrites.
+    dm_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Which rewrite an endpoint needs.
+#[derive(Debug, PartialEq, Eq)]
+enum Special {
+    None,
+    Register,
+    Login,
+    CreateRoom,
+    Alias(String),
+    DeviceAuth,
+}
+
+impl Proxy {
+    pub fn new(
+        config: &Config,
+        store: Arc<Store>,
+        delivery: Arc<Delivery>,
+        homeserver: Arc<Homeserver>,
+        client: HttpClient,
+    ) -> Proxy {
+        Proxy {
+            store,
+            delivery,
+            homeserver,
+            client,
+            base: config.homeserver.address.trim_end_matches('/').to_owned(),
+            as_token: config.appservice.as_token.clone(),
+            namespace: config.namespace(),
+            login_shared_secret: config.homeserver.login_shared_secret.clone(),
+            whoami: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(std::time::Duration::from_secs(300))
+                .build(),
+            dm_locks: Mutex::default(),
+        }
+    }
+
+    pub async fn handle(&self, req: ProxyRequest) -> Result<ProxyResponse, Error> {
+        let decoded = percent_encoding::percent_decode_str(&req.path)
+            .decode_utf8_lossy()
+            .into_owned();
+        if dms::is_dms_path(&decoded) && matches!(req.method, Method::PUT | Method::PATCH) {
+            return self.dms(req).await;
+        }
+        let bridge = self.bridge_of(&req)?;
+        if let Some(target) = msc2659_target(&decoded).filter(|_| req.method == Method::POST) {
+            return self.appservice_ping(bridge.as_deref(), target, req.body).await;
+        }
+
+        let mut pairs: Vec<(String, String)> = form_urlencoded::parse(req.query.as_bytes()).into_owned().collect();
+        let mut rewrite_query = pairs.iter().any(|(k, _)| k == ALSO_ALLOW_USER);
+        pairs.retain(|(k, _)| k != ALSO_ALLOW_USER);
+        let mut headers = forwardable(&req.headers);
+        if let Some(bridge) = &bridge {
+            rewrite_query = true;
+            pairs.retain(|(k, _)| k != "access_token");
+            match pairs.iter().find(|(k, _)| k == "user_id") {
+                Some((_, user_id)) => guard::masquerade(&self.namespace, bridge, user_id)?,
+                None => pairs.push(("user_id".into(), self.bot_id(bridge))),
+            }
+            if decoded.ends_with("/batch_send") {
+                pairs.push((ALSO_ALLOW_USER.into(), self.namespace.user_id(&bridge.owner)));
+            }
+            headers.insert(header::AUTHORIZATION, bearer(self.as_token.expose())?);
+            headers.insert(
+                HeaderName::from_static("x-beeper-bridge"),
+                HeaderValue::from_str(&bridge.name()).map_err(|_| Error::Internal)?,
+            );
+        }
+        let query = if rewrite_query {
+            form_urlencoded::Serializer::new(String::new()).extend_pairs(&pairs).finish()
+        } else {
+            req.query.clone()
+        };
+
+        let special = special(&req.method, &decoded);
+        let body = match (&special, &bridge) {
+            (Special::None, _) => req.body,
+            (Special::Alias(alias), Some(bridge)) => {
+                guard::own_alias(&self.namespace, bridge, alias)?;
+                req.body
+            }
+            (Special::Alias(_), None) => req.body,
+            (special, bridge) => {
+                let body = read_limited(req.body).await?;
+                let rewritten = match serde_json::from_slice::<Value>(&body) {
+                    Ok(mut json) => {
+                        self.rewrite(special, bridge.as_deref(), &mut json)?.then(|| json.to_string().into_bytes())
+                    }
+                    // Not JSON: the homeserver will refuse it; nothing to check or rewrite.
+                    Err(_) => None,
+                };
+                if let Some(new) = &rewritten {
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(new.len()));
+                }
+                full_body(rewritten.map(Bytes::from).unwrap_or(body))
+            }
+        };
+
+        let response = self.forward(&req.method, &req.path, &query, headers, body).await?;
+        match (special, bridge) {
+            (Special::CreateRoom, Some(bridge)) if response.status().is_success() => {
+                self.register_created_room(&bridge, response).await
+            }
+            _ => Ok(response),
+        }
+    }
+
+    /// The bridge whose token the request carries, `None` for any other token. A token
+    /// that starts like a bridge token (`{uuid}-`) must belong to one.
+    fn bridge_of(&self, req: &ProxyRequest) -> Result<Option<Arc<Bridge>>, Error> {
+        let token = req
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned)
+            .or_else(|| {
+                form_urlencoded::parse(req.query.as_bytes())
+                    .find(|(k, _)| k == "access_token")
+                    .map(|(_, v)| v.into_owned())
+            });
+        let Some(token) = token.filter(|t| is_bridge_token(t)) else {
+            return Ok(None);
+        };
+        match self.store.bridge_by_token(&token).map_err(store_error)? {
+            Some(bridge) => Ok(Some(bridge)),
+            None => Err(Error::UnknownToken("Invalid access token")),
+        }
+    }
+
+    fn bot_id(&self, bridge: &Bridge) -> String {
+        self.namespace
+            .user_id(&self.namespace.bot_localpart(&bridge.owner, &bridge.prefix, &bridge.bot))
+    }
+
+    /// Checks and rewrites the JSON body of a special endpoint; true when it changed.
+    fn rewrite(&self, special: &Special, bridge: Option<&Bridge>, json: &mut Value) -> Result<bool, Error> {
+        match special {
+            Special::Register => {
+                if let (Some(bridge), Some(username)) = (bridge, json.get("username").and_then(Value::as_str)) {
+                    guard::own_user(&self.namespace, bridge, username, true)?;
+                }
+                Ok(false)
+            }
+            Special::CreateRoom => {
+                if let (Some(bridge), Some(name)) = (bridge, json.get("room_alias_name").and_then(Value::as_str)) {
+                    guard::own_alias(&self.namespace, bridge, &format!("#{name}:{}", self.namespace.server))?;
+                }
+                Ok(false)
+            }
+            Special::Login => {
+                if json.get("type").and_then(Value::as_str) == Some("m.login.application_service") {
+                    let user = login::user_of(json, &self.namespace.server).unwrap_or_default();
+                    if let Some(bridge) = bridge {
+                        guard::own_user(&self.namespace, bridge, &user, false)?;
+                    }
+                    return Ok(false);
+                }
+                self.convert_password(json)
+            }
+            Special::DeviceAuth => match json.get_mut("auth") {
+                Some(auth) => self.convert_password(auth),
+                None => Ok(false),
+            },
+            Special::None | Special::Alias(_) => Ok(false),
+        }
+    }
+
+    /// Swaps a login_token-derived password for the homeserver's shared-secret one.
+    fn convert_password(&self, auth: &mut Value) -> Result<bool, Error> {
+        let Some(shared) = &self.login_shared_secret else { return Ok(false) };
+        let Some(user_id) = login::user_of(auth, &self.namespace.server) else { return Ok(false) };
+        // Bridge users log in with their owner's token; plain users with their own.
+        let owner = match self.namespace.parse('@', &user_id) {
+            Some(u) => self.store.bridge_by_name(u.owner, u.prefix).map_err(store_error)?.map(|b| b.owner.clone()),
+            None => user_id
+                .strip_prefix('@')
+                .and_then(|r| r.strip_suffix(self.namespace.server.as_str()))
+                .and_then(|r| r.strip_suffix(':'))
+                .map(str::to_owned),
+        };
+        let Some(user) = owner.and_then(|o| self.store.user(&o).ok().flatten()) else {
+            return Ok(false);
+        };
+        Ok(login::convert(auth, &user_id, user.login_token.expose(), shared.expose()))
+    }
+
+    async fn forward(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &str,
+        headers: HeaderMap,
+        body: Body,
+    ) -> Result<ProxyResponse, Error> {
+        let uri = if query.is_empty() {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}{path}?{query}", self.base)
+        };
+        let mut request = http::Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .body(body)
+            .map_err(|_| Error::BadRequest("Invalid request".into()))?;
+        *request.headers_mut() = headers;
+        let response = self.client.send(request).await.map_err(|e| {
+            tracing::warn!(error = %e, "homeserver request failed");
+            Error::BadGateway
+        })?;
+        let (mut parts, body) = response.into_parts();
+        parts.headers = forwardable(&parts.headers);
+        let body = body.map_err(box_error).boxed();
+        Ok(http::Response::from_parts(parts, body))
+    }
+
+    /// Reads the `createRoom` answer and makes the bridge an owner of the new room.
+    async fn register_created_room(&self, bridge: &Bridge, response: ProxyResponse) -> Result<ProxyResponse, Error> {
+        let (parts, body) = response.into_parts();
+        let body = read_limited(body).await?;
+        if let Some(room_id) = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("room_id").and_then(Value::as_str).map(str::to_owned))
+        {
+            self.store.add_room_owner(&room_id, bridge.id).map_err(store_error)?;
+            self.store.flush().await.map_err(store_error)?;
+        }
+        Ok(http::Response::from_parts(parts, full_body(body)))
+    }
+
+    /// MSC2659 `POST /_matrix/client/v1/appservice/{id}/ping`, answered by asmux.
+    async fn appservice_ping(&self, bridge: Option<&Bridge>, target: &str, body: Body) -> Result<ProxyResponse, Error> {
+        let bridge = bridge.ok_or(Error::Forbidden("Only bridges can ping themselves".into()))?;
+        if target != bridge.id.to_string() {
+            return Err(Error::Forbidden("Appservices can only ping themselves".into()));
+        }
+        let txn_id = serde_json::from_slice::<Value>(&read_limited(body).await?)
+            .ok()
+            .and_then(|v| v.get("transaction_id").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_default();
+        let custom = |status: StatusCode, errcode: &'static str, message: &str| Error::Custom {
+            status,
+            errcode,
+            message: message.into(),
+        };
+        let duration = if bridge.push {
+            if bridge.address.is_empty() {
+                return Err(custom(StatusCode::BAD_REQUEST, "M_URL_NOT_SET", "Application service doesn't have a URL configured"));
+            }
+            match bridge_requests::msc2659_ping(&self.delivery, bridge, &txn_id).await {
+                Ok(ms) => ms,
+                Err(PingFailure::Status(status, body)) => {
+                    let answer = json!({
+                        "errcode": "M_BAD_STATUS",
+                        "error": "Ping returned non-2xx status",
+                        "status": status,
+                        "body": String::from_utf8_lossy(&body),
+                    });
+                    return Ok(json_response(StatusCode::BAD_GATEWAY, &answer));
+                }
+                Err(PingFailure::Timeout) => {
+                    return Err(custom(StatusCode::GATEWAY_TIMEOUT, "M_CONNECTION_TIMEOUT", "Connection to application service timed out"))
+                }
+                Err(PingFailure::Connect) => {
+                    return Err(custom(StatusCode::BAD_GATEWAY, "M_CONNECTION_FAILED", "Failed to connect to application service"))
+                }
+            }
+        } else {
+            match bridge_requests::websocket_ping(&self.delivery, bridge).await {
+                Ok(ms) => ms,
+                Err(RequestError::Timeout) => {
+                    return Err(custom(StatusCode::GATEWAY_TIMEOUT, "M_CONNECTION_TIMEOUT", "Websocket ping timed out"))
+                }
+                Err(_) => return Err(custom(StatusCode::BAD_GATEWAY, "M_CONNECTION_FAILED", "Bridge websocket is not connected")),
+            }
+        };
+        Ok(json_response(StatusCode::OK, &json!({ "duration_ms": duration })))
+    }
+}
+
+/// Whether `token` has the shape of a bridge token: a UUID, `-`, the secret.
+fn is_bridge_token(token: &str) -> bool {
+    token.len() > 37 && token.as_bytes()[36] == b'-' && uuid::Uuid::try_parse(&token[..36]).is_ok()
+}
+
+/// The endpoint's rewrite, from the method and the decoded path.
+fn special(method: &Method, path: &str) -> Special {
+    let last = path.rsplit('/').next().unwrap_or_default();
+    match *method {
+        Method::POST if last == "register" => Special::Register,
+        Method::POST if last == "login" => Special::Login,
+        Method::POST if last == "createRoom" => Special::CreateRoom,
+        Method::POST if last == "delete_devices" => Special::DeviceAuth,
+        Method::DELETE if path.rsplit('/').nth(1) == Some("devices") => Special::DeviceAuth,
+        Method::PUT | Method::DELETE if path.contains("/directory/room/") => {
+            Special::Alias(path.rsplit_once("/directory/room/").map(|(_, a)| a.to_owned()).unwrap_or_default())
+        }
+        _ => Special::None,
+    }
+}
+
+/// The `{appserviceId}` of an MSC2659 ping path.
+fn msc2659_target(path: &str) -> Option<&str> {
+    let rest = path
+        .strip_prefix("/_matrix/client/v1/appservice/")
+        .or_else(|| path.strip_prefix("/_matrix/client/unstable/fi.mau.msc2659/appservice/"))?;
+    rest.strip_suffix("/ping").filter(|id| !id.contains('/'))
+}
+
+/// Headers minus hop-by-hop ones (and those the `Connection` header names).
+fn forwardable(headers: &HeaderMap) -> HeaderMap {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|n| n.trim().to_ascii_lowercase()))
+        .collect();
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let name_str = name.as_str();
+        if !HOP_BY_HOP.contains(&name_str) && !named.iter().any(|n| n == name_str) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+fn box_error(e: hyper::Error) -> BoxError {
+    Box::new(e)
+}
+
+fn bearer(token: &str) -> Result<HeaderValue, Error> {
+    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Error::Internal)
+}
+
+/// Reads a body of at most [`MAX_REWRITE_BODY`] bytes.
+async fn read_limited(mut body: Body) -> Result<Bytes, Error> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Error::BadRequest("Unreadable body".into()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_REWRITE_BODY {
+                return Err(Error::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+fn json_response(status: StatusCode, value: &Value) -> ProxyResponse {
+    let mut response = http::Response::new(full_body(value.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn special_endpoints() {
+        assert_eq!(special(&Method::POST, "/_matrix/client/v3/register"), Special::Register);
+        assert_eq!(special(&Method::POST, "/_matrix/client/r0/login"), Special::Login);
+        assert_eq!(special(&Method::GET, "/_matrix/client/v3/login"), Special::None);
+        assert_eq!(special(&Method::POST, "/_matrix/client/v3/createRoom"), Special::CreateRoom);
+        assert_eq!(special(&Method::DELETE, "/_matrix/client/v3/devices/ABC"), Special::DeviceAuth);
+        assert_eq!(
+            special(&Method::PUT, "/_matrix/client/v3/directory/room/#a:b"),
+            Special::Alias("#a:b".into())
+        );
+        assert_eq!(special(&Method::GET, "/_matrix/client/v3/directory/room/#a:b"), Special::None);
+        assert_eq!(msc2659_target("/_matrix/client/v1/appservice/abc/ping"), Some("abc"));
+        assert_eq!(msc2659_target("/_matrix/client/unstable/fi.mau.msc2659/appservice/x/ping"), Some("x"));
+        assert_eq!(msc2659_target("/_matrix/client/v1/appservice/a/b/ping"), None);
+    }
+
+    #[test]
+    fn bridge_tokens_are_recognised_by_shape() {
+        let id = uuid::Uuid::new_v4();
+        assert!(is_bridge_token(&format!("{id}-secret")));
+        assert!(!is_bridge_token(&format!("{id}-")));
+        assert!(!is_bridge_token("syt_YWxpY2U_abcdefghijklmnopqrst_0abcde"));
+        assert!(!is_bridge_token("00000000-0000-0000-0000-00000000000Z-x"));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("host", HeaderValue::from_static("asmux"));
+        h.insert("content-length", HeaderValue::from_static("5"));
+        h.insert("authorization", HeaderValue::from_static("Bearer x"));
+        let out = forwardable(&h);
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(out.contains_key("content-length") && out.contains_key("authorization"));
+    }
+}
+
