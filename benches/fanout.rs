@@ -26,10 +26,16 @@ const HS_TOKEN: &str = "bench-hs-token";
 const SECRET: &str = "bench-shared-secret-0123456789";
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let transactions: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(2000);
     let concurrency: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(4);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(bench(transactions, concurrency));
 }
 
@@ -62,7 +68,10 @@ async fn bench(transactions: usize, concurrency: usize) {
         .and(warp::path::tail())
         .and(warp::body::json())
         .map(move |_: warp::path::Tail, body: Value| {
-            counter.fetch_add(body["events"].as_array().map_or(0, Vec::len) as u64, Ordering::Relaxed);
+            counter.fetch_add(
+                body["events"].as_array().map_or(0, Vec::len) as u64,
+                Ordering::Relaxed,
+            );
             warp::reply::json(&json!({}))
         });
     let push_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -78,9 +87,20 @@ async fn bench(transactions: usize, concurrency: usize) {
         } else {
             json!({"address": format!("http://{push_addr}/b{b}")})
         };
-        let reg = call(&client, "PUT", &format!("{base}/_matrix/asmux/appservice/owner{b}/bridge"), SECRET, &body).await;
+        let reg = call(
+            &client,
+            "PUT",
+            &format!("{base}/_matrix/asmux/appservice/owner{b}/bridge"),
+            SECRET,
+            &body,
+        )
+        .await;
         if websocket {
-            tokio::spawn(ws_bridge(addr, reg["as_token"].as_str().unwrap().to_owned(), delivered.clone()));
+            tokio::spawn(ws_bridge(
+                addr,
+                reg["as_token"].as_str().unwrap().to_owned(),
+                delivered.clone(),
+            ));
         }
         for r in 0..ROOMS_PER_BRIDGE {
             let room = format!("!room{b}-{r}");
@@ -91,7 +111,14 @@ async fn bench(transactions: usize, concurrency: usize) {
         }
     }
     let setup_count = setup_events.len() as u64;
-    call(&client, "PUT", &format!("{base}/_matrix/app/v1/transactions/setup"), HS_TOKEN, &json!({"events": setup_events})).await;
+    call(
+        &client,
+        "PUT",
+        &format!("{base}/_matrix/app/v1/transactions/setup"),
+        HS_TOKEN,
+        &json!({"events": setup_events}),
+    )
+    .await;
     wait_for(&delivered, setup_count).await;
     delivered.store(0, Ordering::SeqCst);
 
@@ -114,7 +141,8 @@ async fn bench(transactions: usize, concurrency: usize) {
     let started = Instant::now();
     let mut senders = Vec::new();
     for _ in 0..concurrency {
-        let (client, base, bodies, next) = (client.clone(), base.clone(), bodies.clone(), next.clone());
+        let (client, base, bodies, next) =
+            (client.clone(), base.clone(), bodies.clone(), next.clone());
         senders.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             loop {
@@ -127,7 +155,10 @@ async fn bench(transactions: usize, concurrency: usize) {
                     .body(full_body(bodies[t].clone()))
                     .unwrap();
                 let sent = Instant::now();
-                let response = client.send_buffered(request, Duration::from_secs(60)).await.unwrap();
+                let response = client
+                    .send_buffered(request, Duration::from_secs(60))
+                    .await
+                    .unwrap();
                 assert_eq!(response.status, 200);
                 latencies.push(sent.elapsed());
             }
@@ -147,11 +178,23 @@ async fn bench(transactions: usize, concurrency: usize) {
     println!("fan-in/out: {BRIDGES} bridges (half websocket, half push), {transactions} transactions x {EVENTS_PER_TXN} events, {concurrency} concurrent PUTs");
     println!("| metric | value |\n|---|---|");
     println!("| events delivered and acknowledged | {total} |");
-    println!("| wall time (first PUT to last ack) | {:.2} s |", elapsed.as_secs_f64());
+    println!(
+        "| wall time (first PUT to last ack) | {:.2} s |",
+        elapsed.as_secs_f64()
+    );
     println!("| events/s (PUT to ack, durable) | {events_per_s:.0} |");
-    println!("| transactions/s accepted | {:.0} |", transactions as f64 / put_done.as_secs_f64());
-    println!("| PUT latency p50 | {:.2} ms |", pct(0.50).as_secs_f64() * 1000.0);
-    println!("| PUT latency p99 | {:.2} ms |", pct(0.99).as_secs_f64() * 1000.0);
+    println!(
+        "| transactions/s accepted | {:.0} |",
+        transactions as f64 / put_done.as_secs_f64()
+    );
+    println!(
+        "| PUT latency p50 | {:.2} ms |",
+        pct(0.50).as_secs_f64() * 1000.0
+    );
+    println!(
+        "| PUT latency p99 | {:.2} ms |",
+        pct(0.99).as_secs_f64() * 1000.0
+    );
     let report = json!({
         "scenario": "fan-in/out", "bridges": BRIDGES, "transactions": transactions,
         "events_per_transaction": EVENTS_PER_TXN, "concurrency": concurrency,
@@ -160,7 +203,11 @@ async fn bench(transactions: usize, concurrency: usize) {
     });
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("fanout.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    std::fs::write(
+        out.join("fanout.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .unwrap();
 }
 
 async fn call(client: &HttpClient, method: &str, url: &str, token: &str, body: &Value) -> Value {
@@ -170,33 +217,52 @@ async fn call(client: &HttpClient, method: &str, url: &str, token: &str, body: &
         .header("authorization", format!("Bearer {token}"))
         .body(full_body(body.to_string()))
         .unwrap();
-    let response = client.send_buffered(request, Duration::from_secs(60)).await.unwrap();
+    let response = client
+        .send_buffered(request, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert!(response.status.is_success(), "{url}: {}", response.status);
     serde_json::from_slice(&response.body).unwrap_or(Value::Null)
 }
 
 /// A websocket bridge that acknowledges every transaction and counts its events.
 async fn ws_bridge(addr: std::net::SocketAddr, token: String, delivered: Arc<AtomicU64>) {
-    let mut request = format!("ws://{addr}/_matrix/client/unstable/fi.mau.as_sync").into_client_request().unwrap();
-    request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request.headers_mut().insert("x-mautrix-websocket-version", "3".parse().unwrap());
+    let mut request = format!("ws://{addr}/_matrix/client/unstable/fi.mau.as_sync")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-mautrix-websocket-version", "3".parse().unwrap());
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     while let Some(Ok(message)) = socket.next().await {
-        let Message::Text(text) = message else { continue };
+        let Message::Text(text) = message else {
+            continue;
+        };
         let frame: Value = serde_json::from_str(&text).unwrap();
         if frame["command"] != "transaction" {
             continue;
         }
-        let ack = json!({"command": "response", "id": frame["id"], "data": {"txn_id": frame["txn_id"]}});
+        let ack =
+            json!({"command": "response", "id": frame["id"], "data": {"txn_id": frame["txn_id"]}});
         socket.send(Message::text(ack.to_string())).await.unwrap();
-        delivered.fetch_add(frame["events"].as_array().map_or(0, Vec::len) as u64, Ordering::Relaxed);
+        delivered.fetch_add(
+            frame["events"].as_array().map_or(0, Vec::len) as u64,
+            Ordering::Relaxed,
+        );
     }
 }
 
 async fn wait_for(counter: &AtomicU64, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(600);
     while counter.load(Ordering::Relaxed) < n {
-        assert!(Instant::now() < deadline, "only {} of {n} events arrived", counter.load(Ordering::Relaxed));
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} events arrived",
+            counter.load(Ordering::Relaxed)
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

@@ -41,7 +41,13 @@ impl AppState {
         let client = HttpClient::new().context("cannot load TLS root certificates")?;
         let homeserver = Arc::new(Homeserver::new(&config, client.clone()));
         let delivery = Delivery::new(&config, store.clone(), client.clone());
-        let proxy = Proxy::new(&config, store.clone(), delivery.clone(), homeserver.clone(), client);
+        let proxy = Proxy::new(
+            &config,
+            store.clone(),
+            delivery.clone(),
+            homeserver.clone(),
+            client,
+        );
         let management =
             Management::new(&config, store.clone(), homeserver.clone(), delivery.clone());
         let intake = Intake::new(&config, store.clone(), delivery.clone());

@@ -70,10 +70,12 @@ pub async fn global_state(delivery: &Delivery, bridge: &Bridge) -> Value {
         )
         .await
         {
-            Ok((404, _)) => match msc2659_ping(delivery, bridge, &format!("asmux-{}", now_ms())).await {
-                Ok(_) => running(),
-                Err(e) => unreachable(&e.code()),
-            },
+            Ok((404, _)) => {
+                match msc2659_ping(delivery, bridge, &format!("asmux-{}", now_ms())).await {
+                    Ok(_) => running(),
+                    Err(e) => unreachable(&e.code()),
+                }
+            }
             Ok((status, _)) if !(200..300).contains(&status) => {
                 unreachable(&format!("ping-http-{status}"))
             }
@@ -160,11 +162,27 @@ impl PingFailure {
 }
 
 /// MSC2659 ping of a push bridge with `transaction_id`: the round trip in ms.
-pub async fn msc2659_ping(delivery: &Delivery, bridge: &Bridge, transaction_id: &str) -> Result<u64, PingFailure> {
-    let url = format!("{}/_matrix/app/v1/ping", bridge.address.trim_end_matches('/'));
+pub async fn msc2659_ping(
+    delivery: &Delivery,
+    bridge: &Bridge,
+    transaction_id: &str,
+) -> Result<u64, PingFailure> {
+    let url = format!(
+        "{}/_matrix/app/v1/ping",
+        bridge.address.trim_end_matches('/')
+    );
     let body = json!({ "transaction_id": transaction_id }).to_string();
     let started = std::time::Instant::now();
-    match call_bridge(delivery, bridge, http::Method::POST, &url, body.as_bytes(), PING_TIMEOUT).await {
+    match call_bridge(
+        delivery,
+        bridge,
+        http::Method::POST,
+        &url,
+        body.as_bytes(),
+        PING_TIMEOUT,
+    )
+    .await
+    {
         Ok((status, _)) if (200..300).contains(&status) => Ok(started.elapsed().as_millis() as u64),
         Ok((status, body)) => Err(PingFailure::Status(status, body)),
         Err(HttpError::Timeout) => Err(PingFailure::Timeout),

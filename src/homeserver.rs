@@ -83,24 +83,43 @@ impl Homeserver {
     }
 
     /// A user's account data of `kind`; `None` when it was never set.
-    pub async fn account_data(&self, token: &str, user_id: &str, kind: &str) -> Result<Option<Value>, HomeserverError> {
+    pub async fn account_data(
+        &self,
+        token: &str,
+        user_id: &str,
+        kind: &str,
+    ) -> Result<Option<Value>, HomeserverError> {
         let path = account_data_path(user_id, kind);
         let (status, body) = self.call(http::Method::GET, &path, token, None).await?;
         match status.as_u16() {
             200 => Ok(Some(body)),
             404 => Ok(None),
-            other => Err(HomeserverError::Status { status: other, body: body.to_string() }),
+            other => Err(HomeserverError::Status {
+                status: other,
+                body: body.to_string(),
+            }),
         }
     }
 
     /// Replaces a user's account data of `kind`.
-    pub async fn set_account_data(&self, token: &str, user_id: &str, kind: &str, value: &Value) -> Result<(), HomeserverError> {
+    pub async fn set_account_data(
+        &self,
+        token: &str,
+        user_id: &str,
+        kind: &str,
+        value: &Value,
+    ) -> Result<(), HomeserverError> {
         let path = account_data_path(user_id, kind);
-        let (status, body) = self.call(http::Method::PUT, &path, token, Some(value.clone())).await?;
+        let (status, body) = self
+            .call(http::Method::PUT, &path, token, Some(value.clone()))
+            .await?;
         if status.is_success() {
             Ok(())
         } else {
-            Err(HomeserverError::Status { status: status.as_u16(), body: body.to_string() })
+            Err(HomeserverError::Status {
+                status: status.as_u16(),
+                body: body.to_string(),
+            })
         }
     }
 

@@ -14,7 +14,9 @@ use crate::app::AppState;
 use crate::http_client::BoxError;
 use crate::proxy::ProxyRequest;
 
-pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path("_matrix")
         .and(warp::path("client").or(warp::path("media")).unify())
         .and(warp::method())
@@ -49,7 +51,8 @@ async fn proxy(
     };
     let response = state.proxy.handle(request).await?;
     let (parts, body) = response.into_parts();
-    let mut reply = warp::reply::stream(body.into_data_stream().map(|r| r.map_err(io_error))).into_response();
+    let mut reply =
+        warp::reply::stream(body.into_data_stream().map(|r| r.map_err(io_error))).into_response();
     *reply.status_mut() = parts.status;
     *reply.headers_mut() = parts.headers;
     Ok(reply)

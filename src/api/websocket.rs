@@ -8,7 +8,7 @@ use warp::{Filter, Rejection, Reply};
 use super::{authorization, with_state, Response};
 use crate::app::AppState;
 use crate::delivery::session;
-use crate::error::Error;
+use crate::error::{handle_rejection, Error};
 use crate::management::bearer_token;
 
 /// Largest frame a bridge may send: responses, states, checkpoints and proxied HTTP
@@ -19,9 +19,7 @@ const SUBPROTOCOL: &str = "fi.mau.as_sync";
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("_matrix" / "client" / "unstable" / "fi.mau.as_sync")
-        .and(warp::get())
-        .and(authorization())
+    let session = authorization()
         .and(warp::header::optional::<String>("x-mautrix-process-id"))
         .and(warp::header::optional::<String>(
             "x-mautrix-websocket-version",
@@ -34,7 +32,12 @@ pub fn routes(
                 "Expected a websocket upgrade".into(),
             )))
         }))
-        .map(upgrade)
+        .map(upgrade);
+    // Once the path matched, every refusal is answered here: the request must not fall
+    // through to the client-server proxy.
+    warp::path!("_matrix" / "client" / "unstable" / "fi.mau.as_sync")
+        .and(warp::get())
+        .and(session.recover(handle_rejection).unify())
 }
 
 struct Accepted {

@@ -15,13 +15,18 @@ use crate::management::{bearer_token, store_error};
 pub fn is_dms_path(path: &str) -> bool {
     matches!(
         path,
-        "/_matrix/client/unstable/com.beeper.asmux/dms" | "/_matrix/client/unstable/net.maunium.asmux/dms"
+        "/_matrix/client/unstable/com.beeper.asmux/dms"
+            | "/_matrix/client/unstable/net.maunium.asmux/dms"
     )
 }
 
 impl Proxy {
     pub(super) async fn dms(&self, req: ProxyRequest) -> Result<ProxyResponse, Error> {
-        let header_value = |name| req.headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
+        let header_value = |name| {
+            req.headers
+                .get(name)
+                .and_then(|v: &http::HeaderValue| v.to_str().ok())
+        };
         let owner_token = bearer_token(header_value(header::AUTHORIZATION.as_str()))?.to_owned();
         let bridge_token = header_value("x-asmux-auth")
             .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).to_owned())
@@ -61,7 +66,12 @@ impl Proxy {
         if req.method == Method::PUT {
             // PUT replaces this bridge's entries (the bot's own DMs stay).
             let bot = self.bot_id(&bridge);
-            direct.retain(|user, _| *user == bot || !self.namespace.in_bridge(user, &bridge.owner, &bridge.prefix));
+            direct.retain(|user, _| {
+                *user == bot
+                    || !self
+                        .namespace
+                        .in_bridge(user, &bridge.owner, &bridge.prefix)
+            });
         }
         direct.extend(update);
         self.homeserver

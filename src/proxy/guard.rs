@@ -24,8 +24,17 @@ pub fn masquerade(ns: &Namespace, bridge: &Bridge, user_id: &str) -> Result<(), 
 }
 
 /// Checks a localpart or full user ID the bridge registers or logs in.
-pub fn own_user(ns: &Namespace, bridge: &Bridge, user: &str, errcode_exclusive: bool) -> Result<(), Error> {
-    let user_id = if user.starts_with('@') { user.to_owned() } else { ns.user_id(user) };
+pub fn own_user(
+    ns: &Namespace,
+    bridge: &Bridge,
+    user: &str,
+    errcode_exclusive: bool,
+) -> Result<(), Error> {
+    let user_id = if user.starts_with('@') {
+        user.to_owned()
+    } else {
+        ns.user_id(user)
+    };
     if ns.in_bridge(&user_id, &bridge.owner, &bridge.prefix) {
         return Ok(());
     }
@@ -45,7 +54,9 @@ pub fn own_user(ns: &Namespace, bridge: &Bridge, user: &str, errcode_exclusive: 
 pub fn own_alias(ns: &Namespace, bridge: &Bridge, alias: &str) -> Result<(), Error> {
     match ns.parse('#', alias) {
         Some(a) if a.owner == bridge.owner && a.prefix == bridge.prefix => Ok(()),
-        _ => Err(Error::Forbidden("Alias is outside this bridge's namespace".into())),
+        _ => Err(Error::Forbidden(
+            "Alias is outside this bridge's namespace".into(),
+        )),
     }
 }
 
@@ -83,10 +94,17 @@ mod tests {
             "@_alice_whatsapp:example.test",
         ] {
             let err = masquerade(&ns, &b, other).unwrap_err();
-            assert_eq!(err.to_string(), "Application service cannot masquerade as this local user.", "{other}");
+            assert_eq!(
+                err.to_string(),
+                "Application service cannot masquerade as this local user.",
+                "{other}"
+            );
         }
         let err = masquerade(&ns, &b, "@_alice_whatsapp_1:other.test").unwrap_err();
-        assert_eq!(err.to_string(), "Application service cannot masquerade as user on external homeserver.");
+        assert_eq!(
+            err.to_string(),
+            "Application service cannot masquerade as user on external homeserver."
+        );
     }
 
     #[test]
@@ -95,8 +113,16 @@ mod tests {
         let b = bridge();
         assert!(own_user(&ns, &b, "_alice_whatsapp_1", true).is_ok());
         assert!(own_user(&ns, &b, "@_alice_whatsapp_1:example.test", true).is_ok());
-        assert_eq!(own_user(&ns, &b, "_alice_signal_1", true).unwrap_err().errcode(), "M_EXCLUSIVE");
-        assert_eq!(own_user(&ns, &b, "alice", false).unwrap_err().errcode(), "M_FORBIDDEN");
+        assert_eq!(
+            own_user(&ns, &b, "_alice_signal_1", true)
+                .unwrap_err()
+                .errcode(),
+            "M_EXCLUSIVE"
+        );
+        assert_eq!(
+            own_user(&ns, &b, "alice", false).unwrap_err().errcode(),
+            "M_FORBIDDEN"
+        );
         assert!(own_alias(&ns, &b, "#_alice_whatsapp_group:example.test").is_ok());
         assert!(own_alias(&ns, &b, "#_alice_whatsapp2_group:example.test").is_err());
         assert!(own_alias(&ns, &b, "#_alice_whatsapp_group:other.test").is_err());

@@ -26,7 +26,11 @@ pub fn user_of(auth: &Value, server: &str) -> Option<String> {
         .and_then(|i| i.get("user"))
         .or_else(|| auth.get("user"))
         .and_then(Value::as_str)?;
-    Some(if user.starts_with('@') { user.to_owned() } else { format!("@{user}:{server}") })
+    Some(if user.starts_with('@') {
+        user.to_owned()
+    } else {
+        format!("@{user}:{server}")
+    })
 }
 
 /// If `auth` is a password login whose password is the one `login_token` makes for its

@@ -121,10 +121,14 @@ impl Proxy {
         }
         let bridge = self.bridge_of(&req)?;
         if let Some(target) = msc2659_target(&decoded).filter(|_| req.method == Method::POST) {
-            return self.appservice_ping(bridge.as_deref(), target, req.body).await;
+            return self
+                .appservice_ping(bridge.as_deref(), target, req.body)
+                .await;
         }
 
-        let mut pairs: Vec<(String, String)> = form_urlencoded::parse(req.query.as_bytes()).into_owned().collect();
+        let mut pairs: Vec<(String, String)> = form_urlencoded::parse(req.query.as_bytes())
+            .into_owned()
+            .collect();
         let mut rewrite_query = pairs.iter().any(|(k, _)| k == ALSO_ALLOW_USER);
         pairs.retain(|(k, _)| k != ALSO_ALLOW_USER);
         let mut headers = forwardable(&req.headers);
@@ -136,7 +140,10 @@ impl Proxy {
                 None => pairs.push(("user_id".into(), self.bot_id(bridge))),
             }
             if decoded.ends_with("/batch_send") {
-                pairs.push((ALSO_ALLOW_USER.into(), self.namespace.user_id(&bridge.owner)));
+                pairs.push((
+                    ALSO_ALLOW_USER.into(),
+                    self.namespace.user_id(&bridge.owner),
+                ));
             }
             headers.insert(header::AUTHORIZATION, bearer(self.as_token.expose())?);
             headers.insert(
@@ -145,7 +152,9 @@ impl Proxy {
             );
         }
         let query = if rewrite_query {
-            form_urlencoded::Serializer::new(String::new()).extend_pairs(&pairs).finish()
+            form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(&pairs)
+                .finish()
         } else {
             req.query.clone()
         };
@@ -161,9 +170,9 @@ impl Proxy {
             (special, bridge) => {
                 let body = read_limited(req.body).await?;
                 let rewritten = match serde_json::from_slice::<Value>(&body) {
-                    Ok(mut json) => {
-                        self.rewrite(special, bridge.as_deref(), &mut json)?.then(|| json.to_string().into_bytes())
-                    }
+                    Ok(mut json) => self
+                        .rewrite(special, bridge.as_deref(), &mut json)?
+                        .then(|| json.to_string().into_bytes()),
                     // Not JSON: the homeserver will refuse it; nothing to check or rewrite.
                     Err(_) => None,
                 };
@@ -174,7 +183,9 @@ impl Proxy {
             }
         };
 
-        let response = self.forward(&req.method, &req.path, &query, headers, body).await?;
+        let response = self
+            .forward(&req.method, &req.path, &query, headers, body)
+            .await?;
         match (special, bridge) {
             (Special::CreateRoom, Some(bridge)) if response.status().is_success() => {
                 self.register_created_room(&bridge, response).await
@@ -207,22 +218,38 @@ impl Proxy {
     }
 
     fn bot_id(&self, bridge: &Bridge) -> String {
-        self.namespace
-            .user_id(&self.namespace.bot_localpart(&bridge.owner, &bridge.prefix, &bridge.bot))
+        self.namespace.user_id(&self.namespace.bot_localpart(
+            &bridge.owner,
+            &bridge.prefix,
+            &bridge.bot,
+        ))
     }
 
     /// Checks and rewrites the JSON body of a special endpoint; true when it changed.
-    fn rewrite(&self, special: &Special, bridge: Option<&Bridge>, json: &mut Value) -> Result<bool, Error> {
+    fn rewrite(
+        &self,
+        special: &Special,
+        bridge: Option<&Bridge>,
+        json: &mut Value,
+    ) -> Result<bool, Error> {
         match special {
             Special::Register => {
-                if let (Some(bridge), Some(username)) = (bridge, json.get("username").and_then(Value::as_str)) {
+                if let (Some(bridge), Some(username)) =
+                    (bridge, json.get("username").and_then(Value::as_str))
+                {
                     guard::own_user(&self.namespace, bridge, username, true)?;
                 }
                 Ok(false)
             }
             Special::CreateRoom => {
-                if let (Some(bridge), Some(name)) = (bridge, json.get("room_alias_name").and_then(Value::as_str)) {
-                    guard::own_alias(&self.namespace, bridge, &format!("#{name}:{}", self.namespace.server))?;
+                if let (Some(bridge), Some(name)) =
+                    (bridge, json.get("room_alias_name").and_then(Value::as_str))
+                {
+                    guard::own_alias(
+                        &self.namespace,
+                        bridge,
+                        &format!("#{name}:{}", self.namespace.server),
+                    )?;
                 }
                 Ok(false)
             }
@@ -246,11 +273,19 @@ impl Proxy {
 
     /// Swaps a login_token-derived password for the homeserver's shared-secret one.
     fn convert_password(&self, auth: &mut Value) -> Result<bool, Error> {
-        let Some(shared) = &self.login_shared_secret else { return Ok(false) };
-        let Some(user_id) = login::user_of(auth, &self.namespace.server) else { return Ok(false) };
+        let Some(shared) = &self.login_shared_secret else {
+            return Ok(false);
+        };
+        let Some(user_id) = login::user_of(auth, &self.namespace.server) else {
+            return Ok(false);
+        };
         // Bridge users log in with their owner's token; plain users with their own.
         let owner = match self.namespace.parse('@', &user_id) {
-            Some(u) => self.store.bridge_by_name(u.owner, u.prefix).map_err(store_error)?.map(|b| b.owner.clone()),
+            Some(u) => self
+                .store
+                .bridge_by_name(u.owner, u.prefix)
+                .map_err(store_error)?
+                .map(|b| b.owner.clone()),
             None => user_id
                 .strip_prefix('@')
                 .and_then(|r| r.strip_suffix(self.namespace.server.as_str()))
@@ -260,7 +295,12 @@ impl Proxy {
         let Some(user) = owner.and_then(|o| self.store.user(&o).ok().flatten()) else {
             return Ok(false);
         };
-        Ok(login::convert(auth, &user_id, user.login_token.expose(), shared.expose()))
+        Ok(login::convert(
+            auth,
+            &user_id,
+            user.login_token.expose(),
+            shared.expose(),
+        ))
     }
 
     async fn forward(
@@ -293,28 +333,45 @@ impl Proxy {
     }
 
     /// Reads the `createRoom` answer and makes the bridge an owner of the new room.
-    async fn register_created_room(&self, bridge: &Bridge, response: ProxyResponse) -> Result<ProxyResponse, Error> {
+    async fn register_created_room(
+        &self,
+        bridge: &Bridge,
+        response: ProxyResponse,
+    ) -> Result<ProxyResponse, Error> {
         let (parts, body) = response.into_parts();
         let body = read_limited(body).await?;
         if let Some(room_id) = serde_json::from_slice::<Value>(&body)
             .ok()
             .and_then(|v| v.get("room_id").and_then(Value::as_str).map(str::to_owned))
         {
-            self.store.add_room_owner(&room_id, bridge.id).map_err(store_error)?;
+            self.store
+                .add_room_owner(&room_id, bridge.id)
+                .map_err(store_error)?;
             self.store.flush().await.map_err(store_error)?;
         }
         Ok(http::Response::from_parts(parts, full_body(body)))
     }
 
     /// MSC2659 `POST /_matrix/client/v1/appservice/{id}/ping`, answered by asmux.
-    async fn appservice_ping(&self, bridge: Option<&Bridge>, target: &str, body: Body) -> Result<ProxyResponse, Error> {
+    async fn appservice_ping(
+        &self,
+        bridge: Option<&Bridge>,
+        target: &str,
+        body: Body,
+    ) -> Result<ProxyResponse, Error> {
         let bridge = bridge.ok_or(Error::Forbidden("Only bridges can ping themselves".into()))?;
         if target != bridge.id.to_string() {
-            return Err(Error::Forbidden("Appservices can only ping themselves".into()));
+            return Err(Error::Forbidden(
+                "Appservices can only ping themselves".into(),
+            ));
         }
         let txn_id = serde_json::from_slice::<Value>(&read_limited(body).await?)
             .ok()
-            .and_then(|v| v.get("transaction_id").and_then(Value::as_str).map(str::to_owned))
+            .and_then(|v| {
+                v.get("transaction_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
             .unwrap_or_default();
         let custom = |status: StatusCode, errcode: &'static str, message: &str| Error::Custom {
             status,
@@ -323,7 +380,11 @@ impl Proxy {
         };
         let duration = if bridge.push {
             if bridge.address.is_empty() {
-                return Err(custom(StatusCode::BAD_REQUEST, "M_URL_NOT_SET", "Application service doesn't have a URL configured"));
+                return Err(custom(
+                    StatusCode::BAD_REQUEST,
+                    "M_URL_NOT_SET",
+                    "Application service doesn't have a URL configured",
+                ));
             }
             match bridge_requests::msc2659_ping(&self.delivery, bridge, &txn_id).await {
                 Ok(ms) => ms,
@@ -337,22 +398,43 @@ impl Proxy {
                     return Ok(json_response(StatusCode::BAD_GATEWAY, &answer));
                 }
                 Err(PingFailure::Timeout) => {
-                    return Err(custom(StatusCode::GATEWAY_TIMEOUT, "M_CONNECTION_TIMEOUT", "Connection to application service timed out"))
+                    return Err(custom(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "M_CONNECTION_TIMEOUT",
+                        "Connection to application service timed out",
+                    ))
                 }
                 Err(PingFailure::Connect) => {
-                    return Err(custom(StatusCode::BAD_GATEWAY, "M_CONNECTION_FAILED", "Failed to connect to application service"))
+                    return Err(custom(
+                        StatusCode::BAD_GATEWAY,
+                        "M_CONNECTION_FAILED",
+                        "Failed to connect to application service",
+                    ))
                 }
             }
         } else {
             match bridge_requests::websocket_ping(&self.delivery, bridge).await {
                 Ok(ms) => ms,
                 Err(RequestError::Timeout) => {
-                    return Err(custom(StatusCode::GATEWAY_TIMEOUT, "M_CONNECTION_TIMEOUT", "Websocket ping timed out"))
+                    return Err(custom(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "M_CONNECTION_TIMEOUT",
+                        "Websocket ping timed out",
+                    ))
                 }
-                Err(_) => return Err(custom(StatusCode::BAD_GATEWAY, "M_CONNECTION_FAILED", "Bridge websocket is not connected")),
+                Err(_) => {
+                    return Err(custom(
+                        StatusCode::BAD_GATEWAY,
+                        "M_CONNECTION_FAILED",
+                        "Bridge websocket is not connected",
+                    ))
+                }
             }
         };
-        Ok(json_response(StatusCode::OK, &json!({ "duration_ms": duration })))
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({ "duration_ms": duration }),
+        ))
     }
 }
 
@@ -370,9 +452,11 @@ fn special(method: &Method, path: &str) -> Special {
         Method::POST if last == "createRoom" => Special::CreateRoom,
         Method::POST if last == "delete_devices" => Special::DeviceAuth,
         Method::DELETE if path.rsplit('/').nth(1) == Some("devices") => Special::DeviceAuth,
-        Method::PUT | Method::DELETE if path.contains("/directory/room/") => {
-            Special::Alias(path.rsplit_once("/directory/room/").map(|(_, a)| a.to_owned()).unwrap_or_default())
-        }
+        Method::PUT | Method::DELETE if path.contains("/directory/room/") => Special::Alias(
+            path.rsplit_once("/directory/room/")
+                .map(|(_, a)| a.to_owned())
+                .unwrap_or_default(),
+        ),
         _ => Special::None,
     }
 }
@@ -429,9 +513,10 @@ async fn read_limited(mut body: Body) -> Result<Bytes, Error> {
 fn json_response(status: StatusCode, value: &Value) -> ProxyResponse {
     let mut response = http::Response::new(full_body(value.to_string()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -441,19 +526,46 @@ mod tests {
 
     #[test]
     fn special_endpoints() {
-        assert_eq!(special(&Method::POST, "/_matrix/client/v3/register"), Special::Register);
-        assert_eq!(special(&Method::POST, "/_matrix/client/r0/login"), Special::Login);
-        assert_eq!(special(&Method::GET, "/_matrix/client/v3/login"), Special::None);
-        assert_eq!(special(&Method::POST, "/_matrix/client/v3/createRoom"), Special::CreateRoom);
-        assert_eq!(special(&Method::DELETE, "/_matrix/client/v3/devices/ABC"), Special::DeviceAuth);
+        assert_eq!(
+            special(&Method::POST, "/_matrix/client/v3/register"),
+            Special::Register
+        );
+        assert_eq!(
+            special(&Method::POST, "/_matrix/client/r0/login"),
+            Special::Login
+        );
+        assert_eq!(
+            special(&Method::GET, "/_matrix/client/v3/login"),
+            Special::None
+        );
+        assert_eq!(
+            special(&Method::POST, "/_matrix/client/v3/createRoom"),
+            Special::CreateRoom
+        );
+        assert_eq!(
+            special(&Method::DELETE, "/_matrix/client/v3/devices/ABC"),
+            Special::DeviceAuth
+        );
         assert_eq!(
             special(&Method::PUT, "/_matrix/client/v3/directory/room/#a:b"),
             Special::Alias("#a:b".into())
         );
-        assert_eq!(special(&Method::GET, "/_matrix/client/v3/directory/room/#a:b"), Special::None);
-        assert_eq!(msc2659_target("/_matrix/client/v1/appservice/abc/ping"), Some("abc"));
-        assert_eq!(msc2659_target("/_matrix/client/unstable/fi.mau.msc2659/appservice/x/ping"), Some("x"));
-        assert_eq!(msc2659_target("/_matrix/client/v1/appservice/a/b/ping"), None);
+        assert_eq!(
+            special(&Method::GET, "/_matrix/client/v3/directory/room/#a:b"),
+            Special::None
+        );
+        assert_eq!(
+            msc2659_target("/_matrix/client/v1/appservice/abc/ping"),
+            Some("abc")
+        );
+        assert_eq!(
+            msc2659_target("/_matrix/client/unstable/fi.mau.msc2659/appservice/x/ping"),
+            Some("x")
+        );
+        assert_eq!(
+            msc2659_target("/_matrix/client/v1/appservice/a/b/ping"),
+            None
+        );
     }
 
     #[test]
@@ -468,7 +580,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_dropped() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-private"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         h.insert("host", HeaderValue::from_static("asmux"));
@@ -480,4 +595,3 @@ mod tests {
         assert!(out.contains_key("content-length") && out.contains_key("authorization"));
     }
 }
-

@@ -34,53 +34,165 @@ pub struct Recorded {
     pub body: Value,
 }
 
-/// A homeserver that answers whoami from a token table, accepts every registration and
-/// records what it was sent.
+/// A homeserver stand-in: answers whoami from a token table, accepts registrations,
+/// creates rooms, keeps account data, streams media uploads and downloads without
+/// buffering them, and echoes every other request (method, path, query, headers, body) as
+/// JSON. Records what it was sent (media bodies excepted).
 #[derive(Clone)]
 pub struct StubHomeserver {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
     pub users: Arc<Mutex<HashMap<String, String>>>,
+    pub account_data: Arc<Mutex<HashMap<String, Value>>>,
 }
 
 impl StubHomeserver {
     pub async fn start() -> StubHomeserver {
-        let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-        let users: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-        let (reqs, tokens) = (requests.clone(), users.clone());
+        let stub = StubHomeserver {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            requests: Arc::default(),
+            users: Arc::default(),
+            account_data: Arc::default(),
+        };
+        let state = stub.clone();
         let route = warp::method()
             .and(warp::path::full())
             .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-            .and(warp::header::optional::<String>("authorization"))
-            .and(warp::body::bytes())
-            .map(move |method: warp::http::Method, path: warp::path::FullPath, query: String, auth: Option<String>, body: bytes::Bytes| {
-                let recorded = Recorded {
-                    method: method.to_string(),
-                    path: path.as_str().to_owned(),
-                    query,
-                    authorization: auth.clone(),
-                    body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-                };
-                reqs.lock().unwrap().push(recorded.clone());
-                let token = auth.as_deref().and_then(|a| a.strip_prefix("Bearer ")).unwrap_or("");
-                let (status, body) = match recorded.path.as_str() {
-                    "/_matrix/client/v3/account/whoami" => match tokens.lock().unwrap().get(token) {
-                        Some(user_id) => (200, serde_json::json!({ "user_id": user_id })),
-                        None => (401, serde_json::json!({"errcode": "M_UNKNOWN_TOKEN", "error": "nope"})),
-                    },
-                    "/_matrix/client/v3/register" => (200, serde_json::json!({"user_id": "@x:example.test"})),
-                    _ => (404, serde_json::json!({"errcode": "M_UNRECOGNIZED", "error": "stub"})),
-                };
-                warp::reply::with_status(warp::reply::json(&body), warp::http::StatusCode::from_u16(status).unwrap())
-            });
+            .and(warp::header::headers_cloned())
+            .and(warp::body::stream())
+            .then(
+                move |method, path: warp::path::FullPath, query, headers, body| {
+                    let state = state.clone();
+                    async move {
+                        state
+                            .answer(method, path.as_str().to_owned(), query, headers, body)
+                            .await
+                    }
+                },
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(warp::serve(route).incoming(listener).run());
-        StubHomeserver {
-            addr,
-            requests,
-            users,
+        StubHomeserver { addr, ..stub }
+    }
+
+    async fn answer(
+        &self,
+        method: warp::http::Method,
+        path: String,
+        query: String,
+        headers: warp::http::HeaderMap,
+        body: impl futures_util::Stream<Item = Result<impl bytes::Buf, warp::Error>> + Send + 'static,
+    ) -> warp::reply::Response {
+        use warp::Reply;
+        let mut body = std::pin::pin!(body);
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let authorization = header("authorization");
+        if path.starts_with("/_matrix/media/v3/upload") {
+            // Count the upload without keeping it.
+            let mut size = 0usize;
+            while let Some(Ok(chunk)) = body.next().await {
+                size += bytes::Buf::remaining(&chunk);
+            }
+            return warp::reply::json(
+                &serde_json::json!({"content_uri": "mxc://example.test/up", "size": size}),
+            )
+            .into_response();
         }
+        if path.starts_with("/_matrix/media/v3/download/") {
+            let size: usize = form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "size")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let chunk = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+            let chunks = size / chunk.len();
+            let stream = futures_util::stream::iter(
+                (0..chunks).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+            );
+            let mut reply = warp::reply::stream(stream).into_response();
+            reply
+                .headers_mut()
+                .insert("content-length", (chunks * 64 * 1024).into());
+            reply.headers_mut().insert(
+                "content-type",
+                warp::http::HeaderValue::from_static("application/octet-stream"),
+            );
+            return reply;
+        }
+        let mut raw = Vec::new();
+        while let Some(Ok(mut chunk)) = body.next().await {
+            let n = bytes::Buf::remaining(&chunk);
+            raw.extend_from_slice(&bytes::Buf::copy_to_bytes(&mut chunk, n));
+        }
+        let json_body: Value = serde_json::from_slice(&raw)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&raw).into_owned()));
+        self.requests.lock().unwrap().push(Recorded {
+            method: method.to_string(),
+            path: path.clone(),
+            query: query.clone(),
+            authorization: authorization.clone(),
+            body: json_body.clone(),
+        });
+        let token = authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or("")
+            .to_owned();
+        let (status, reply) = if path == "/_matrix/client/v3/account/whoami" {
+            match self.users.lock().unwrap().get(&token) {
+                Some(user_id) => (200, serde_json::json!({ "user_id": user_id })),
+                None => (
+                    401,
+                    serde_json::json!({"errcode": "M_UNKNOWN_TOKEN", "error": "nope"}),
+                ),
+            }
+        } else if path == "/_matrix/client/v3/register" {
+            (200, serde_json::json!({"user_id": "@x:example.test"}))
+        } else if path.ends_with("/createRoom") {
+            (
+                200,
+                serde_json::json!({"room_id": format!("!created{}:example.test", self.requests.lock().unwrap().len())}),
+            )
+        } else if path.contains("/account_data/") {
+            let mut data = self.account_data.lock().unwrap();
+            match method.as_str() {
+                "PUT" => {
+                    data.insert(path.clone(), json_body.clone());
+                    (200, serde_json::json!({}))
+                }
+                _ => match data.get(&path) {
+                    Some(v) => (200, v.clone()),
+                    None => (
+                        404,
+                        serde_json::json!({"errcode": "M_NOT_FOUND", "error": "no data"}),
+                    ),
+                },
+            }
+        } else {
+            let headers: serde_json::Map<String, Value> = headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        Value::String(v.to_str().unwrap_or("").to_owned()),
+                    )
+                })
+                .collect();
+            (
+                200,
+                serde_json::json!({"method": method.as_str(), "path": path, "query": query, "headers": headers, "body": json_body}),
+            )
+        };
+        warp::reply::with_status(
+            warp::reply::json(&reply),
+            warp::http::StatusCode::from_u16(status).unwrap(),
+        )
+        .into_response()
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,535 @@
+//! The client-server API proxy (spec 5) against a stub homeserver that echoes what it got.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A server with the bridge alice/whatsapp (websocket); returns its token.
+async fn setup(extra: &str) -> (StubHomeserver, TestServer, Value) {
+    let hs = StubHomeserver::start().await;
+    let server = TestServer::start_with(&hs, &format!("max_pdu_age_seconds = 0\n{extra}")).await;
+    let reg = provision(&server, "alice", "whatsapp", json!({"push": false})).await;
+    (hs, server, reg)
+}
+
+fn token(reg: &Value) -> &str {
+    reg["as_token"].as_str().unwrap()
+}
+
+/// The query the homeserver saw, decoded.
+fn query_of(echo: &Value) -> Vec<(String, String)> {
+    form_urlencoded::parse(echo["query"].as_str().unwrap().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+#[tokio::test]
+async fn other_tokens_pass_through_untouched() {
+    let (_hs, server, _reg) = setup("").await;
+    let url = server.url("/_matrix/client/v3/rooms/%21r%3Aexample.test/send/m.room.message/t1?access_token=syt_user_token&x=1");
+    let reply = send_raw(
+        "PUT",
+        &url,
+        Some("Bearer syt_user_token"),
+        Some(br#"{"body":"hi"}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let echo = &reply.body;
+    assert_eq!(echo["method"], "PUT");
+    assert_eq!(
+        echo["path"],
+        "/_matrix/client/v3/rooms/%21r%3Aexample.test/send/m.room.message/t1"
+    );
+    assert_eq!(echo["query"], "access_token=syt_user_token&x=1");
+    assert_eq!(echo["headers"]["authorization"], "Bearer syt_user_token");
+    assert!(echo["headers"].get("x-beeper-bridge").is_none());
+    assert_eq!(echo["body"], json!({"body": "hi"}));
+
+    let versions = send("GET", &server.url("/_matrix/client/versions"), None, None).await;
+    assert_eq!(versions.body["path"], "/_matrix/client/versions");
+    let media = send(
+        "GET",
+        &server.url("/_matrix/media/v3/config"),
+        Some("syt_x"),
+        None,
+    )
+    .await;
+    assert_eq!(media.body["path"], "/_matrix/media/v3/config");
+}
+
+#[tokio::test]
+async fn bridge_tokens_are_swapped_and_confined() {
+    let (_hs, server, reg) = setup("").await;
+    let url = server.url("/_matrix/client/v3/joined_rooms");
+    let echo = send("GET", &url, Some(token(&reg)), None).await.body;
+    assert_eq!(
+        echo["headers"]["authorization"],
+        format!("Bearer {AS_TOKEN}")
+    );
+    assert_eq!(echo["headers"]["x-beeper-bridge"], "alice/whatsapp");
+    assert_ne!(echo["headers"]["host"], server.addr.to_string());
+    assert_eq!(
+        query_of(&echo),
+        [(
+            "user_id".to_owned(),
+            "@_alice_whatsapp_bot:example.test".to_owned()
+        )]
+    );
+
+    // Token in the query: accepted, and removed before forwarding.
+    let with_query = server.url(&format!("/_matrix/client/v3/joined_rooms?access_token={}&user_id=%40_alice_whatsapp_123%3Aexample.test", token(&reg)));
+    let echo = send("GET", &with_query, None, None).await.body;
+    assert_eq!(
+        query_of(&echo),
+        [(
+            "user_id".to_owned(),
+            "@_alice_whatsapp_123:example.test".to_owned()
+        )]
+    );
+    assert_eq!(
+        echo["headers"]["authorization"],
+        format!("Bearer {AS_TOKEN}")
+    );
+
+    // Masquerading outside the namespace.
+    for (user, message) in [
+        (
+            "@alice:example.test",
+            "Application service cannot masquerade as this local user.",
+        ),
+        (
+            "@_alice_whatsapp2_1:example.test",
+            "Application service cannot masquerade as this local user.",
+        ),
+        (
+            "@_bob_whatsapp_1:example.test",
+            "Application service cannot masquerade as this local user.",
+        ),
+        (
+            "@_alice_whatsapp_1:other.test",
+            "Application service cannot masquerade as user on external homeserver.",
+        ),
+    ] {
+        let encoded: String = form_urlencoded::byte_serialize(user.as_bytes()).collect();
+        let reply = send(
+            "GET",
+            &format!("{url}?user_id={encoded}"),
+            Some(token(&reg)),
+            None,
+        )
+        .await;
+        reply.assert_error(403, "M_FORBIDDEN");
+        assert_eq!(reply.body["error"], message, "{user}");
+    }
+
+    // Bridge-shaped tokens that match no bridge.
+    let id = reg["id"].as_str().unwrap();
+    send("GET", &url, Some(&format!("{id}-wrongsecret")), None)
+        .await
+        .assert_error(403, "M_UNKNOWN_TOKEN");
+    send(
+        "GET",
+        &url,
+        Some(&format!("{}-x", uuid::Uuid::new_v4())),
+        None,
+    )
+    .await
+    .assert_error(403, "M_UNKNOWN_TOKEN");
+}
+
+#[tokio::test]
+async fn names_in_bodies_and_paths_are_confined() {
+    let (hs, server, reg) = setup("").await;
+    let t = token(&reg);
+    let register = server.url("/_matrix/client/v3/register");
+    let ok = send(
+        "POST",
+        &register,
+        Some(t),
+        Some(r#"{"type":"m.login.application_service","username":"_alice_whatsapp_491"}"#),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    let refused = send(
+        "POST",
+        &register,
+        Some(t),
+        Some(r#"{"type":"m.login.application_service","username":"_alice_signal_491"}"#),
+    )
+    .await;
+    refused.assert_error(403, "M_EXCLUSIVE");
+    send("POST", &register, Some(t), Some(r#"{"username":"alice"}"#))
+        .await
+        .assert_error(403, "M_EXCLUSIVE");
+    assert_eq!(
+        hs.requests_to("/_matrix/client/v3/register")
+            .iter()
+            .filter(|r| r.body["username"] != "_alice_whatsapp_bot")
+            .count(),
+        1
+    );
+
+    let login = server.url("/_matrix/client/v3/login");
+    let inside = json!({"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": "_alice_whatsapp_491"}});
+    assert_eq!(
+        send("POST", &login, Some(t), Some(&inside.to_string()))
+            .await
+            .status,
+        200
+    );
+    let outside = json!({"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": "@alice:example.test"}});
+    send("POST", &login, Some(t), Some(&outside.to_string()))
+        .await
+        .assert_error(403, "M_FORBIDDEN");
+
+    for (alias, ok) in [
+        ("%23_alice_whatsapp_group%3Aexample.test", true),
+        ("%23_alice_whatsapp2_group%3Aexample.test", false),
+        ("%23general%3Aexample.test", false),
+        ("%23_alice_whatsapp_group%3Aother.test", false),
+    ] {
+        for method in ["PUT", "DELETE"] {
+            let url = server.url(&format!("/_matrix/client/v3/directory/room/{alias}"));
+            let reply = send(method, &url, Some(t), Some(r#"{"room_id":"!r"}"#)).await;
+            if ok {
+                assert_eq!(reply.status, 200, "{method} {alias}");
+            } else {
+                reply.assert_error(403, "M_FORBIDDEN");
+            }
+        }
+    }
+    // Reading an alias is not restricted.
+    let read = server.url("/_matrix/client/v3/directory/room/%23general%3Aexample.test");
+    assert_eq!(send("GET", &read, Some(t), None).await.status, 200);
+
+    let create = server.url("/_matrix/client/v3/createRoom");
+    send(
+        "POST",
+        &create,
+        Some(t),
+        Some(r#"{"room_alias_name":"_alice_signal_x"}"#),
+    )
+    .await
+    .assert_error(403, "M_FORBIDDEN");
+}
+
+#[tokio::test]
+async fn created_rooms_belong_to_the_bridge() {
+    let (_hs, server, reg) = setup("").await;
+    let create = server.url("/_matrix/client/v3/createRoom");
+    let reply = send(
+        "POST",
+        &create,
+        Some(token(&reg)),
+        Some(r#"{"room_alias_name":"_alice_whatsapp_chat"}"#),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let room_id = reply.body["room_id"].as_str().unwrap().to_owned();
+    // Events of the new room now reach the bridge.
+    let mut ws = WsBridge::connect(&server, token(&reg), 3).await;
+    let event = json!({"type": "m.room.message", "room_id": room_id, "sender": "@bob:example.test", "event_id": "$in-new-room", "content": {"body": "hi"}});
+    let sent = hs_transaction(&server, "1", &json!({"events": [event]})).await;
+    assert_eq!(
+        sent.body["com.beeper.asmux.sent_to"][reg["id"].as_str().unwrap()],
+        "ok"
+    );
+    assert_eq!(event_ids(&ws.receive_events(1).await), ["$in-new-room"]);
+}
+
+#[tokio::test]
+async fn also_allow_user_is_asmux_only() {
+    let (_hs, server, reg) = setup("").await;
+    let batch = server.url("/_matrix/client/unstable/org.matrix.msc2716/rooms/%21r/batch_send?prev_event_id=%24p&com.beeper.also_allow_user=%40evil%3Aexample.test");
+    let echo = send("POST", &batch, Some(token(&reg)), Some("{}"))
+        .await
+        .body;
+    let query = query_of(&echo);
+    let allowed: Vec<&str> = query
+        .iter()
+        .filter(|(k, _)| k == "com.beeper.also_allow_user")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(allowed, ["@alice:example.test"]);
+    assert!(query.contains(&("prev_event_id".into(), "$p".into())));
+
+    let plain = server
+        .url("/_matrix/client/v3/sync?com.beeper.also_allow_user=%40evil%3Aexample.test&since=s1");
+    let echo = send("GET", &plain, Some("syt_user"), None).await.body;
+    assert_eq!(query_of(&echo), [("since".to_owned(), "s1".to_owned())]);
+}
+
+#[tokio::test]
+async fn login_passwords_are_converted_with_the_shared_secret() {
+    let (_hs, server, reg) = setup("").await;
+    drop(reg);
+    let dir = server.stop().await;
+    let config = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "timeout_seconds = 5",
+        "timeout_seconds = 5\nlogin_shared_secret = \"synapse-secret\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    let server = TestServer::start_in(dir).await;
+    let alice = send(
+        "GET",
+        &server.url("/_matrix/asmux/user/alice"),
+        Some(SHARED_SECRET),
+        None,
+    )
+    .await
+    .body;
+    let login_token = alice["login_token"].as_str().unwrap();
+    let hmac = |key: &str, user: &str| {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha512>::new_from_slice(key.as_bytes()).unwrap();
+        mac.update(user.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    };
+    let login = server.url("/_matrix/client/r0/login");
+    for user in ["@_alice_whatsapp_491:example.test", "@alice:example.test"] {
+        let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": hmac(login_token, user)});
+        let echo = send("POST", &login, None, Some(&body.to_string()))
+            .await
+            .body;
+        assert_eq!(
+            echo["body"]["password"],
+            hmac("synapse-secret", user),
+            "{user}"
+        );
+        assert_eq!(
+            echo["headers"]["content-length"],
+            echo["body"].to_string().len().to_string()
+        );
+    }
+    let wrong =
+        json!({"type": "m.login.password", "user": "@alice:example.test", "password": "hunter2"});
+    let echo = send("POST", &login, None, Some(&wrong.to_string()))
+        .await
+        .body;
+    assert_eq!(echo["body"]["password"], "hunter2");
+
+    let user = "@_alice_whatsapp_491:example.test";
+    let delete = json!({"devices": ["A"], "auth": {"type": "m.login.password", "user": user, "password": hmac(login_token, user)}});
+    let echo = send(
+        "POST",
+        &server.url("/_matrix/client/v3/delete_devices"),
+        Some("syt_ghost"),
+        Some(&delete.to_string()),
+    )
+    .await
+    .body;
+    assert_eq!(
+        echo["body"]["auth"]["password"],
+        hmac("synapse-secret", user)
+    );
+    let echo = send(
+        "DELETE",
+        &server.url("/_matrix/client/v3/devices/A"),
+        Some("syt_ghost"),
+        Some(&json!({"auth": delete["auth"]}).to_string()),
+    )
+    .await
+    .body;
+    assert_eq!(
+        echo["body"]["auth"]["password"],
+        hmac("synapse-secret", user)
+    );
+}
+
+#[tokio::test]
+async fn dm_account_data() {
+    let (hs, server, reg) = setup("").await;
+    hs.add_token("alice-token", "@alice:example.test");
+    hs.add_token("bob-token", "@bob:example.test");
+    let url = server.url("/_matrix/client/unstable/com.beeper.asmux/dms");
+    let put = |method: &'static str, token: &'static str, body: Value| {
+        let url = url.clone();
+        let bridge = token_owned(&reg);
+        async move {
+            let client_req = http::Request::builder()
+                .method(method)
+                .uri(url)
+                .header("authorization", format!("Bearer {token}"))
+                .header("x-asmux-auth", bridge)
+                .body(asmux::http_client::full_body(body.to_string()))
+                .unwrap();
+            let response = asmux::http_client::HttpClient::new()
+                .unwrap()
+                .send_buffered(client_req, std::time::Duration::from_secs(10))
+                .await
+                .unwrap();
+            (
+                response.status.as_u16(),
+                serde_json::from_slice::<Value>(&response.body).unwrap(),
+            )
+        }
+    };
+    let key = "/_matrix/client/v3/user/%40alice%3Aexample.test/account_data/m.direct";
+    hs.account_data.lock().unwrap().insert(
+        key.into(),
+        json!({
+            "@bob:example.test": ["!bob"],
+            "@_alice_whatsapp_1:example.test": ["!old"],
+            "@_alice_whatsapp_bot:example.test": ["!bot"],
+            "@_alice_signal_1:example.test": ["!signal"],
+        }),
+    );
+    assert_eq!(
+        put(
+            "PUT",
+            "alice-token",
+            json!({"@_alice_whatsapp_2:example.test": ["!new"]})
+        )
+        .await,
+        (200, json!({}))
+    );
+    assert_eq!(
+        hs.account_data.lock().unwrap()[key],
+        json!({
+            "@bob:example.test": ["!bob"],
+            "@_alice_whatsapp_bot:example.test": ["!bot"],
+            "@_alice_signal_1:example.test": ["!signal"],
+            "@_alice_whatsapp_2:example.test": ["!new"],
+        })
+    );
+    assert_eq!(
+        put(
+            "PATCH",
+            "alice-token",
+            json!({"@_alice_whatsapp_3:example.test": ["!three"]})
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        hs.account_data.lock().unwrap()[key]["@_alice_whatsapp_2:example.test"],
+        json!(["!new"])
+    );
+    assert_eq!(
+        hs.account_data.lock().unwrap()[key]["@_alice_whatsapp_3:example.test"],
+        json!(["!three"])
+    );
+    let (status, body) = put("PUT", "bob-token", json!({})).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_FORBIDDEN"))
+    );
+}
+
+fn token_owned(reg: &Value) -> String {
+    token(reg).to_owned()
+}
+
+#[tokio::test]
+async fn msc2659_pings_are_answered_by_asmux() {
+    let (hs, server, reg) = setup("").await;
+    let id = reg["id"].as_str().unwrap();
+    let url = |id: &str| server.url(&format!("/_matrix/client/v1/appservice/{id}/ping"));
+    let body = Some(r#"{"transaction_id": "mautrix-go_1"}"#);
+    // Websocket bridge, not connected.
+    send("POST", &url(id), Some(token(&reg)), body)
+        .await
+        .assert_error(502, "M_CONNECTION_FAILED");
+    let mut ws = WsBridge::connect(&server, token(&reg), 3).await;
+    let pinging = tokio::spawn({
+        let (url, t) = (url(id), token_owned(&reg));
+        async move { send("POST", &url, Some(&t), Some(r#"{"transaction_id": "x"}"#)).await }
+    });
+    let request = ws.next_json().await;
+    assert_eq!(request["command"], "ping");
+    ws.send_json(&json!({"command": "response", "id": request["id"], "data": {}}))
+        .await;
+    let reply = pinging.await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert!(reply.body["duration_ms"].is_u64());
+    // Another bridge's id.
+    send(
+        "POST",
+        &url(&uuid::Uuid::new_v4().to_string()),
+        Some(token(&reg)),
+        body,
+    )
+    .await
+    .assert_error(403, "M_FORBIDDEN");
+
+    // Push bridges: ok, bad status, unreachable, no URL; the unstable path too.
+    let bridge = Scripted::start().await;
+    let push = provision(&server, "alice", "signal", json!({"address": bridge.url()})).await;
+    let pid = push["id"].as_str().unwrap();
+    bridge.answer("/_matrix/app/v1/ping", 200, "{}");
+    let unstable = server.url(&format!(
+        "/_matrix/client/unstable/fi.mau.msc2659/appservice/{pid}/ping"
+    ));
+    let ok = send("POST", &unstable, Some(token(&push)), body).await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    let pinged = bridge.requests_to("/_matrix/app/v1/ping");
+    assert_eq!(pinged[0].body["transaction_id"], "mautrix-go_1");
+    assert_eq!(
+        pinged[0].authorization.as_deref(),
+        Some(&*format!("Bearer {}", push["hs_token"].as_str().unwrap()))
+    );
+    bridge.answer("/_matrix/app/v1/ping", 500, r#"{"oops": true}"#);
+    let bad = send("POST", &url(pid), Some(token(&push)), body).await;
+    bad.assert_error(502, "M_BAD_STATUS");
+    assert_eq!(bad.body["status"], 500);
+    assert_eq!(bad.body["body"], r#"{"oops": true}"#);
+    provision(
+        &server,
+        "alice",
+        "signal",
+        json!({"address": format!("http://127.0.0.1:{}", free_port())}),
+    )
+    .await;
+    send("POST", &url(pid), Some(token(&push)), body)
+        .await
+        .assert_error(502, "M_CONNECTION_FAILED");
+    provision(&server, "alice", "signal", json!({"address": ""})).await;
+    send("POST", &url(pid), Some(token(&push)), body)
+        .await
+        .assert_error(400, "M_URL_NOT_SET");
+    // Never forwarded to the homeserver.
+    assert!(hs
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|r| !r.path.contains("/appservice/")));
+}
+
+#[tokio::test]
+async fn homeserver_down_is_a_bad_gateway() {
+    let closed = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        config_text(&format!("http://127.0.0.1:{closed}"), 0),
+    )
+    .unwrap();
+    let server = TestServer::start_in(dir).await;
+    let reply = send("GET", &server.url("/_matrix/client/versions"), None, None).await;
+    reply.assert_error(502, "M_BAD_GATEWAY");
+    assert_eq!(reply.body["error"], "Failed to contact homeserver");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_stay_behind() {
+    let (_hs, server, _reg) = setup("").await;
+    let client = asmux::http_client::HttpClient::new().unwrap();
+    let request = http::Request::get(server.url("/_matrix/client/v3/capabilities"))
+        .header("connection", "x-private")
+        .header("x-private", "secret")
+        .header("x-public", "kept")
+        .body(asmux::http_client::full_body(""))
+        .unwrap();
+    let response = client
+        .send_buffered(request, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let echo: Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(echo["headers"]["x-public"], "kept");
+    assert!(echo["headers"].get("x-private").is_none());
+}
