@@ -63,6 +63,21 @@ impl AppState {
     }
 }
 
+/// Binds the server's listener. Accepted connections inherit `TCP_NODELAY` from it on
+/// Linux: websocket frames and small answers then leave at once instead of waiting for
+/// the peer's delayed ACK.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// Serves on `listener` until `shutdown` completes; then closes websockets (1012), lets
 /// requests and deliveries in flight finish, and flushes the store.
 pub async fn run(

@@ -176,9 +176,8 @@ fn serve(config_path: &Path, args: ServeArgs) -> Result<ExitCode> {
     let store = Arc::new(Store::open(&config.data_dir())?);
     runtime()?.block_on(async move {
         let addr = config.listen_addr();
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        let listener =
+            crate::app::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
         let state = crate::app::AppState::new(config, store)?;
         shutdown::notify_ready();
         let stop = async {

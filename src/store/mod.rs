@@ -19,6 +19,7 @@ mod users;
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -74,6 +75,11 @@ pub struct Store {
     /// Held by every write and every cache fill, so a fill can never put a value into a
     /// cache after a newer write invalidated it. Both are rare next to cache hits.
     lock: Mutex<()>,
+    /// Group commit: callers of [`Store::flush`] take a ticket; one flush covers every
+    /// ticket taken before it started.
+    flush_tickets: AtomicU64,
+    flushed_through: AtomicU64,
+    flush_turn: tokio::sync::Mutex<()>,
     users: ReadThrough<String, User>,
     bridges: ReadThrough<Uuid, Bridge>,
     rooms: ReadThrough<String, Room>,
@@ -111,6 +117,9 @@ impl Store {
             bridgeid_status: db.open_tree("bridgeid_status")?,
             db,
             lock: Mutex::new(()),
+            flush_tickets: AtomicU64::new(0),
+            flushed_through: AtomicU64::new(0),
+            flush_turn: tokio::sync::Mutex::new(()),
             users: ReadThrough::new(100_000),
             bridges: ReadThrough::new(100_000),
             rooms: ReadThrough::new(1_000_000),
@@ -142,9 +151,17 @@ impl Store {
         Ok(())
     }
 
-    /// Makes every write so far durable. Concurrent callers share one fsync.
+    /// Makes every write made before the call durable. Concurrent callers share fsyncs:
+    /// whoever waits while a flush runs is covered by the next one, not one each.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let ticket = self.flush_tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = self.flush_turn.lock().await;
+        if self.flushed_through.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        let covers = self.flush_tickets.load(Ordering::SeqCst);
         self.db.flush_async().await?;
+        self.flushed_through.store(covers, Ordering::SeqCst);
         Ok(())
     }
 

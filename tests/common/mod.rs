@@ -279,7 +279,7 @@ impl TestServer {
         let config = Config::load(&dir.path().join("config.toml")).unwrap();
         let store = Arc::new(Store::open(&config.data_dir()).unwrap());
         let state = AppState::new(config, store).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = asmux::app::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(run(listener, state, async {
