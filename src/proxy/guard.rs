@@ -63,22 +63,9 @@ pub fn own_alias(ns: &Namespace, bridge: &Bridge, alias: &str) -> Result<(), Err
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::urlsafe_token;
 
     fn bridge() -> Bridge {
-        Bridge {
-            id: uuid::Uuid::new_v4(),
-            owner: "alice".into(),
-            prefix: "whatsapp".into(),
-            bot: "bot".into(),
-            address: String::new(),
-            push: false,
-            hs_token: urlsafe_token(48),
-            as_token: urlsafe_token(20),
-            push_key: None,
-            config_password: None,
-            created_at: 0,
-        }
+        crate::store::bridges::test_bridge("alice", "whatsapp")
     }
 
     #[test]

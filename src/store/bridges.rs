@@ -63,6 +63,24 @@ impl Bridge {
     }
 }
 
+/// A websocket bridge with fresh tokens, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_bridge(owner: &str, prefix: &str) -> Bridge {
+    Bridge {
+        id: Uuid::new_v4(),
+        owner: owner.into(),
+        prefix: prefix.into(),
+        bot: "bot".into(),
+        address: String::new(),
+        push: false,
+        hs_token: crate::secret::urlsafe_token(48),
+        as_token: crate::secret::urlsafe_token(20),
+        push_key: None,
+        config_password: None,
+        created_at: 0,
+    }
+}
+
 fn name_key(owner: &str, prefix: &str) -> String {
     format!("{owner}/{prefix}")
 }

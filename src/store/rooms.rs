@@ -82,24 +82,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::urlsafe_token;
-    use crate::store::Bridge;
-
-    fn bridge(owner: &str, prefix: &str) -> Bridge {
-        Bridge {
-            id: Uuid::new_v4(),
-            owner: owner.into(),
-            prefix: prefix.into(),
-            bot: "bot".into(),
-            address: String::new(),
-            push: false,
-            hs_token: urlsafe_token(48),
-            as_token: urlsafe_token(20),
-            push_key: None,
-            config_password: None,
-            created_at: 0,
-        }
-    }
+    use crate::store::bridges::test_bridge as bridge;
 
     #[test]
     fn rooms_have_several_owners_and_lose_deleted_bridges() {
