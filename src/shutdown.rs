@@ -1,19 +1,17 @@
 //! Process signals that end the server.
 
-/// Completes on the first SIGTERM or SIGINT.
-pub async fn signal() {
+/// Installs the SIGTERM and SIGINT handlers now, so a signal arriving before the server
+/// runs is not fatal, and returns a future that completes on the first of them.
+pub fn on_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot listen for signals; stop asmux with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+        }
+    })
 }
 
 /// Tells systemd (`Type=notify`) that the listener is up. A no-op outside systemd.

@@ -175,13 +175,14 @@ fn serve(config_path: &Path, args: ServeArgs) -> Result<ExitCode> {
     init_logging(&config, false);
     let store = Arc::new(Store::open(&config.data_dir())?);
     runtime()?.block_on(async move {
+        let signal = shutdown::on_signal().context("cannot install signal handlers")?;
         let addr = config.listen_addr();
         let listener =
             crate::app::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
         let state = crate::app::AppState::new(config, store)?;
         shutdown::notify_ready();
         let stop = async {
-            shutdown::signal().await;
+            signal.await;
             shutdown::notify_stopping();
         };
         crate::app::run(listener, state, stop).await
