@@ -135,6 +135,11 @@ impl Management {
         }
     }
 
+    /// The store, for the CLI working on the data directory.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Resolves an `Authorization` header holding the shared secret or a user's api_token.
     pub fn caller_from_bearer(&self, header: Option<&str>) -> Result<Caller, Error> {
         let token = bearer_token(header)?;
@@ -382,6 +387,28 @@ impl Management {
         self.flush().await
     }
 
+    /// `GET /admin/backup` (root only): starts writing a backup on a blocking thread and
+    /// returns the channel its bytes arrive on, so the answer streams in constant memory.
+    pub fn backup(
+        &self,
+        caller: &Caller,
+    ) -> Result<tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>, Error> {
+        if !matches!(caller, Caller::Root) {
+            return Err(Error::Unauthorized("Only the root user can make backups"));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let writer = ChannelWriter(tx.clone());
+            if let Err(e) = store.write_backup(writer, crate::store::now_ms()) {
+                tracing::error!(error = %e, "backup failed");
+                // The reader sees the error and the download ends incomplete.
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        });
+        Ok(rx)
+    }
+
     /// The bridge `target` if the caller may see it. A user asking for someone else's
     /// bridge gets 401 whether or not it exists, so UUIDs cannot be probed.
     fn find(&self, caller: &Caller, target: &BridgeRef) -> Result<Option<Arc<Bridge>>, Error> {
@@ -479,4 +506,22 @@ fn now() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
+}
+
+/// Hands written bytes to an async reader, blocking while it falls behind.
+struct ChannelWriter(tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "backup reader went away")
+            })?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

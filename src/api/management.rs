@@ -87,6 +87,11 @@ where
         .and(caller.clone())
         .and(with_state(state.clone()))
         .and_then(bridge_status);
+    let backup = warp::path!("admin" / "backup")
+        .and(warp::get())
+        .and(caller.clone())
+        .and(with_state(state.clone()))
+        .and_then(backup);
     let list = warp::path!("appservices")
         .and(warp::get())
         .and(caller.clone())
@@ -123,6 +128,8 @@ where
         .or(ping)
         .unify()
         .or(status)
+        .unify()
+        .or(backup)
         .unify()
 }
 
@@ -280,6 +287,28 @@ async fn exec(
         .await?;
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     Ok(json(&data, status))
+}
+
+/// # `GET /_matrix/asmux/admin/backup`
+///
+/// Streams a single-file backup of the whole database (root only).
+async fn backup(caller: Caller, state: Arc<AppState>) -> Result<Response, Rejection> {
+    let chunks = state.management.backup(&caller)?;
+    let stream =
+        futures_util::stream::unfold(
+            chunks,
+            |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+        );
+    let mut reply = warp::reply::stream(stream).into_response();
+    reply.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    reply.headers_mut().insert(
+        "content-disposition",
+        HeaderValue::from_static("attachment; filename=\"asmux-backup.bin\""),
+    );
+    Ok(reply)
 }
 
 /// # `GET /_matrix/asmux/appservices`

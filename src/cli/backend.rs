@@ -121,6 +121,57 @@ impl Backend {
         }
     }
 
+    /// Writes a backup to `path` (through a temporary file, mode 0600) and verifies it.
+    pub async fn backup(&self, path: &std::path::Path) -> Result<crate::store::backup::Summary> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = path.with_extension("partial");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        match self {
+            Backend::Local(m) => {
+                m.store().write_backup(&mut file, crate::store::now_ms())?;
+            }
+            Backend::Remote {
+                client,
+                base,
+                secret,
+            } => {
+                use http_body_util::BodyExt;
+                let request = http::Request::get(format!("{base}/admin/backup"))
+                    .header(
+                        http::header::AUTHORIZATION,
+                        format!("Bearer {}", secret.expose()),
+                    )
+                    .body(full_body(Vec::new()))?;
+                let response = client
+                    .send(request)
+                    .await
+                    .context("the server did not answer")?;
+                if !response.status().is_success() {
+                    anyhow::bail!("the server refused the backup: {}", response.status());
+                }
+                let mut body = response.into_body();
+                while let Some(frame) = body.frame().await {
+                    if let Ok(data) = frame.context("the backup download broke off")?.into_data() {
+                        file.write_all(&data)?;
+                    }
+                }
+            }
+        }
+        file.sync_all()?;
+        drop(file);
+        let summary = crate::store::backup::verify(&tmp)
+            .with_context(|| format!("the backup written to {} does not verify", tmp.display()))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(summary)
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,

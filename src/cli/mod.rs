@@ -49,6 +49,31 @@ enum Command {
     /// Provision and inspect bridges.
     #[command(subcommand)]
     Bridge(BridgeCommand),
+    /// Single-file backups of the whole database.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Write a backup (through the running server when it holds the database).
+    Create {
+        /// The backup file to write (mode 0600)
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Check a backup file end to end.
+    Verify { file: PathBuf },
+    /// Restore a backup into a data directory (the server must be stopped).
+    Restore {
+        file: PathBuf,
+        /// The data directory to restore into [default: mux.data_dir of the config]
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Replace a non-empty data directory
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +160,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => check_config(&config_path),
+        Command::Backup(command) => backup_command(&config_path, command),
         Command::Bridge(command) => {
             let config = Config::load(&config_path)?;
             init_logging(&config, true);
@@ -339,6 +365,55 @@ async fn bridge_command(config: Config, command: BridgeCommand) -> Result<ExitCo
                 }
                 None => write_registration(&mut out, &registration, format)?,
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn backup_command(config_path: &Path, command: BackupCommand) -> Result<ExitCode> {
+    use crate::store::backup;
+    let print = |what: &str, path: &Path, summary: &backup::Summary| {
+        let records: u64 = summary.trees.iter().map(|(_, n)| n).sum();
+        println!(
+            "{what} {}: asmux {}, schema {}, {records} records",
+            path.display(),
+            summary.header.asmux_version,
+            summary.header.schema_version
+        );
+        for (tree, count) in &summary.trees {
+            println!("  {tree}: {count}");
+        }
+    };
+    match command {
+        BackupCommand::Verify { file } => {
+            let summary = backup::verify(&file)
+                .with_context(|| format!("{} is not a usable backup", file.display()))?;
+            print("Verified", &file, &summary);
+        }
+        BackupCommand::Create { output } => {
+            let config = Config::load(config_path)?;
+            init_logging(&config, true);
+            let summary =
+                runtime()?.block_on(async { Backend::open(&config)?.backup(&output).await })?;
+            print("Wrote", &output, &summary);
+        }
+        BackupCommand::Restore {
+            file,
+            data_dir,
+            force,
+        } => {
+            let dir = match data_dir {
+                Some(dir) => dir,
+                None => Config::load(config_path)?.data_dir(),
+            };
+            let summary = backup::restore(&file, &dir, force).with_context(|| {
+                format!("cannot restore {} into {}", file.display(), dir.display())
+            })?;
+            print(
+                &format!("Restored into {}:", dir.display()),
+                &file,
+                &summary,
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

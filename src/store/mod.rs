@@ -11,6 +11,7 @@
 //! - `bridgeid_roomid`: bridge UUID ++ room ID -> empty (the rooms a bridge owns)
 //! - queues, processed transactions and bridge states: see [`queue`]
 
+pub mod backup;
 pub(crate) mod bridges;
 mod cache;
 pub mod queue;
