@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
+use warp::Filter;
 
 use crate::config::Config;
 use crate::delivery::Delivery;
@@ -14,6 +15,7 @@ use crate::homeserver::Homeserver;
 use crate::http_client::HttpClient;
 use crate::intake::Intake;
 use crate::management::Management;
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::store::{now_ms, Store};
 
@@ -34,13 +36,15 @@ pub struct AppState {
     pub delivery: Arc<Delivery>,
     pub intake: Intake,
     pub proxy: Proxy,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     pub fn new(config: Config, store: Arc<Store>) -> Result<Arc<AppState>> {
         let client = HttpClient::new().context("cannot load TLS root certificates")?;
         let homeserver = Arc::new(Homeserver::new(&config, client.clone()));
-        let delivery = Delivery::new(&config, store.clone(), client.clone());
+        let metrics = Arc::new(Metrics::default());
+        let delivery = Delivery::new(&config, store.clone(), client.clone(), metrics.clone());
         let proxy = Proxy::new(
             &config,
             store.clone(),
@@ -50,7 +54,7 @@ impl AppState {
         );
         let management =
             Management::new(&config, store.clone(), homeserver.clone(), delivery.clone());
-        let intake = Intake::new(&config, store.clone(), delivery.clone());
+        let intake = Intake::new(&config, store.clone(), delivery.clone(), metrics.clone());
         Ok(Arc::new(AppState {
             config: Arc::new(config),
             store,
@@ -59,6 +63,7 @@ impl AppState {
             delivery,
             intake,
             proxy,
+            metrics,
         }))
     }
 }
@@ -89,6 +94,7 @@ pub async fn run(
         tracing::info!(%addr, "listening");
     }
     state.delivery.start_queued();
+    let metrics_server = serve_metrics(&state)?;
     let maintenance = tokio::spawn(maintain(state.clone()));
     let delivery = state.delivery.clone();
     let stop = async move {
@@ -101,9 +107,38 @@ pub async fn run(
         .run()
         .await;
     maintenance.abort();
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     state.store.flush().await.context("final flush failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the Prometheus listener when `metrics.enabled`.
+fn serve_metrics(state: &Arc<AppState>) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    if !state.config.metrics.enabled {
+        return Ok(None);
+    }
+    let addr: std::net::SocketAddr = state
+        .config
+        .metrics
+        .listen
+        .parse()
+        .context("metrics.listen is not an address")?;
+    let listener = bind(addr).with_context(|| format!("cannot listen on {addr} for metrics"))?;
+    tracing::info!(%addr, "serving metrics");
+    let state = state.clone();
+    let route = warp::path!("metrics").and(warp::get()).map(move || {
+        warp::reply::with_header(
+            state.metrics.render(&state.store),
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    });
+    Ok(Some(tokio::spawn(
+        warp::serve(route).incoming(listener).run(),
+    )))
 }
 
 /// Trims queues past `mux.queue_retention_days` and forgets old processed transactions.

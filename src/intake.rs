@@ -13,6 +13,7 @@ use crate::delivery::Delivery;
 use crate::error::Error;
 use crate::management::store_error;
 use crate::matrix::{EventMeta, HomeserverTransaction};
+use crate::metrics::{BridgeTypeLabels, DropLabels, Metrics, TypeLabels};
 use crate::routing::Router;
 use crate::store::{now_ms, Store, TransactionCommit, TxnRecord};
 
@@ -37,16 +38,23 @@ pub struct Intake {
     store: Arc<Store>,
     delivery: Arc<Delivery>,
     router: Router,
+    metrics: Arc<Metrics>,
     /// The homeserver sends one transaction at a time; processing them one at a time too
     /// keeps every bridge's queue in homeserver order.
     order: tokio::sync::Mutex<()>,
 }
 
 impl Intake {
-    pub fn new(config: &Config, store: Arc<Store>, delivery: Arc<Delivery>) -> Intake {
+    pub fn new(
+        config: &Config,
+        store: Arc<Store>,
+        delivery: Arc<Delivery>,
+        metrics: Arc<Metrics>,
+    ) -> Intake {
         Intake {
             store,
             delivery,
+            metrics,
             router: Router {
                 namespace: config.namespace(),
                 filter: config.mux.event_filter,
@@ -77,9 +85,7 @@ impl Intake {
             .router
             .route(txn_id, &txn, self.store.as_ref(), &connected)
             .map_err(store_error)?;
-        for (kind, reason) in &routed.dropped {
-            tracing::debug!(txn_id, kind, reason = reason.as_str(), "event dropped");
-        }
+        self.count(&routed);
         let mut sent_to = BTreeMap::new();
         let mut entries = Vec::new();
         for (id, sub) in &routed.transactions {
@@ -126,6 +132,33 @@ impl Intake {
             sent_to,
             synchronous: true,
         }))
+    }
+
+    fn count(&self, routed: &crate::routing::Routed) {
+        for (kind, reason) in &routed.dropped {
+            let labels = DropLabels {
+                r#type: kind.clone(),
+                reason: reason.as_str().to_owned(),
+            };
+            self.metrics.dropped_events.get_or_create(&labels).inc();
+        }
+        for kind in &routed.received {
+            self.metrics
+                .received_events
+                .get_or_create(&TypeLabels {
+                    r#type: kind.clone(),
+                })
+                .inc();
+        }
+        for (id, kind) in &routed.accepted {
+            let bridge = &routed.bridges[id];
+            let labels = BridgeTypeLabels {
+                owner: bridge.owner.clone(),
+                bridge: bridge.prefix.clone(),
+                r#type: kind.clone(),
+            };
+            self.metrics.accepted_events.get_or_create(&labels).inc();
+        }
     }
 
     /// A repeated txn ID is a retry only if all its PDUs were in the earlier transaction

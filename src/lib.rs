@@ -30,6 +30,7 @@ pub mod http_client;
 pub mod intake;
 pub mod management;
 pub mod matrix;
+pub mod metrics;
 pub mod proxy;
 pub mod registration;
 pub mod reporting;

@@ -66,6 +66,10 @@ pub struct Routed {
     pub new_room_owners: Vec<(String, Uuid)>,
     /// Event type and reason of every dropped event.
     pub dropped: Vec<(String, DropReason)>,
+    /// The type of every event received ("" when unreadable).
+    pub received: Vec<String>,
+    /// Bridge and event type of every event queued for a bridge.
+    pub accepted: Vec<(Uuid, String)>,
 }
 
 /// Routing settings from the config.
@@ -195,8 +199,7 @@ impl Context<'_> {
     }
 
     fn route_pdu(&mut self, raw: &Raw) -> Result<(), StoreError> {
-        let Some(meta) = EventMeta::parse(raw) else {
-            self.drop_event(None, DropReason::Malformed);
+        let Some(meta) = self.parse(raw) else {
             return Ok(());
         };
         let Some(room_id) = meta.room_id.as_deref() else {
@@ -242,6 +245,9 @@ impl Context<'_> {
                 continue;
             }
             self.transaction(&bridge).events.push(raw.clone());
+            self.routed
+                .accepted
+                .push((bridge.id, meta.kind().to_owned()));
         }
         Ok(())
     }
@@ -253,13 +259,12 @@ impl Context<'_> {
     }
 
     fn route_ephemeral(&mut self, raw: &Raw) -> Result<(), StoreError> {
-        let Some(meta) = EventMeta::parse(raw) else {
-            self.drop_event(None, DropReason::Malformed);
+        let Some(meta) = self.parse(raw) else {
             return Ok(());
         };
         if meta.room_id.is_none() && meta.to_user_id.is_some() {
             // Legacy to-device events arrived among the ephemeral ones.
-            return self.route_to_device(raw);
+            return self.deliver_to_device(raw, &meta);
         }
         let Some(room_id) = meta.room_id.as_deref() else {
             self.drop_event(Some(&meta), DropReason::NoRoom);
@@ -277,24 +282,50 @@ impl Context<'_> {
         for owner in owners {
             if let Some(bridge) = self.view.bridge(owner)? {
                 self.transaction(&bridge).ephemeral.push(raw.clone());
+                self.routed
+                    .accepted
+                    .push((bridge.id, meta.kind().to_owned()));
             }
         }
         Ok(())
     }
 
     fn route_to_device(&mut self, raw: &Raw) -> Result<(), StoreError> {
-        let Some(meta) = EventMeta::parse(raw) else {
-            self.drop_event(None, DropReason::Malformed);
-            return Ok(());
-        };
+        match self.parse(raw) {
+            Some(meta) => self.deliver_to_device(raw, &meta),
+            None => Ok(()),
+        }
+    }
+
+    fn deliver_to_device(&mut self, raw: &Raw, meta: &EventMeta<'_>) -> Result<(), StoreError> {
         let bridge = match meta.to_user_id.as_deref() {
             Some(user_id) => self.bridge_of(user_id)?,
             None => None,
         };
         match bridge {
-            Some(bridge) => self.transaction(&bridge).to_device.push(raw.clone()),
-            None => self.drop_event(Some(&meta), DropReason::UnknownUser),
+            Some(bridge) => {
+                self.transaction(&bridge).to_device.push(raw.clone());
+                self.routed
+                    .accepted
+                    .push((bridge.id, meta.kind().to_owned()));
+            }
+            None => self.drop_event(Some(meta), DropReason::UnknownUser),
         }
         Ok(())
+    }
+
+    /// Reads an event's routing fields and counts it as received; unreadable events are
+    /// dropped here.
+    fn parse<'r>(&mut self, raw: &'r Raw) -> Option<EventMeta<'r>> {
+        let meta = EventMeta::parse(raw);
+        self.routed.received.push(
+            meta.as_ref()
+                .map(|m| m.kind().to_owned())
+                .unwrap_or_default(),
+        );
+        if meta.is_none() {
+            self.drop_event(None, DropReason::Malformed);
+        }
+        meta
     }
 }

@@ -39,7 +39,7 @@ impl Backend {
                 let store = Arc::new(store);
                 let homeserver = Arc::new(Homeserver::new(config, client.clone()));
                 // Offline there are no connections and no workers; deletions only touch disk.
-                let delivery = Delivery::new(config, store.clone(), client);
+                let delivery = Delivery::new(config, store.clone(), client, Arc::default());
                 delivery.disable();
                 Ok(Backend::Local(Management::new(
                     config, store, homeserver, delivery,

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::http_client::HttpClient;
 use crate::matrix::Namespace;
+use crate::metrics::Metrics;
 use crate::reporting::Reporter;
 use crate::store::{now_ms, Store};
 use hub::Hub;
@@ -43,6 +44,7 @@ pub struct Delivery {
     pub ack_timeouts: (Duration, Duration),
     pub push_retry_delay: Duration,
     pub reporter: Reporter,
+    pub metrics: Arc<Metrics>,
     /// Bridge -> its worker.
     workers: Mutex<HashMap<Uuid, Worker>>,
     /// Bridge -> unix ms of its last completed delivery.
@@ -52,7 +54,12 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn new(config: &Config, store: Arc<Store>, client: HttpClient) -> Arc<Delivery> {
+    pub fn new(
+        config: &Config,
+        store: Arc<Store>,
+        client: HttpClient,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Delivery> {
         Arc::new(Delivery {
             store,
             hub: Hub::default(),
@@ -66,6 +73,7 @@ impl Delivery {
             ),
             push_retry_delay: Duration::from_secs_f64(config.mux.push_retry_delay_seconds),
             reporter: Reporter::new(config, client.clone()),
+            metrics,
             workers: Mutex::default(),
             last_delivery: Mutex::default(),
             next_serial: AtomicU64::new(1),

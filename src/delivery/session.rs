@@ -14,6 +14,7 @@ use warp::ws::{Message, WebSocket};
 
 use super::connection::{with_header, Connection};
 use super::Delivery;
+use crate::metrics::bridge_labels;
 use crate::store::{now_ms, Bridge, PushKey};
 
 /// Frames waiting for the writer at most; a bridge that reads slower than this holds up
@@ -82,6 +83,12 @@ async fn serve(
         old.close(4001, REPLACED_REASON);
     }
     tracing::info!(protocol, serial = conn.serial, process_id = %conn.process_id, "bridge connected");
+    let connected = delivery
+        .metrics
+        .connected_websockets
+        .get_or_create(&bridge_labels(&bridge))
+        .clone();
+    connected.inc();
     conn.send_text(r#"{"command":"connect","status":"connected"}"#.to_owned())
         .await;
     delivery.wake(bridge.id);
@@ -126,6 +133,7 @@ async fn serve(
         }
     }
     delivery.hub.remove(&conn);
+    connected.dec();
     if !conn.is_closed() {
         conn.close(1000, "");
     }

@@ -11,6 +11,7 @@ use super::connection::RequestError;
 use super::http_push::{push, PushOutcome};
 use super::Delivery;
 use crate::matrix::{BridgeTransaction, EventMeta};
+use crate::metrics::bridge_labels;
 use crate::store::{now_ms, Bridge, QueuedEntry};
 
 /// Queued sub-transactions merged into one delivery at most.
@@ -22,8 +23,10 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 
 /// What became of one delivery attempt.
 enum Outcome {
-    /// Acknowledged, or given up for good: remove the entries.
-    Done,
+    /// Acknowledged: remove the entries.
+    Delivered,
+    /// Given up for good: remove the entries too.
+    GaveUp,
     /// Not delivered; keep the entries and wait for a wake-up (a connection, an address).
     Wait,
 }
@@ -65,25 +68,33 @@ pub async fn run(delivery: Arc<Delivery>, id: Uuid, wake: Arc<tokio::sync::Notif
             }
             let txn = merge(&delivery, &bridge, &batch);
             let outcome = if txn.is_empty() {
-                Outcome::Done
+                Outcome::Delivered
             } else if bridge.push {
                 deliver_push(&delivery, &bridge, &txn).await
             } else {
                 deliver_websocket(&delivery, &bridge, &txn, &mut acks).await
             };
-            if let Outcome::Done = outcome {
-                if let Err(e) = delivery.store.remove_queued(&batch) {
-                    tracing::error!(bridge = %bridge.name(), error = %e, "cannot remove delivered entries");
-                }
-                delivery.note_delivered(id);
-                // More may be queued: go again without waiting.
-                return Some(Outcome::Done);
+            if let Outcome::Wait = outcome {
+                return Some(outcome);
             }
+            if let Err(e) = delivery.store.remove_queued(&batch) {
+                tracing::error!(bridge = %bridge.name(), error = %e, "cannot remove delivered entries");
+            }
+            let events = txn.events.len() as u64;
+            let counter = match outcome {
+                Outcome::Delivered => &delivery.metrics.successful_events,
+                _ => &delivery.metrics.failed_events,
+            };
+            counter
+                .get_or_create(&bridge_labels(&bridge))
+                .inc_by(events);
+            delivery.note_delivered(id);
             Some(outcome)
         };
         match step.await {
             None => return,
-            Some(Outcome::Done) => continue,
+            // More may be queued: go again without waiting.
+            Some(Outcome::Delivered | Outcome::GaveUp) => continue,
             Some(Outcome::Wait) => {
                 tokio::select! {
                     _ = wake.notified() => {}
@@ -134,7 +145,7 @@ async fn deliver_push(delivery: &Delivery, bridge: &Bridge, txn: &BridgeTransact
         return Outcome::Wait;
     }
     match push(&delivery.client, bridge, txn, delivery.push_retry_delay).await {
-        PushOutcome::Delivered => {}
+        PushOutcome::Delivered => Outcome::Delivered,
         PushOutcome::GaveUp(error) => {
             delivery.reporter.event_checkpoints(
                 bridge,
@@ -144,9 +155,9 @@ async fn deliver_push(delivery: &Delivery, bridge: &Bridge, txn: &BridgeTransact
                 Some(&error),
             );
             tracing::error!(bridge = %bridge.name(), txn_id = %txn.txn_id, %error, "giving up on delivery");
+            Outcome::GaveUp
         }
     }
-    Outcome::Done
 }
 
 async fn deliver_websocket(
@@ -175,7 +186,7 @@ async fn deliver_websocket(
         // Protocol 1 has no acknowledgements: sent is delivered.
         let frame = super::connection::with_header("transaction", None, &fields);
         return if conn.send_text(frame).await {
-            Outcome::Done
+            Outcome::Delivered
         } else {
             Outcome::Wait
         };
@@ -191,12 +202,12 @@ async fn deliver_websocket(
         match conn.request_raw("transaction", &fields, timeout).await {
             Ok(_) => {
                 acks.timeouts = 0;
-                return Outcome::Done;
+                return Outcome::Delivered;
             }
             Err(RequestError::Closed) => return Outcome::Wait,
             Err(RequestError::Timeout) if conn.protocol == 2 => {
                 tracing::warn!(bridge = %bridge.name(), txn_id = %txn.txn_id, "not acknowledged, dropping (protocol 2)");
-                return Outcome::Done;
+                return Outcome::GaveUp;
             }
             Err(RequestError::Timeout | RequestError::Refused(_)) => {
                 acks.timeouts += 1;

@@ -25,6 +25,7 @@ use crate::homeserver::Homeserver;
 use crate::http_client::{full_body, Body, BoxError, HttpClient};
 use crate::management::store_error;
 use crate::matrix::Namespace;
+use crate::metrics::{endpoint, RequestLabels};
 use crate::secret::Secret;
 use crate::store::{Bridge, Store};
 
@@ -120,7 +121,28 @@ impl Proxy {
             return self.dms(req).await;
         }
         let bridge = self.bridge_of(&req)?;
-        if let Some(target) = msc2659_target(&decoded).filter(|_| req.method == Method::POST) {
+        let Some(counted) = &bridge else {
+            return self.proxy(req, None, &decoded).await;
+        };
+        let labels = RequestLabels {
+            bridge: counted.name(),
+            method: req.method.to_string(),
+            endpoint: endpoint(&decoded),
+        };
+        let metrics = &self.delivery.metrics;
+        metrics.requests_received.get_or_create(&labels).inc();
+        let response = self.proxy(req, bridge, &decoded).await;
+        metrics.requests_handled.get_or_create(&labels).inc();
+        response
+    }
+
+    async fn proxy(
+        &self,
+        req: ProxyRequest,
+        bridge: Option<Arc<Bridge>>,
+        decoded: &str,
+    ) -> Result<ProxyResponse, Error> {
+        if let Some(target) = msc2659_target(decoded).filter(|_| req.method == Method::POST) {
             return self
                 .appservice_ping(bridge.as_deref(), target, req.body)
                 .await;
@@ -159,7 +181,7 @@ impl Proxy {
             req.query.clone()
         };
 
-        let special = special(&req.method, &decoded);
+        let special = special(&req.method, decoded);
         let body = match (&special, &bridge) {
             (Special::None, _) => req.body,
             (Special::Alias(alias), Some(bridge)) => {

@@ -1,0 +1,255 @@
+//! Prometheus metrics on `metrics.listen`: the original's counters, queue gauges computed
+//! at scrape time, and process metrics read from /proc.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::store::{now_ms, Bridge, Store};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub r#type: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BridgeLabels {
+    pub owner: String,
+    pub bridge: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BridgeTypeLabels {
+    pub owner: String,
+    pub bridge: String,
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub bridge: String,
+    pub method: String,
+    pub endpoint: String,
+}
+
+/// Every metric asmux keeps.
+pub struct Metrics {
+    registry: Registry,
+    pub received_events: Family<TypeLabels, Counter>,
+    pub dropped_events: Family<DropLabels, Counter>,
+    pub accepted_events: Family<BridgeTypeLabels, Counter>,
+    pub successful_events: Family<BridgeLabels, Counter>,
+    pub failed_events: Family<BridgeLabels, Counter>,
+    pub connected_websockets: Family<BridgeLabels, Gauge>,
+    pub requests_received: Family<RequestLabels, Counter>,
+    pub requests_handled: Family<RequestLabels, Counter>,
+    queue_depth: Family<BridgeLabels, Gauge>,
+    queue_oldest_age: Family<BridgeLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            received_events: Family::default(),
+            dropped_events: Family::default(),
+            accepted_events: Family::default(),
+            successful_events: Family::default(),
+            failed_events: Family::default(),
+            connected_websockets: Family::default(),
+            requests_received: Family::default(),
+            requests_handled: Family::default(),
+            queue_depth: Family::default(),
+            queue_oldest_age: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "asmux_received_events",
+            "Events received from the homeserver",
+            m.received_events.clone(),
+        );
+        registry.register(
+            "asmux_dropped_events",
+            "Events routed to no bridge",
+            m.dropped_events.clone(),
+        );
+        registry.register(
+            "asmux_accepted_events",
+            "Events queued for a bridge",
+            m.accepted_events.clone(),
+        );
+        registry.register(
+            "asmux_successful_events",
+            "Events delivered and acknowledged",
+            m.successful_events.clone(),
+        );
+        registry.register(
+            "asmux_failed_events",
+            "Events given up on",
+            m.failed_events.clone(),
+        );
+        registry.register(
+            "asmux_connected_websockets",
+            "Connected websocket bridges",
+            m.connected_websockets.clone(),
+        );
+        registry.register(
+            "asmux_requests_received",
+            "Client-server requests from bridges",
+            m.requests_received.clone(),
+        );
+        registry.register(
+            "asmux_requests_handled",
+            "Client-server requests answered",
+            m.requests_handled.clone(),
+        );
+        registry.register(
+            "asmux_queue_depth",
+            "Queued sub-transactions per bridge",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "asmux_queue_oldest_age_seconds",
+            "Age of the oldest queued sub-transaction",
+            m.queue_oldest_age.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+pub fn bridge_labels(bridge: &Bridge) -> BridgeLabels {
+    BridgeLabels {
+        owner: bridge.owner.clone(),
+        bridge: bridge.prefix.clone(),
+    }
+}
+
+/// A path with its identifiers replaced by `{}`, so that labels stay few:
+/// `/_matrix/client/v3/rooms/{}/send/m.room.message/{}`.
+pub fn endpoint(path: &str) -> String {
+    path.split('/')
+        .map(|segment| {
+            let word = !segment.is_empty()
+                && segment.len() <= 40
+                && !segment.bytes().all(|b| b.is_ascii_digit())
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._".contains(&b));
+            if word || segment.is_empty() {
+                segment
+            } else {
+                "{}"
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+impl Metrics {
+    /// The text exposition, with queue gauges and process metrics read now.
+    pub fn render(&self, store: &Arc<Store>) -> String {
+        self.queue_depth.clear();
+        self.queue_oldest_age.clear();
+        if let Ok(bridges) = store.bridges(None) {
+            let now = now_ms();
+            for bridge in bridges {
+                if let Ok((depth, oldest)) = store.queue_stats(bridge.id) {
+                    let labels = bridge_labels(&bridge);
+                    self.queue_depth.get_or_create(&labels).set(depth as i64);
+                    let age = oldest.map_or(0, |t| now.saturating_sub(t) / 1000);
+                    self.queue_oldest_age.get_or_create(&labels).set(age as i64);
+                }
+            }
+        }
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            tracing::error!("cannot encode metrics");
+        }
+        // The registry ends with "# EOF"; process metrics go before it.
+        let body = out
+            .trim_end()
+            .strip_suffix("# EOF")
+            .unwrap_or(&out)
+            .to_owned();
+        body + &process_metrics() + "# EOF\n"
+    }
+}
+
+/// Resident memory, CPU time, open files and start time of this process, from /proc.
+fn process_metrics() -> String {
+    let mut out = String::new();
+    let page = 4096.0;
+    let ticks = 100.0;
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the parenthesised command name, which may contain spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .map(|(_, r)| r.split(' ').collect())
+            .unwrap_or_default();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let cpu = (field(11) + field(12)) / ticks;
+        let rss = field(21) * page;
+        out.push_str(&format!(
+            "# HELP process_cpu_seconds Total user and system CPU time.\n# TYPE process_cpu_seconds counter\nprocess_cpu_seconds_total {cpu}\n\
+             # HELP process_resident_memory_bytes Resident memory size.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}\n"
+        ));
+        if let Ok(uptime) = std::fs::read_to_string("/proc/uptime") {
+            let boot = uptime
+                .split(' ')
+                .next()
+                .and_then(|u| u.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            let started = now_ms() as f64 / 1000.0 - boot + field(19) / ticks;
+            out.push_str(&format!(
+                "# HELP process_start_time_seconds Start time of the process since the epoch.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {started:.0}\n"
+            ));
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        out.push_str(&format!(
+            "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}\n",
+            fds.count()
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_hide_identifiers() {
+        assert_eq!(
+            endpoint("/_matrix/client/v3/rooms/!abc:example.test/send/m.room.message/txn-1"),
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/{}"
+        );
+        assert_eq!(
+            endpoint("/_matrix/client/v3/sync"),
+            "/_matrix/client/v3/sync"
+        );
+        assert_eq!(
+            endpoint("/_matrix/media/v3/download/example.test/AbCd"),
+            "/_matrix/media/v3/download/example.test/{}"
+        );
+        assert_eq!(
+            endpoint("/_matrix/client/v3/profile/@a:b/displayname"),
+            "/_matrix/client/v3/profile/{}/displayname"
+        );
+    }
+}
