@@ -1,0 +1,438 @@
+//! End to end with a real Synapse (PyPI `matrix-synapse`, SQLite, loopback), the real
+//! asmux binary and a websocket bridge client speaking protocol 3: a real user and a
+//! bridge talk to each other through asmux.
+//!
+//! `scripts/test` installs Synapse into `target/e2e-venv` first.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const REGISTRATION_SECRET: &str = "e2e-registration-secret";
+
+fn venv() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e-venv");
+    assert!(
+        venv.join("bin/python").exists(),
+        "Synapse is not installed in {}: run scripts/test, which installs it",
+        venv.display()
+    );
+    venv
+}
+
+/// Synapse, killed (and its log printed on failure) when dropped.
+struct Synapse {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- synapse log (last lines) ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+fn start_synapse(dir: &Path, port: u16, registration: &Path) -> Synapse {
+    let d = dir.display();
+    let config = format!(
+        r#"server_name: example.test
+pid_file: {d}/hs.pid
+listeners:
+  - port: {port}
+    bind_addresses: ['127.0.0.1']
+    type: http
+    x_forwarded: false
+    resources:
+      - names: [client]
+        compress: false
+database:
+  name: sqlite3
+  args:
+    database: {d}/hs.db
+media_store_path: {d}/media
+registration_shared_secret: "{REGISTRATION_SECRET}"
+report_stats: false
+signing_key_path: {d}/signing.key
+trusted_key_servers: []
+suppress_key_server_warning: true
+app_service_config_files: ["{registration}"]
+experimental_features:
+  msc2409_to_device_messages_enabled: true
+  msc3202_transaction_extensions: true
+rc_message: {{per_second: 1000, burst_count: 1000}}
+rc_registration: {{per_second: 1000, burst_count: 1000}}
+rc_joins:
+  local: {{per_second: 1000, burst_count: 1000}}
+rc_invites:
+  per_room: {{per_second: 1000, burst_count: 1000}}
+  per_user: {{per_second: 1000, burst_count: 1000}}
+  per_issuer: {{per_second: 1000, burst_count: 1000}}
+"#,
+        registration = registration.display()
+    );
+    let path = dir.join("homeserver.yaml");
+    std::fs::write(&path, config).unwrap();
+    let python = venv().join("bin/python");
+    let keys = Command::new(&python)
+        .args([
+            "-m",
+            "synapse.app.homeserver",
+            "-c",
+            path.to_str().unwrap(),
+            "--generate-keys",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        keys.status.success(),
+        "{}",
+        String::from_utf8_lossy(&keys.stderr)
+    );
+    let log = dir.join("synapse.log");
+    let child = Command::new(&python)
+        .args(["-m", "synapse.app.homeserver", "-c", path.to_str().unwrap()])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::from(
+            std::fs::File::options().append(true).open(&log).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    Synapse { child, log }
+}
+
+async fn wait_http(url: &str) {
+    for _ in 0..600 {
+        if try_send("GET", url, None, None)
+            .await
+            .is_some_and(|r| r.status == 200)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} never answered");
+}
+
+/// Creates a real user with Synapse's own tool and logs in; returns the access token.
+async fn real_user(hs: &str, name: &str) -> String {
+    let tool = venv().join("bin/register_new_matrix_user");
+    let made = Command::new(tool)
+        .args([
+            "-u",
+            name,
+            "-p",
+            "correct horse",
+            "--no-admin",
+            "-k",
+            REGISTRATION_SECRET,
+            hs,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let login = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": "correct horse"});
+    let reply = send(
+        "POST",
+        &format!("{hs}/_matrix/client/v3/login"),
+        None,
+        Some(&login.to_string()),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply.body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Reads transaction frames until an event matches, acknowledging everything.
+async fn wait_for_event(ws: &mut WsBridge, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        match ws.next_event(Duration::from_secs(30)).await {
+            WsEvent::Json(frame) if frame["command"] == "transaction" => {
+                ws.ack(&frame).await;
+                if let Some(event) = frame["events"]
+                    .as_array()
+                    .and_then(|e| e.iter().find(|e| matches(e)))
+                {
+                    return event.clone();
+                }
+            }
+            WsEvent::Json(_) => {}
+            other => panic!("waiting for {what}: {other:?}"),
+        }
+    }
+    panic!("the bridge never received {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_user_and_a_websocket_bridge_talk_through_asmux() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hs_port, asmux_port) = (free_port(), free_port());
+    let hs = format!("http://127.0.0.1:{hs_port}");
+    let asmux = format!("http://127.0.0.1:{asmux_port}");
+
+    // asmux's config and registration, made by its own CLI.
+    let config = dir.path().join("config.toml");
+    let text = config_text(&hs, asmux_port)
+        .replace(
+            "[appservice]\n",
+            &format!("[appservice]\naddress = \"{asmux}\"\n"),
+        )
+        .replace(&format!("as_token = \"{AS_TOKEN}\"\n"), "")
+        .replace(&format!("hs_token = \"{HS_TOKEN}\"\n"), "")
+        .replace("domain = \"example.test\"", "domain = \"example.test\"");
+    std::fs::write(&config, text).unwrap();
+    let registration = dir.path().join("registration.yaml");
+    let generated = cli(
+        &config,
+        &[
+            "generate-registration",
+            "-r",
+            registration.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let as_token = asmux::config::Config::load(&config)
+        .unwrap()
+        .appservice
+        .as_token
+        .expose()
+        .to_owned();
+
+    let _synapse = start_synapse(dir.path(), hs_port, &registration);
+    wait_http(&format!("{hs}/_matrix/client/versions")).await;
+    let mut asmux_process = Process::serve(&config, asmux_port).await;
+
+    // The owner is a real Synapse user; root provisions her websocket bridge.
+    let alice = real_user(&hs, "alice").await;
+    let reg = send(
+        "PUT",
+        &format!("{asmux}/_matrix/asmux/appservice/alice/whatsapp"),
+        Some(SHARED_SECRET),
+        Some(r#"{"push": false}"#),
+    )
+    .await;
+    assert_eq!(reg.status, 201, "{}", reg.text);
+    let token = reg.body["as_token"].as_str().unwrap().to_owned();
+    let id = reg.body["id"].as_str().unwrap().to_owned();
+    let bot = "@_alice_whatsapp_bot:example.test";
+    let ghost = "@_alice_whatsapp_491701234567:example.test";
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{asmux_port}").parse().unwrap();
+    let mut ws = ws_connect_to(addr, &token, 3).await.unwrap();
+    assert_eq!(ws.next_json().await["command"], "connect");
+
+    // Alice invites the bridge bot (registered on Synapse at provisioning).
+    let room = send(
+        "POST",
+        &format!("{hs}/_matrix/client/v3/createRoom"),
+        Some(&alice),
+        Some(&json!({"invite": [bot], "preset": "private_chat"}).to_string()),
+    )
+    .await;
+    assert_eq!(room.status, 200, "{}", room.text);
+    let room_id = room.body["room_id"].as_str().unwrap().to_owned();
+    let invite = wait_for_event(&mut ws, "the invite", |e| {
+        e["type"] == "m.room.member" && e["state_key"] == bot
+    })
+    .await;
+    assert_eq!(invite["content"]["membership"], "invite");
+    assert_eq!(invite["sender"], "@alice:example.test");
+
+    // The bridge answers through asmux: the bot joins, a ghost is registered, invited,
+    // joins and speaks.
+    let through = |path: &str| format!("{asmux}/_matrix/client/v3{path}");
+    let room_path = room_id.replace('!', "%21").replace(':', "%3A");
+    let join = send(
+        "POST",
+        &through(&format!("/join/{room_path}")),
+        Some(&token),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(join.status, 200, "{}", join.text);
+    let register =
+        json!({"type": "m.login.application_service", "username": "_alice_whatsapp_491701234567"});
+    let made = send(
+        "POST",
+        &through("/register"),
+        Some(&token),
+        Some(&register.to_string()),
+    )
+    .await;
+    assert_eq!(made.status, 200, "{}", made.text);
+    let invited = send(
+        "POST",
+        &through(&format!("/rooms/{room_path}/invite")),
+        Some(&token),
+        Some(&json!({"user_id": ghost}).to_string()),
+    )
+    .await;
+    assert_eq!(invited.status, 200, "{}", invited.text);
+    let as_ghost = |path: String| {
+        format!(
+            "{path}?user_id={}",
+            ghost.replace('@', "%40").replace(':', "%3A")
+        )
+    };
+    let joined = send(
+        "POST",
+        &as_ghost(through(&format!("/join/{room_path}"))),
+        Some(&token),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(joined.status, 200, "{}", joined.text);
+    let message = json!({"msgtype": "m.text", "body": "hello from WhatsApp"});
+    let sent = send(
+        "PUT",
+        &as_ghost(through(&format!(
+            "/rooms/{room_path}/send/m.room.message/e2e1"
+        ))),
+        Some(&token),
+        Some(&message.to_string()),
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{}", sent.text);
+    let ghost_event = sent.body["event_id"].as_str().unwrap().to_owned();
+
+    // Alice sees the ghost's message.
+    let mut seen = false;
+    for _ in 0..50 {
+        let sync = send(
+            "GET",
+            &format!("{hs}/_matrix/client/v3/sync?timeout=1000"),
+            Some(&alice),
+            None,
+        )
+        .await;
+        let timeline = &sync.body["rooms"]["join"][&room_id]["timeline"]["events"];
+        if timeline.as_array().is_some_and(|events| {
+            events.iter().any(|e| {
+                e["event_id"] == ghost_event.as_str()
+                    && e["sender"] == ghost
+                    && e["content"]["body"] == "hello from WhatsApp"
+            })
+        }) {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "alice never saw the ghost's message");
+
+    // Alice answers; the bridge gets it over the websocket.
+    let reply = send(
+        "PUT",
+        &format!("{hs}/_matrix/client/v3/rooms/{room_path}/send/m.room.message/a1"),
+        Some(&alice),
+        Some(&json!({"msgtype": "m.text", "body": "hi ghost"}).to_string()),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let got = wait_for_event(&mut ws, "alice's message", |e| {
+        e["content"]["body"] == "hi ghost"
+    })
+    .await;
+    assert_eq!(got["sender"], "@alice:example.test");
+
+    // Another bridge's ghost: Synapse would let asmux's token do it, asmux refuses.
+    let foreign = json!({"type": "m.login.application_service", "username": "_alice_signal_1"});
+    let refused = send(
+        "POST",
+        &through("/register"),
+        Some(&token),
+        Some(&foreign.to_string()),
+    )
+    .await;
+    refused.assert_error(403, "M_EXCLUSIVE");
+    let direct = send(
+        "POST",
+        &format!("{hs}/_matrix/client/v3/register"),
+        Some(&as_token),
+        Some(&foreign.to_string()),
+    )
+    .await;
+    assert_eq!(
+        direct.status, 200,
+        "Synapse itself allows it: {}",
+        direct.text
+    );
+    let masquerade = send(
+        "GET",
+        &format!(
+            "{asmux}/_matrix/client/v3/joined_rooms?user_id=%40_alice_signal_1%3Aexample.test"
+        ),
+        Some(&token),
+        None,
+    )
+    .await;
+    masquerade.assert_error(403, "M_FORBIDDEN");
+
+    // The bridge's MSC2659 ping is a round trip over its own socket.
+    let ping_url = format!("{asmux}/_matrix/client/v1/appservice/{id}/ping");
+    let pinging = tokio::spawn({
+        let token = token.clone();
+        async move {
+            send(
+                "POST",
+                &ping_url,
+                Some(&token),
+                Some(r#"{"transaction_id": "e2e"}"#),
+            )
+            .await
+        }
+    });
+    loop {
+        let frame = ws.next_json().await;
+        if frame["command"] == "ping" {
+            ws.send_json(&json!({"command": "response", "id": frame["id"], "data": {}}))
+                .await;
+            break;
+        }
+        if frame["command"] == "transaction" {
+            ws.ack(&frame).await;
+        }
+    }
+    let ping = pinging.await.unwrap();
+    assert_eq!(ping.status, 200, "{}", ping.text);
+    assert!(ping.body["duration_ms"].is_u64());
+
+    // Restart asmux while the bridge is away: Alice's next message waits in the queue.
+    ws.close().await;
+    assert!(asmux_process.terminate().success());
+    let offline = send(
+        "PUT",
+        &format!("{hs}/_matrix/client/v3/rooms/{room_path}/send/m.room.message/a2"),
+        Some(&alice),
+        Some(&json!({"msgtype": "m.text", "body": "while you were away"}).to_string()),
+    )
+    .await;
+    assert_eq!(offline.status, 200);
+    let _asmux_again = Process::serve(&config, asmux_port).await;
+    let mut ws = ws_connect_to(addr, &token, 3).await.unwrap();
+    let queued = wait_for_event(&mut ws, "the message sent while asmux was down", |e| {
+        e["content"]["body"] == "while you were away"
+    })
+    .await;
+    assert_eq!(queued["sender"], "@alice:example.test");
+}
