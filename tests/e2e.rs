@@ -196,8 +196,8 @@ async fn a_real_user_and_a_websocket_bridge_talk_through_asmux() {
             &format!("[appservice]\naddress = \"{asmux}\"\n"),
         )
         .replace(&format!("as_token = \"{AS_TOKEN}\"\n"), "")
-        .replace(&format!("hs_token = \"{HS_TOKEN}\"\n"), "")
-        .replace("domain = \"example.test\"", "domain = \"example.test\"");
+        .replace(&format!("hs_token = \"{HS_TOKEN}\"\n"), "");
+
     std::fs::write(&config, text).unwrap();
     let registration = dir.path().join("registration.yaml");
     let generated = cli(
