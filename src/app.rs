@@ -21,6 +21,9 @@ use crate::store::{now_ms, Store};
 
 /// How long deliveries in flight may take to finish once shutdown begins.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+/// How often writes that need no immediate durability (acknowledged deliveries, bridge
+/// states) are flushed.
+const BACKGROUND_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often old queue entries and processed-transaction records are trimmed.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Processed transaction IDs are remembered at least this long and at least this many.
@@ -96,6 +99,7 @@ pub async fn run(
     state.delivery.start_queued();
     let metrics_server = serve_metrics(&state)?;
     let maintenance = tokio::spawn(maintain(state.clone()));
+    let flusher = tokio::spawn(flush_periodically(state.store.clone()));
     let delivery = state.delivery.clone();
     let stop = async move {
         shutdown.await;
@@ -107,6 +111,7 @@ pub async fn run(
         .run()
         .await;
     maintenance.abort();
+    flusher.abort();
     if let Some(server) = metrics_server {
         server.abort();
     }
@@ -139,6 +144,17 @@ fn serve_metrics(state: &Arc<AppState>) -> Result<Option<tokio::task::JoinHandle
     Ok(Some(tokio::spawn(
         warp::serve(route).incoming(listener).run(),
     )))
+}
+
+/// Flushes what was written without an explicit flush; cheap when nothing is dirty.
+async fn flush_periodically(store: Arc<Store>) {
+    let mut interval = tokio::time::interval(BACKGROUND_FLUSH_INTERVAL);
+    loop {
+        interval.tick().await;
+        if let Err(e) = store.flush().await {
+            tracing::error!(error = %e, "background flush failed");
+        }
+    }
 }
 
 /// Trims queues past `mux.queue_retention_days` and forgets old processed transactions.

@@ -97,6 +97,9 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(SLED_CACHE_BYTES)
+            // asmux flushes itself before acknowledging anything; sled's own flusher
+            // thread would also keep the directory locked after the store is dropped.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
