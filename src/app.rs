@@ -110,10 +110,14 @@ pub async fn run(
         .graceful(stop)
         .run()
         .await;
-    maintenance.abort();
-    flusher.abort();
-    if let Some(server) = metrics_server {
-        server.abort();
+    // Wait for the background tasks to be gone: they hold the store, and the data
+    // directory stays locked until the last holder drops it.
+    for task in [Some(maintenance), Some(flusher), metrics_server]
+        .into_iter()
+        .flatten()
+    {
+        task.abort();
+        let _ = task.await;
     }
     state.store.flush().await.context("final flush failed")?;
     tracing::info!("stopped");

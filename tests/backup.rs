@@ -222,7 +222,7 @@ async fn cli_backup_goes_through_the_running_server() {
         "{}",
         String::from_utf8_lossy(&restore.stderr)
     );
-    let store = asmux::store::Store::open(&restored).unwrap();
+    let store = open_store(&restored);
     let bridge = store
         .bridge_by_token(reg["as_token"].as_str().unwrap())
         .unwrap()

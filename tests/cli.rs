@@ -189,7 +189,7 @@ async fn sigkill_right_after_201_loses_nothing() {
     }
     server.kill9();
 
-    let store = asmux::store::Store::open(&s.dir.path().join("data")).unwrap();
+    let store = open_store(&s.dir.path().join("data"));
     for registration in &created {
         let token = registration["as_token"].as_str().unwrap();
         let bridge = store

@@ -501,7 +501,7 @@ async fn data_survives_restart() {
         200
     );
     let dir = server.stop().await;
-    let store = asmux::store::Store::open(&dir.path().join("data")).unwrap();
+    let store = open_store(&dir.path().join("data"));
     assert!(store.room("!gone:example.test").unwrap().unwrap().deleted);
 }
 

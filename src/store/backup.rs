@@ -249,7 +249,9 @@ pub fn restore(path: &Path, dir: &Path, force: bool) -> Result<Summary, BackupEr
     }
     if non_empty {
         // Refuse to pull the database from under a running server.
-        if let Err(StoreError::Locked(p)) = Store::open(dir) {
+        if let Err(StoreError::Locked(p)) =
+            Store::open_when_free(dir, std::time::Duration::from_secs(2))
+        {
             return Err(StoreError::Locked(p).into());
         }
     }
@@ -311,7 +313,7 @@ mod tests {
         let target = tmp.path().join("restored");
         let restored = restore(&file, &target, false).unwrap();
         assert_eq!(restored, written);
-        let store = Store::open(&target).unwrap();
+        let store = Store::open_when_free(&target, std::time::Duration::from_secs(5)).unwrap();
         assert!(store.user("alice").unwrap().is_some());
         assert_eq!(store.bridges(None).unwrap().len(), 1);
         assert_eq!(store.room("!r").unwrap().unwrap().owners.len(), 1);
@@ -364,10 +366,12 @@ mod tests {
             Err(BackupError::NotEmpty(_))
         ));
         restore(&file, &target, true).unwrap();
-        assert!(Store::open(&target)
-            .unwrap()
-            .user("alice")
-            .unwrap()
-            .is_some());
+        assert!(
+            Store::open_when_free(&target, std::time::Duration::from_secs(5))
+                .unwrap()
+                .user("alice")
+                .unwrap()
+                .is_some()
+        );
     }
 }

@@ -132,6 +132,21 @@ impl Store {
         Ok(store)
     }
 
+    /// [`Store::open`], waiting up to `wait` while another holder is letting go of the
+    /// directory (a process exiting, or this process's previous store whose background
+    /// work is finishing).
+    pub fn open_when_free(dir: &Path, wait: std::time::Duration) -> Result<Store, StoreError> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match Store::open(dir) {
+                Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                result => return result,
+            }
+        }
+    }
+
     /// Brings an older schema up to [`SCHEMA_VERSION`]; refuses a newer one.
     fn migrate(&self) -> Result<(), StoreError> {
         let found = match self.db.get(SCHEMA_KEY)? {

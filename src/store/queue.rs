@@ -286,7 +286,7 @@ mod tests {
                     .unwrap();
             }
         }
-        let store = Store::open(tmp.path()).unwrap();
+        let store = Store::open_when_free(tmp.path(), std::time::Duration::from_secs(5)).unwrap();
         let batch = store.queue_batch(a, 3).unwrap();
         let bodies: Vec<&[u8]> = batch.iter().map(|e| e.body.as_ref()).collect();
         assert_eq!(bodies, [b"a0".as_slice(), b"a1", b"a2"]);

@@ -277,7 +277,7 @@ impl TestServer {
     /// Starts asmux on the config and data already in `dir`.
     pub async fn start_in(dir: TempDir) -> TestServer {
         let config = Config::load(&dir.path().join("config.toml")).unwrap();
-        let store = Arc::new(Store::open(&config.data_dir()).unwrap());
+        let store = Arc::new(open_store(&config.data_dir()));
         let state = AppState::new(config, store).unwrap();
         let listener = asmux::app::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -818,4 +818,9 @@ impl Scripted {
             .cloned()
             .collect()
     }
+}
+
+/// Opens a data directory a server (in this process or another) just let go of.
+pub fn open_store(dir: &Path) -> Store {
+    Store::open_when_free(dir, Duration::from_secs(10)).unwrap()
 }
