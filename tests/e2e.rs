@@ -160,6 +160,33 @@ async fn real_user(hs: &str, name: &str) -> String {
     reply.body["access_token"].as_str().unwrap().to_owned()
 }
 
+/// Syncs as a real user (incrementally, so each answer is fresh) until an event of
+/// `room_id` matches; returns whether one did within 20 s.
+async fn user_sees(hs: &str, token: &str, room_id: &str, matches: impl Fn(&Value) -> bool) -> bool {
+    let mut since = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        let url = if since.is_empty() {
+            format!("{hs}/_matrix/client/v3/sync")
+        } else {
+            format!("{hs}/_matrix/client/v3/sync?timeout=1000&since={since}")
+        };
+        let sync = send("GET", &url, Some(token), None).await;
+        let timeline = &sync.body["rooms"]["join"][room_id]["timeline"]["events"];
+        if timeline
+            .as_array()
+            .is_some_and(|events| events.iter().any(&matches))
+        {
+            return true;
+        }
+        since = sync.body["next_batch"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+    }
+    false
+}
+
 /// Reads transaction frames until an event matches, acknowledging everything.
 async fn wait_for_event(ws: &mut WsBridge, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -317,27 +344,12 @@ async fn a_real_user_and_a_websocket_bridge_talk_through_asmux() {
     let ghost_event = sent.body["event_id"].as_str().unwrap().to_owned();
 
     // Alice sees the ghost's message.
-    let mut seen = false;
-    for _ in 0..50 {
-        let sync = send(
-            "GET",
-            &format!("{hs}/_matrix/client/v3/sync?timeout=1000"),
-            Some(&alice),
-            None,
-        )
-        .await;
-        let timeline = &sync.body["rooms"]["join"][&room_id]["timeline"]["events"];
-        if timeline.as_array().is_some_and(|events| {
-            events.iter().any(|e| {
-                e["event_id"] == ghost_event.as_str()
-                    && e["sender"] == ghost
-                    && e["content"]["body"] == "hello from WhatsApp"
-            })
-        }) {
-            seen = true;
-            break;
-        }
-    }
+    let seen = user_sees(&hs, &alice, &room_id, |e| {
+        e["event_id"] == ghost_event.as_str()
+            && e["sender"] == ghost
+            && e["content"]["body"] == "hello from WhatsApp"
+    })
+    .await;
     assert!(seen, "alice never saw the ghost's message");
 
     // Alice answers; the bridge gets it over the websocket.
@@ -435,4 +447,130 @@ async fn a_real_user_and_a_websocket_bridge_talk_through_asmux() {
     })
     .await;
     assert_eq!(queued["sender"], "@alice:example.test");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mautrix_python_push_bridge_works_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hs_port, asmux_port, bridge_port) = (free_port(), free_port(), free_port());
+    let hs = format!("http://127.0.0.1:{hs_port}");
+    let asmux = format!("http://127.0.0.1:{asmux_port}");
+    let config = dir.path().join("config.toml");
+    let text = config_text(&hs, asmux_port)
+        .replace(
+            "[appservice]\n",
+            &format!("[appservice]\naddress = \"{asmux}\"\n"),
+        )
+        .replace(&format!("as_token = \"{AS_TOKEN}\"\n"), "")
+        .replace(&format!("hs_token = \"{HS_TOKEN}\"\n"), "");
+    std::fs::write(&config, text).unwrap();
+    let registration = dir.path().join("registration.yaml");
+    assert!(cli(
+        &config,
+        &[
+            "generate-registration",
+            "-r",
+            registration.to_str().unwrap()
+        ]
+    )
+    .status
+    .success());
+    let _synapse = start_synapse(dir.path(), hs_port, &registration);
+    wait_http(&format!("{hs}/_matrix/client/versions")).await;
+    let _asmux = Process::serve(&config, asmux_port).await;
+    let alice = real_user(&hs, "alice").await;
+
+    // Provisioned with the CLI, through the running server; the bridge gets the
+    // registration the CLI exports.
+    let made = cli(
+        &config,
+        &[
+            "bridge",
+            "create",
+            "alice",
+            "signal",
+            "--address",
+            &format!("http://127.0.0.1:{bridge_port}"),
+        ],
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let reg_file = dir.path().join("signal.json");
+    let exported = cli(
+        &config,
+        &[
+            "bridge",
+            "export-registration",
+            "alice",
+            "signal",
+            "--format",
+            "json",
+            "-o",
+            reg_file.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, "").unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/push_bridge.py");
+    let mut bridge = Command::new(venv().join("bin/python"))
+        .args([
+            script,
+            reg_file.to_str().unwrap(),
+            &bridge_port.to_string(),
+            &asmux,
+            events.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = bridge.stdout.take().unwrap();
+    let ping = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .next()
+            .map(|l| l.unwrap_or_default())
+            .unwrap_or_default()
+    });
+    let ping = tokio::task::spawn_blocking(move || ping.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        ping.starts_with("PING OK"),
+        "the bridge's MSC2659 ping through asmux: {ping}"
+    );
+
+    // Alice invites the bot; the bridge receives the invite by push, joins and greets.
+    let bot = "@_alice_signal_bot:example.test";
+    let room = send(
+        "POST",
+        &format!("{hs}/_matrix/client/v3/createRoom"),
+        Some(&alice),
+        Some(&json!({"invite": [bot]}).to_string()),
+    )
+    .await;
+    assert_eq!(room.status, 200, "{}", room.text);
+    let room_id = room.body["room_id"].as_str().unwrap().to_owned();
+    let greeted = user_sees(&hs, &alice, &room_id, |e| {
+        e["sender"] == bot && e["content"]["body"] == "hello from the python bridge"
+    })
+    .await;
+    let _ = bridge.kill();
+    let _ = bridge.wait();
+    let seen = std::fs::read_to_string(&events).unwrap();
+    assert!(
+        seen.lines()
+            .any(|l| l.contains("\"membership\": \"invite\"") && l.contains(bot)),
+        "the bridge got: {seen}"
+    );
+    assert!(greeted, "alice never saw the bridge bot's greeting");
 }
