@@ -447,6 +447,99 @@ async fn a_real_user_and_a_websocket_bridge_talk_through_asmux() {
     })
     .await;
     assert_eq!(queued["sender"], "@alice:example.test");
+
+    // The bridge creates a room itself and invites Alice; her reply reaches the bridge.
+    let create = json!({"invite": ["@alice:example.test"], "preset": "private_chat", "name": "from the bridge"});
+    let created = send(
+        "POST",
+        &through("/createRoom"),
+        Some(&token),
+        Some(&create.to_string()),
+    )
+    .await;
+    assert_eq!(created.status, 200, "{}", created.text);
+    let bridge_room = created.body["room_id"].as_str().unwrap().to_owned();
+    let bridge_room_path = bridge_room.replace('!', "%21").replace(':', "%3A");
+    let accepted = send(
+        "POST",
+        &format!("{hs}/_matrix/client/v3/join/{bridge_room_path}"),
+        Some(&alice),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(accepted.status, 200, "{}", accepted.text);
+    let answer = json!({"msgtype": "m.text", "body": "answer in the bridge's room"});
+    let answered = send(
+        "PUT",
+        &format!("{hs}/_matrix/client/v3/rooms/{bridge_room_path}/send/m.room.message/a3"),
+        Some(&alice),
+        Some(&answer.to_string()),
+    )
+    .await;
+    assert_eq!(answered.status, 200);
+    let got = wait_for_event(&mut ws, "the reply in the bridge's room", |e| {
+        e["content"]["body"] == "answer in the bridge's room"
+    })
+    .await;
+    assert_eq!(got["room_id"], bridge_room.as_str());
+
+    // A to-device message from Alice to the ghost's device reaches this bridge.
+    let login = json!({"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": ghost}});
+    let device = send(
+        "POST",
+        &through("/login"),
+        Some(&token),
+        Some(&login.to_string()),
+    )
+    .await;
+    assert_eq!(device.status, 200, "{}", device.text);
+    let device_id = device.body["device_id"].as_str().unwrap().to_owned();
+    let to_device = json!({"messages": {ghost: {&device_id: {"hello": "ghost device"}}}});
+    let sent = send(
+        "PUT",
+        &format!("{hs}/_matrix/client/v3/sendToDevice/com.example.e2e/td1"),
+        Some(&alice),
+        Some(&to_device.to_string()),
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{}", sent.text);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut delivered = false;
+    while !delivered && tokio::time::Instant::now() < deadline {
+        if let WsEvent::Json(frame) = ws.next_event(Duration::from_secs(30)).await {
+            if frame["command"] == "transaction" {
+                ws.ack(&frame).await;
+                delivered = frame["to_device"].as_array().is_some_and(|events| {
+                    events.iter().any(|e| {
+                        e["type"] == "com.example.e2e"
+                            && e["to_device_id"] == device_id.as_str()
+                            && e["content"]["hello"] == "ghost device"
+                    })
+                });
+            }
+        }
+    }
+    assert!(delivered, "the to-device message never reached the bridge");
+
+    // Deleting the bridge closes its socket and stops delivery.
+    let deleted = cli(&config, &["bridge", "delete", "alice", "whatsapp"]);
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    loop {
+        match ws.next_event(Duration::from_secs(10)).await {
+            WsEvent::Json(frame) if frame["command"] == "transaction" => ws.ack(&frame).await,
+            WsEvent::Json(_) => {}
+            WsEvent::Closed(..) => break,
+            WsEvent::Timeout => panic!("the deleted bridge's socket stayed open"),
+        }
+    }
+    assert!(
+        ws_connect_to(addr, &token, 3).await.is_err(),
+        "the deleted bridge's token no longer connects"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
