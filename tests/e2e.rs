@@ -613,33 +613,11 @@ async fn a_mautrix_python_push_bridge_works_unchanged() {
 
     let events = dir.path().join("events.jsonl");
     std::fs::write(&events, "").unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/push_bridge.py");
-    let mut bridge = Command::new(venv().join("bin/python"))
-        .args([
-            script,
-            reg_file.to_str().unwrap(),
-            &bridge_port.to_string(),
-            &asmux,
-            events.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = bridge.stdout.take().unwrap();
-    let ping = std::thread::spawn(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(stdout)
-            .lines()
-            .next()
-            .map(|l| l.unwrap_or_default())
-            .unwrap_or_default()
-    });
-    let ping = tokio::task::spawn_blocking(move || ping.join().unwrap())
-        .await
-        .unwrap();
+    let mut bridge = PythonBridge::start(&reg_file, bridge_port, &asmux, &events).await;
     assert!(
-        ping.starts_with("PING OK"),
-        "the bridge's MSC2659 ping through asmux: {ping}"
+        bridge.ping.starts_with("PING OK"),
+        "the bridge's MSC2659 ping through asmux: {}",
+        bridge.ping
     );
 
     // Alice invites the bot; the bridge receives the invite by push, joins and greets.
@@ -657,8 +635,6 @@ async fn a_mautrix_python_push_bridge_works_unchanged() {
         e["sender"] == bot && e["content"]["body"] == "hello from the python bridge"
     })
     .await;
-    let _ = bridge.kill();
-    let _ = bridge.wait();
     let seen = std::fs::read_to_string(&events).unwrap();
     assert!(
         seen.lines()
@@ -666,4 +642,105 @@ async fn a_mautrix_python_push_bridge_works_unchanged() {
         "the bridge got: {seen}"
     );
     assert!(greeted, "alice never saw the bridge bot's greeting");
+
+    // The bridge goes down; asmux keeps retrying the push until it is back.
+    drop(bridge);
+    let room_path = room_id.replace('!', "%21").replace(':', "%3A");
+    let say = |body: &'static str, txn: &'static str| {
+        let (hs, alice, room_path) = (hs.clone(), alice.clone(), room_path.clone());
+        async move {
+            let url = format!("{hs}/_matrix/client/v3/rooms/{room_path}/send/m.room.message/{txn}");
+            let sent = send(
+                "PUT",
+                &url,
+                Some(&alice),
+                Some(&json!({"msgtype": "m.text", "body": body}).to_string()),
+            )
+            .await;
+            assert_eq!(sent.status, 200, "{}", sent.text);
+        }
+    };
+    say("sent while the bridge was down", "p1").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let bridge = PythonBridge::start(&reg_file, bridge_port, &asmux, &events).await;
+    assert!(
+        wait_in_file(&events, "sent while the bridge was down").await,
+        "the retried push never arrived"
+    );
+
+    // Once the bridge is deleted, nothing more is pushed to it.
+    let deleted = send(
+        "DELETE",
+        &format!("{asmux}/_matrix/asmux/appservice/alice/signal"),
+        Some(SHARED_SECRET),
+        None,
+    )
+    .await;
+    assert_eq!(deleted.status, 204);
+    say("sent after the deletion", "p2").await;
+    say("and another", "p3").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = std::fs::read_to_string(&events).unwrap();
+    assert!(
+        !seen.contains("sent after the deletion"),
+        "a deleted bridge got events"
+    );
+    drop(bridge);
+}
+
+/// The mautrix-python push bridge of `tests/e2e/push_bridge.py`, killed when dropped.
+struct PythonBridge {
+    child: Child,
+    /// The first line it printed: the outcome of its MSC2659 ping.
+    ping: String,
+}
+
+impl PythonBridge {
+    async fn start(registration: &Path, port: u16, asmux: &str, events: &Path) -> PythonBridge {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/push_bridge.py");
+        let mut child = Command::new(venv().join("bin/python"))
+            .args([
+                script,
+                registration.to_str().unwrap(),
+                &port.to_string(),
+                asmux,
+                events.to_str().unwrap(),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let ping = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout)
+                .lines()
+                .next()
+                .and_then(Result::ok)
+                .unwrap_or_default()
+        })
+        .await
+        .unwrap();
+        PythonBridge { child, ping }
+    }
+}
+
+impl Drop for PythonBridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (up to 30 s) until `needle` shows up in the file the Python bridge writes.
+async fn wait_in_file(path: &Path, needle: &str) -> bool {
+    for _ in 0..300 {
+        if std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .contains(needle)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
