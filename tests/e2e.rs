@@ -613,7 +613,7 @@ async fn a_mautrix_python_push_bridge_works_unchanged() {
 
     let events = dir.path().join("events.jsonl");
     std::fs::write(&events, "").unwrap();
-    let mut bridge = PythonBridge::start(&reg_file, bridge_port, &asmux, &events).await;
+    let bridge = PythonBridge::start(&reg_file, bridge_port, &asmux, &events).await;
     assert!(
         bridge.ping.starts_with("PING OK"),
         "the bridge's MSC2659 ping through asmux: {}",
