@@ -643,9 +643,33 @@ async fn a_mautrix_python_push_bridge_works_unchanged() {
     );
     assert!(greeted, "alice never saw the bridge bot's greeting");
 
+    // Alice asks for a ghost: the bridge registers one, invites it, and it speaks; the
+    // same for another bridge's ghost is refused.
+    let ghost_request = json!({"msgtype": "m.text", "body": "!ghost"});
+    let room_path = room_id.replace('!', "%21").replace(':', "%3A");
+    let asked = send(
+        "PUT",
+        &format!("{hs}/_matrix/client/v3/rooms/{room_path}/send/m.room.message/g1"),
+        Some(&alice),
+        Some(&ghost_request.to_string()),
+    )
+    .await;
+    assert_eq!(asked.status, 200, "{}", asked.text);
+    let ghost = "@_alice_signal_4915:example.test";
+    let spoke = user_sees(&hs, &alice, &room_id, |e| {
+        e["sender"] == ghost && e["content"]["body"] == "a ghost speaks"
+    })
+    .await;
+    assert!(spoke, "alice never saw the push bridge's ghost");
+    let foreign = bridge.next_line();
+    // mautrix masquerades as the user it registers, so the user_id guard answers first.
+    assert_eq!(
+        foreign, "FOREIGN REFUSED M_FORBIDDEN",
+        "another bridge's ghost must be refused"
+    );
+
     // The bridge goes down; asmux keeps retrying the push until it is back.
     drop(bridge);
-    let room_path = room_id.replace('!', "%21").replace(':', "%3A");
     let say = |body: &'static str, txn: &'static str| {
         let (hs, alice, room_path) = (hs.clone(), alice.clone(), room_path.clone());
         async move {
@@ -693,6 +717,8 @@ struct PythonBridge {
     child: Child,
     /// The first line it printed: the outcome of its MSC2659 ping.
     ping: String,
+    /// Every later line it prints.
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl PythonBridge {
@@ -710,17 +736,34 @@ impl PythonBridge {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let ping = tokio::task::spawn_blocking(move || {
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
             use std::io::BufRead;
-            std::io::BufReader::new(stdout)
+            for line in std::io::BufReader::new(stdout)
                 .lines()
-                .next()
-                .and_then(Result::ok)
-                .unwrap_or_default()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let ping = tokio::task::spawn_blocking({
+            let first = lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_default();
+            move || first
         })
         .await
         .unwrap();
-        PythonBridge { child, ping }
+        PythonBridge { child, ping, lines }
+    }
+
+    /// The next line it prints (waiting at most 30 s).
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_default()
     }
 }
 

@@ -5,7 +5,9 @@ Usage: push_bridge.py REGISTRATION.json PORT ASMUX_URL EVENTS_FILE
 
 It appends every event it receives to EVENTS_FILE (one JSON object a line). When its
 bot is invited it joins and greets the room, and at start it pings itself (MSC2659)
-through asmux and prints the outcome.
+through asmux and prints the outcome. When someone writes "!ghost" it brings one of its
+ghosts into the room to speak, tries the same with another bridge's ghost, and prints
+what the homeserver side answered.
 """
 
 import asyncio
@@ -13,6 +15,7 @@ import json
 import sys
 
 from mautrix.appservice import AppService
+from mautrix.errors import MatrixRequestError
 from mautrix.types import EventType, Membership
 
 
@@ -45,6 +48,18 @@ async def main() -> None:
         ):
             await appservice.intent.join_room(event.room_id)
             await appservice.intent.send_text(event.room_id, "hello from the python bridge")
+        elif event.type == EventType.ROOM_MESSAGE and event.content.body == "!ghost":
+            ghost = appservice.intent.user("@_alice_signal_4915:example.test")
+            await ghost.ensure_registered()
+            await appservice.intent.invite_user(event.room_id, ghost.mxid)
+            await ghost.join_room(event.room_id)
+            await ghost.send_text(event.room_id, "a ghost speaks")
+            foreign = appservice.intent.user("@_alice_whatsapp_4915:example.test")
+            try:
+                await foreign.ensure_registered()
+                print("FOREIGN ALLOWED", flush=True)
+            except MatrixRequestError as error:
+                print(f"FOREIGN REFUSED {error.errcode}", flush=True)
 
     await appservice.start(host="127.0.0.1", port=port)
     try:
