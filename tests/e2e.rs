@@ -269,6 +269,31 @@ async fn a_real_user_and_a_websocket_bridge_talk_through_asmux() {
     let mut ws = ws_connect_to(addr, &token, 3).await.unwrap();
     assert_eq!(ws.next_json().await["command"], "connect");
 
+    // A second websocket bridge, provisioned with the CLI through the running server.
+    let made = cli(
+        &config,
+        &[
+            "bridge",
+            "create",
+            "alice",
+            "telegram",
+            "--websocket",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let telegram: Value = serde_json::from_slice(&made.stdout).unwrap();
+    let mut telegram_ws = ws_connect_to(addr, telegram["as_token"].as_str().unwrap(), 3)
+        .await
+        .unwrap();
+    assert_eq!(telegram_ws.next_json().await["command"], "connect");
+    telegram_ws.close().await;
+
     // Alice invites the bridge bot (registered on Synapse at provisioning).
     let room = send(
         "POST",
@@ -570,7 +595,7 @@ async fn a_mautrix_python_push_bridge_works_unchanged() {
     .success());
     let _synapse = start_synapse(dir.path(), hs_port, &registration);
     wait_http(&format!("{hs}/_matrix/client/versions")).await;
-    let _asmux = Process::serve(&config, asmux_port).await;
+    let mut asmux_process = Process::serve(&config, asmux_port).await;
     let alice = real_user(&hs, "alice").await;
 
     // Provisioned with the CLI, through the running server; the bridge gets the
@@ -690,6 +715,15 @@ async fn a_mautrix_python_push_bridge_works_unchanged() {
     assert!(
         wait_in_file(&events, "sent while the bridge was down").await,
         "the retried push never arrived"
+    );
+
+    // asmux restarts; what Synapse sends meanwhile is pushed once it is back.
+    assert!(asmux_process.terminate().success());
+    say("sent while asmux was down", "p4").await;
+    let _asmux_again = Process::serve(&config, asmux_port).await;
+    assert!(
+        wait_in_file(&events, "sent while asmux was down").await,
+        "the message sent while asmux was down never arrived"
     );
 
     // Once the bridge is deleted, nothing more is pushed to it.
