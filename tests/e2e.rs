@@ -208,37 +208,67 @@ async fn wait_for_event(ws: &mut WsBridge, what: &str, matches: impl Fn(&Value) 
     panic!("the bridge never received {what}");
 }
 
+/// A running Synapse whose appservice registration asmux generated with its own CLI, and
+/// asmux's config (asmux itself is started by each test, which may restart it).
+struct Stack {
+    dir: tempfile::TempDir,
+    hs: String,
+    asmux: String,
+    asmux_port: u16,
+    config: PathBuf,
+    _synapse: Synapse,
+}
+
+impl Stack {
+    async fn start() -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let (hs_port, asmux_port) = (free_port(), free_port());
+        let hs = format!("http://127.0.0.1:{hs_port}");
+        let asmux = format!("http://127.0.0.1:{asmux_port}");
+        let config = dir.path().join("config.toml");
+        let text = config_text(&hs, asmux_port)
+            .replace(
+                "[appservice]\n",
+                &format!("[appservice]\naddress = \"{asmux}\"\n"),
+            )
+            .replace(&format!("as_token = \"{AS_TOKEN}\"\n"), "")
+            .replace(&format!("hs_token = \"{HS_TOKEN}\"\n"), "");
+        std::fs::write(&config, text).unwrap();
+        let registration = dir.path().join("registration.yaml");
+        let generated = cli(
+            &config,
+            &[
+                "generate-registration",
+                "-r",
+                registration.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            generated.status.success(),
+            "{}",
+            String::from_utf8_lossy(&generated.stderr)
+        );
+        let synapse = start_synapse(dir.path(), hs_port, &registration);
+        wait_http(&format!("{hs}/_matrix/client/versions")).await;
+        Stack {
+            dir,
+            hs,
+            asmux,
+            asmux_port,
+            config,
+            _synapse: synapse,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_user_and_a_websocket_bridge_talk_through_asmux() {
-    let dir = tempfile::tempdir().unwrap();
-    let (hs_port, asmux_port) = (free_port(), free_port());
-    let hs = format!("http://127.0.0.1:{hs_port}");
-    let asmux = format!("http://127.0.0.1:{asmux_port}");
-
-    // asmux's config and registration, made by its own CLI.
-    let config = dir.path().join("config.toml");
-    let text = config_text(&hs, asmux_port)
-        .replace(
-            "[appservice]\n",
-            &format!("[appservice]\naddress = \"{asmux}\"\n"),
-        )
-        .replace(&format!("as_token = \"{AS_TOKEN}\"\n"), "")
-        .replace(&format!("hs_token = \"{HS_TOKEN}\"\n"), "");
-
-    std::fs::write(&config, text).unwrap();
-    let registration = dir.path().join("registration.yaml");
-    let generated = cli(
-        &config,
-        &[
-            "generate-registration",
-            "-r",
-            registration.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        generated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&generated.stderr)
+    let stack = Stack::start().await;
+    let (hs, asmux, config, asmux_port) = (
+        stack.hs.clone(),
+        stack.asmux.clone(),
+        stack.config.clone(),
+        stack.asmux_port,
     );
     let as_token = asmux::config::Config::load(&config)
         .unwrap()
@@ -246,9 +276,6 @@ async fn a_real_user_and_a_websocket_bridge_talk_through_asmux() {
         .as_token
         .expose()
         .to_owned();
-
-    let _synapse = start_synapse(dir.path(), hs_port, &registration);
-    wait_http(&format!("{hs}/_matrix/client/versions")).await;
     let mut asmux_process = Process::serve(&config, asmux_port).await;
 
     // The owner is a real Synapse user; root provisions her websocket bridge.
@@ -569,32 +596,15 @@ async fn a_real_user_and_a_websocket_bridge_talk_through_asmux() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mautrix_python_push_bridge_works_unchanged() {
-    let dir = tempfile::tempdir().unwrap();
-    let (hs_port, asmux_port, bridge_port) = (free_port(), free_port(), free_port());
-    let hs = format!("http://127.0.0.1:{hs_port}");
-    let asmux = format!("http://127.0.0.1:{asmux_port}");
-    let config = dir.path().join("config.toml");
-    let text = config_text(&hs, asmux_port)
-        .replace(
-            "[appservice]\n",
-            &format!("[appservice]\naddress = \"{asmux}\"\n"),
-        )
-        .replace(&format!("as_token = \"{AS_TOKEN}\"\n"), "")
-        .replace(&format!("hs_token = \"{HS_TOKEN}\"\n"), "");
-    std::fs::write(&config, text).unwrap();
-    let registration = dir.path().join("registration.yaml");
-    assert!(cli(
-        &config,
-        &[
-            "generate-registration",
-            "-r",
-            registration.to_str().unwrap()
-        ]
-    )
-    .status
-    .success());
-    let _synapse = start_synapse(dir.path(), hs_port, &registration);
-    wait_http(&format!("{hs}/_matrix/client/versions")).await;
+    let stack = Stack::start().await;
+    let bridge_port = free_port();
+    let (hs, asmux, config, asmux_port) = (
+        stack.hs.clone(),
+        stack.asmux.clone(),
+        stack.config.clone(),
+        stack.asmux_port,
+    );
+    let dir = &stack.dir;
     let mut asmux_process = Process::serve(&config, asmux_port).await;
     let alice = real_user(&hs, "alice").await;
 
