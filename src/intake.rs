@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::error::Error;
 use crate::management::store_error;
-use crate::matrix::{EventMeta, HomeserverTransaction};
+use crate::matrix::HomeserverTransaction;
 use crate::metrics::{BridgeTypeLabels, DropLabels, Metrics, TypeLabels};
 use crate::routing::Router;
 use crate::store::{now_ms, Store, TransactionCommit, TxnRecord};
@@ -69,22 +69,19 @@ impl Intake {
         txn: HomeserverTransaction,
     ) -> Result<Accepted, Error> {
         let order = self.order.lock().await;
-        let event_ids: Vec<String> = txn
-            .events
-            .iter()
-            .filter_map(|raw| EventMeta::parse(raw)?.event_id.map(|id| id.into_owned()))
-            .collect();
-        if self.is_retry(txn_id, &txn, &event_ids)? {
-            tracing::debug!(txn_id, "transaction already processed");
-            // Its first attempt may have been answered 500 after a failed flush.
-            self.store.flush().await.map_err(store_error)?;
-            return Ok(Accepted::Duplicate);
-        }
+        // Routing writes nothing, so it may run before the retry check: it reads every
+        // event once and collects the PDU event IDs the check needs.
         let connected = self.delivery.hub.connected();
         let routed = self
             .router
             .route(txn_id, &txn, self.store.as_ref(), &connected)
             .map_err(store_error)?;
+        if self.is_retry(txn_id, &txn, &routed.event_ids)? {
+            tracing::debug!(txn_id, "transaction already processed");
+            // Its first attempt may have been answered 500 after a failed flush.
+            self.store.flush().await.map_err(store_error)?;
+            return Ok(Accepted::Duplicate);
+        }
         self.count(&routed);
         let mut sent_to = BTreeMap::new();
         let mut entries = Vec::new();
@@ -101,7 +98,7 @@ impl Intake {
             txn_id,
             record: Some(TxnRecord {
                 at_ms: now_ms(),
-                event_ids,
+                event_ids: routed.event_ids.clone(),
             }),
             new_room_owners: routed.new_room_owners.clone(),
             entries,

@@ -66,6 +66,8 @@ pub struct Routed {
     pub new_room_owners: Vec<(String, Uuid)>,
     /// Event type and reason of every dropped event.
     pub dropped: Vec<(String, DropReason)>,
+    /// The event ID of every readable PDU, in order.
+    pub event_ids: Vec<String>,
     /// The type of every event received ("" when unreadable).
     pub received: Vec<String>,
     /// Bridge and event type of every event queued for a bridge.
@@ -202,6 +204,9 @@ impl Context<'_> {
         let Some(meta) = self.parse(raw) else {
             return Ok(());
         };
+        if let Some(event_id) = &meta.event_id {
+            self.routed.event_ids.push(event_id.to_string());
+        }
         let Some(room_id) = meta.room_id.as_deref() else {
             self.drop_event(Some(&meta), DropReason::NoRoom);
             return Ok(());
