@@ -190,3 +190,20 @@ async fn maintain(state: Arc<AppState>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn accepted_connections_inherit_nodelay() {
+        let listener = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr);
+        let (accepted, client) = tokio::join!(listener.accept(), client);
+        let (stream, _) = accepted.unwrap();
+        drop(client);
+        assert!(
+            stream.nodelay().unwrap(),
+            "accepted sockets keep TCP_NODELAY"
+        );
+    }
+}

@@ -24,14 +24,7 @@ async fn online_backup_restores_everything() {
         json!({"address": "http://127.0.0.1:9"}),
     )
     .await;
-    let alice = send(
-        "GET",
-        &server.url("/_matrix/asmux/user/alice"),
-        Some(SHARED_SECRET),
-        None,
-    )
-    .await
-    .body;
+    let alice = server.root_get("/_matrix/asmux/user/alice").await.body;
     let setup = json!({"events": [{"type": "m.room.member", "room_id": "!room", "sender": "@alice:example.test",
         "state_key": "@_alice_whatsapp_bot:example.test", "event_id": "$setup", "content": {"membership": "invite"}}]});
     hs_transaction(&server, "setup", &setup).await;
@@ -128,13 +121,9 @@ async fn online_backup_restores_everything() {
 
     let server = TestServer::start_in(restored).await;
     for (bridge, reg) in [("alice/whatsapp", &ws), ("bob/signal", &push)] {
-        let got = send(
-            "GET",
-            &server.url(&format!("/_matrix/asmux/appservice/{bridge}")),
-            Some(SHARED_SECRET),
-            None,
-        )
-        .await;
+        let got = server
+            .root_get(&format!("/_matrix/asmux/appservice/{bridge}"))
+            .await;
         assert_eq!(&got.body, reg, "{bridge}");
     }
     let user = send(

@@ -39,13 +39,7 @@ async fn provisioning_returns_the_exact_registration() {
     assert_eq!(as_token.len(), 36 + 1 + 27);
     assert_eq!(body["hs_token"].as_str().unwrap().len(), 64);
 
-    let alice = send(
-        "GET",
-        &server.url("/_matrix/asmux/user/alice"),
-        Some(SHARED_SECRET),
-        None,
-    )
-    .await;
+    let alice = server.root_get("/_matrix/asmux/user/alice").await;
     assert_eq!(alice.status, 200, "root created the owner: {}", alice.text);
     let login = alice.body["login_token"].clone();
 
@@ -94,7 +88,7 @@ async fn provisioning_returns_the_exact_registration() {
 
     // GET by name and by UUID.
     for path in [WA.to_owned(), format!("/_matrix/asmux/appservice/{id}")] {
-        let got = send("GET", &server.url(&path), Some(SHARED_SECRET), None).await;
+        let got = server.root_get(&path).await;
         assert_eq!(got.status, 200, "{path}");
         assert_eq!(got.body, expected, "{path}");
     }
@@ -129,13 +123,7 @@ async fn updates_change_address_and_push_only_when_given() {
     assert_eq!(updated.body["sender_localpart"], "_alice_whatsapp_wabot");
     assert_eq!(updated.body["as_token"], first.body["as_token"]);
 
-    let list = send(
-        "GET",
-        &server.url("/_matrix/asmux/appservices"),
-        Some(SHARED_SECRET),
-        None,
-    )
-    .await;
+    let list = server.root_get("/_matrix/asmux/appservices").await;
     assert_eq!(list.status, 200);
     assert_eq!(
         list.body["appservices"],
@@ -173,7 +161,7 @@ async fn config_password_is_generated_on_request() {
         "32 bytes as unpadded base32"
     );
     assert_eq!(extras["config_password_lifetime"], 3600, "clamped");
-    let got = send("GET", &server.url(WA), Some(SHARED_SECRET), None).await;
+    let got = server.root_get(WA).await;
     assert!(got.body["com.beeper.asmux"]
         .get("config_password")
         .is_none());
@@ -367,13 +355,9 @@ async fn invalid_names_and_uuids() {
     provision(&server, &long, SHARED_SECRET, "{}")
         .await
         .assert_error(400, "M_BAD_REQUEST");
-    let uuid = send(
-        "GET",
-        &server.url("/_matrix/asmux/appservice/not-a-uuid"),
-        Some(SHARED_SECRET),
-        None,
-    )
-    .await;
+    let uuid = server
+        .root_get("/_matrix/asmux/appservice/not-a-uuid")
+        .await;
     uuid.assert_error(400, "M_BAD_REQUEST");
     assert_eq!(uuid.body["error"], "Invalid UUID");
     let not_json = provision(&server, WA, SHARED_SECRET, "not json").await;
@@ -452,13 +436,7 @@ async fn cors_and_options() {
             Some("GET, PUT, POST, OPTIONS")
         );
     }
-    let unknown = send(
-        "GET",
-        &server.url("/_matrix/asmux/nothing"),
-        Some(SHARED_SECRET),
-        None,
-    )
-    .await;
+    let unknown = server.root_get("/_matrix/asmux/nothing").await;
     unknown.assert_error(404, "M_UNRECOGNIZED");
     assert_eq!(unknown.header("access-control-allow-origin"), Some("*"));
 }
@@ -468,13 +446,7 @@ async fn data_survives_restart() {
     let hs = StubHomeserver::start().await;
     let server = TestServer::start(&hs).await;
     let created = provision(&server, WA, SHARED_SECRET, r#"{"push": false}"#).await;
-    let user = send(
-        "GET",
-        &server.url("/_matrix/asmux/user/alice"),
-        Some(SHARED_SECRET),
-        None,
-    )
-    .await;
+    let user = server.root_get("/_matrix/asmux/user/alice").await;
     let room = server.url("/_matrix/asmux/room/%21gone%3Aexample.test");
     assert_eq!(
         send("DELETE", &room, Some(SHARED_SECRET), None)
@@ -484,15 +456,9 @@ async fn data_survives_restart() {
     );
 
     let server = server.restart().await;
-    let after = send("GET", &server.url(WA), Some(SHARED_SECRET), None).await;
+    let after = server.root_get(WA).await;
     assert_eq!(after.body, created.body);
-    let user_after = send(
-        "GET",
-        &server.url("/_matrix/asmux/user/alice"),
-        Some(SHARED_SECRET),
-        None,
-    )
-    .await;
+    let user_after = server.root_get("/_matrix/asmux/user/alice").await;
     assert_eq!(user_after.body, user.body);
     // The user's token still authenticates after the restart.
     let token = user.body["api_token"].as_str().unwrap();
@@ -507,15 +473,7 @@ async fn data_survives_restart() {
 
 #[tokio::test]
 async fn homeserver_down_does_not_fail_provisioning() {
-    // Nothing listens on this port once the listener is dropped.
-    let closed = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("config.toml"),
-        config_text(&format!("http://127.0.0.1:{closed}"), 0),
-    )
-    .unwrap();
-    let server = TestServer::start_in(dir).await;
+    let server = TestServer::start_with_homeserver_down().await;
     let created = provision(&server, WA, SHARED_SECRET, "{}").await;
     assert_eq!(created.status, 201, "{}", created.text);
     // mxauth needs the homeserver: a clear 502.
@@ -539,7 +497,5 @@ async fn bodies_are_limited() {
         .await
         .assert_error(413, "M_TOO_LARGE");
     // Nothing was provisioned by the refused request.
-    send("GET", &server.url(WA), Some(SHARED_SECRET), None)
-        .await
-        .assert_error(404, "M_NOT_FOUND");
+    server.root_get(WA).await.assert_error(404, "M_NOT_FOUND");
 }

@@ -273,14 +273,7 @@ async fn login_passwords_are_converted_with_the_shared_secret() {
     );
     std::fs::write(&config, text).unwrap();
     let server = TestServer::start_in(dir).await;
-    let alice = send(
-        "GET",
-        &server.url("/_matrix/asmux/user/alice"),
-        Some(SHARED_SECRET),
-        None,
-    )
-    .await
-    .body;
+    let alice = server.root_get("/_matrix/asmux/user/alice").await.body;
     let login_token = alice["login_token"].as_str().unwrap();
     let hmac = |key: &str, user: &str| {
         use hmac::{Hmac, Mac};
@@ -502,14 +495,7 @@ async fn msc2659_pings_are_answered_by_asmux() {
 
 #[tokio::test]
 async fn homeserver_down_is_a_bad_gateway() {
-    let closed = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("config.toml"),
-        config_text(&format!("http://127.0.0.1:{closed}"), 0),
-    )
-    .unwrap();
-    let server = TestServer::start_in(dir).await;
+    let server = TestServer::start_with_homeserver_down().await;
     let reply = send("GET", &server.url("/_matrix/client/versions"), None, None).await;
     reply.assert_error(502, "M_BAD_GATEWAY");
     assert_eq!(reply.body["error"], "Failed to contact homeserver");

@@ -80,13 +80,7 @@ async fn garbage_gets_json_errors_and_never_breaks_the_server() {
     }
     assert!(checked > 1000);
     // Still serving, and nothing half-made: the only bridges are ones a valid PUT made.
-    let list = send(
-        "GET",
-        &server.url("/_matrix/asmux/appservices"),
-        Some(SHARED_SECRET),
-        None,
-    )
-    .await;
+    let list = server.root_get("/_matrix/asmux/appservices").await;
     assert_eq!(list.status, 200);
     for bridge in list.body["appservices"].as_array().unwrap() {
         assert_eq!(bridge["owner"], "alice");

@@ -460,13 +460,9 @@ async fn offline_queue_survives_restart_and_arrives_merged_in_order() {
     assert_eq!(ids, expected);
     assert_eq!(frames, 3, "26 queued transactions go out as 10 + 10 + 6");
     nothing_more(&mut wa).await;
-    let status = send(
-        "GET",
-        &server.url("/_matrix/asmux/appservice/alice/whatsapp/status"),
-        Some(SHARED_SECRET),
-        None,
-    )
-    .await;
+    let status = server
+        .root_get("/_matrix/asmux/appservice/alice/whatsapp/status")
+        .await;
     assert_eq!(status.body["queue_depth"], 0);
 }
 
@@ -559,12 +555,8 @@ async fn push_bridge_without_address_gets_nothing_queued() {
         reply.body["com.beeper.asmux.sent_to"],
         json!({ reg["id"].as_str().unwrap(): "no-address" })
     );
-    let status = send(
-        "GET",
-        &server.url("/_matrix/asmux/appservice/alice/signal/status"),
-        Some(SHARED_SECRET),
-        None,
-    )
-    .await;
+    let status = server
+        .root_get("/_matrix/asmux/appservice/alice/signal/status")
+        .await;
     assert_eq!(status.body["queue_depth"], 0);
 }

@@ -137,13 +137,9 @@ async fn bridge_requests_get_answers() {
         (ok["command"].as_str(), ok["id"].as_u64()),
         (Some("response"), Some(3))
     );
-    let status = send(
-        "GET",
-        &server.url("/_matrix/asmux/appservice/alice/whatsapp/status"),
-        Some(SHARED_SECRET),
-        None,
-    )
-    .await;
+    let status = server
+        .root_get("/_matrix/asmux/appservice/alice/whatsapp/status")
+        .await;
     assert_eq!(status.status, 200, "{}", status.text);
     assert_eq!(status.body["connected"], true);
     assert_eq!(status.body["protocol"], 3);

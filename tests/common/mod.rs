@@ -297,6 +297,21 @@ impl TestServer {
         format!("http://{}{path}", self.addr)
     }
 
+    /// `GET path` with the shared secret.
+    pub async fn root_get(&self, path: &str) -> Reply {
+        send("GET", &self.url(path), Some(SHARED_SECRET), None).await
+    }
+
+    /// Starts asmux pointed at a homeserver address where nothing listens.
+    pub async fn start_with_homeserver_down() -> TestServer {
+        // Nothing listens on this port once the probing listener is dropped.
+        let closed = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_text(&format!("http://127.0.0.1:{closed}"), 0);
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        TestServer::start_in(dir).await
+    }
+
     /// Stops the server gracefully and hands back its directory.
     pub async fn stop(mut self) -> TempDir {
         self.shutdown.take().unwrap().send(()).unwrap();
