@@ -289,33 +289,53 @@ pub async fn query(delivery: &Delivery, query: Query<'_>) -> Option<(u16, Value)
 }
 
 /// `GET /appservice/.../status`: what asmux knows of the bridge's delivery.
-pub fn status(delivery: &Delivery, bridge: &Bridge) -> Result<Value, Error> {
+pub fn status(delivery: &Delivery, bridge: &Bridge) -> Result<BridgeStatus, Error> {
     let conn = delivery.hub.get(bridge.id);
-    let (depth, oldest) = delivery
+    let (queue_depth, oldest_queued) = delivery
         .store
         .queue_stats(bridge.id)
         .map_err(crate::management::store_error)?;
-    let state = delivery
+    let bridge_state = delivery
         .store
         .bridge_status(bridge.id)
         .map_err(crate::management::store_error)?
         .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok());
-    Ok(json!({
-        "id": bridge.id,
-        "owner": bridge.owner,
-        "prefix": bridge.prefix,
-        "push": bridge.push,
-        "address": bridge.address,
-        "connected": conn.is_some(),
-        "protocol": conn.as_ref().map(|c| c.protocol),
-        "process_id": conn.as_ref().map(|c| c.process_id.clone()),
-        "connected_since": conn.as_ref().map(|c| c.connected_at_ms),
-        "queue_depth": depth,
-        "oldest_queued": oldest,
-        "oldest_queued_age_ms": oldest.map(|t| now_ms().saturating_sub(t)),
-        "last_delivery": delivery.last_delivery(bridge.id),
-        "bridge_state": state,
-    }))
+    Ok(BridgeStatus {
+        id: bridge.id,
+        owner: bridge.owner.clone(),
+        prefix: bridge.prefix.clone(),
+        push: bridge.push,
+        address: bridge.address.clone(),
+        connected: conn.is_some(),
+        protocol: conn.as_ref().map(|c| c.protocol),
+        process_id: conn.as_ref().map(|c| c.process_id.clone()),
+        connected_since: conn.as_ref().map(|c| c.connected_at_ms),
+        queue_depth,
+        oldest_queued,
+        oldest_queued_age_ms: oldest_queued.map(|t| now_ms().saturating_sub(t)),
+        last_delivery: delivery.last_delivery(bridge.id),
+        bridge_state,
+    })
+}
+
+/// What `GET /appservice/.../status` answers (times are Unix milliseconds).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BridgeStatus {
+    pub id: uuid::Uuid,
+    pub owner: String,
+    pub prefix: String,
+    pub push: bool,
+    pub address: String,
+    pub connected: bool,
+    pub protocol: Option<u8>,
+    pub process_id: Option<String>,
+    pub connected_since: Option<u64>,
+    pub queue_depth: u64,
+    pub oldest_queued: Option<u64>,
+    pub oldest_queued_age_ms: Option<u64>,
+    pub last_delivery: Option<u64>,
+    /// The bridge's latest `bridge_status` report, as it sent it.
+    pub bridge_state: Option<Value>,
 }
 
 /// One request to a push bridge with its hs_token: `(status, body)`.

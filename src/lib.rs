@@ -20,6 +20,7 @@
 
 pub mod api;
 pub mod app;
+pub mod bridge_config;
 pub mod bridge_requests;
 pub mod cli;
 pub mod config;
@@ -39,3 +40,4 @@ pub mod secret;
 pub mod setup;
 pub mod shutdown;
 pub mod store;
+pub mod systemd;

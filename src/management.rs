@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::bridge_requests;
+use crate::bridge_requests::{self, BridgeStatus};
 use crate::config::{is_http_url, Config};
 use crate::delivery::Delivery;
 use crate::error::Error;
@@ -308,7 +308,7 @@ impl Management {
     }
 
     /// `GET /appservice/.../status`: connection, queue and last state.
-    pub fn status(&self, caller: &Caller, target: &BridgeRef) -> Result<serde_json::Value, Error> {
+    pub fn status(&self, caller: &Caller, target: &BridgeRef) -> Result<BridgeStatus, Error> {
         let bridge = self.visible(caller, target)?;
         bridge_requests::status(&self.delivery, &bridge)
     }
@@ -323,6 +323,19 @@ impl Management {
     ) -> Result<(u16, serde_json::Value), Error> {
         let bridge = self.visible(caller, target)?;
         bridge_requests::exec(&self.delivery, &bridge, command, body).await
+    }
+
+    /// `GET /appservices/status`: the status of every bridge the caller may see.
+    pub fn statuses(&self, caller: &Caller) -> Result<Vec<BridgeStatus>, Error> {
+        let owner = match caller {
+            Caller::Root => None,
+            Caller::User(user) => Some(user.id.as_str()),
+        };
+        let bridges = self.store.bridges(owner).map_err(store_error)?;
+        bridges
+            .iter()
+            .map(|b| bridge_requests::status(&self.delivery, b))
+            .collect()
     }
 
     /// `GET /appservices`: every bridge the caller may see.

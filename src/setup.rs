@@ -65,21 +65,27 @@ pub fn ensure_shared_secret(config: Config) -> Result<Config> {
 }
 
 /// Writes a complete first configuration at `path` (from the documented example, with
-/// the given homeserver and fresh secrets) and a registration next to it. Returns the
-/// registration's path.
-pub fn init_config(path: &Path, domain: &str, homeserver_url: &str) -> Result<PathBuf> {
+/// the given homeserver, data directory and fresh secrets) and a registration next to it.
+/// Returns the registration's path.
+pub fn init_config(
+    path: &Path,
+    domain: &str,
+    homeserver_url: &str,
+    data_dir: Option<&str>,
+) -> Result<PathBuf> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     write_atomically(path, EXAMPLE.as_bytes(), CONFIG_MODE)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    edit_config(
-        path,
-        &[
-            (["homeserver", "domain"], domain.to_owned()),
-            (["homeserver", "address"], homeserver_url.to_owned()),
-        ],
-    )?;
+    let mut edits = vec![
+        (["homeserver", "domain"], domain.to_owned()),
+        (["homeserver", "address"], homeserver_url.to_owned()),
+    ];
+    if let Some(dir) = data_dir {
+        edits.push((["mux", "data_dir"], dir.to_owned()));
+    }
+    edit_config(path, &edits)?;
     let registration = path.with_file_name("registration.yaml");
     generate_registration(path, &registration)?;
     Ok(registration)
@@ -150,7 +156,7 @@ mod tests {
     fn init_writes_a_servable_config_and_registration() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("config.toml");
-        let reg = init_config(&path, "example.test", "http://127.0.0.1:8008").unwrap();
+        let reg = init_config(&path, "example.test", "http://127.0.0.1:8008", None).unwrap();
         let config = Config::load(&path).unwrap();
         assert!(
             config.serve_problems().is_empty(),
@@ -201,7 +207,7 @@ mod tests {
     fn regenerating_replaces_tokens_and_keeps_the_secret() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("config.toml");
-        init_config(&path, "example.test", "http://127.0.0.1:8008").unwrap();
+        init_config(&path, "example.test", "http://127.0.0.1:8008", None).unwrap();
         let before = Config::load(&path).unwrap();
         let after = generate_registration(&path, &tmp.path().join("r.yaml")).unwrap();
         assert_ne!(before.appservice.as_token, after.appservice.as_token);

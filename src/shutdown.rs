@@ -13,19 +13,3 @@ pub fn on_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
         }
     })
 }
-
-/// Tells systemd (`Type=notify`) that the listener is up. A no-op outside systemd.
-pub fn notify_ready() {
-    notify(sd_notify::NotifyState::Ready);
-}
-
-/// Tells systemd that shutdown has begun.
-pub fn notify_stopping() {
-    notify(sd_notify::NotifyState::Stopping);
-}
-
-fn notify(state: sd_notify::NotifyState) {
-    if let Err(e) = sd_notify::notify(false, &[state]) {
-        tracing::warn!(error = %e, "cannot notify systemd");
-    }
-}

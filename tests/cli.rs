@@ -257,3 +257,166 @@ async fn check_config_and_generate_registration() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_bridge_config_offline_and_online() {
+    let s = setup().await;
+    let c = &s.config;
+    let ws: Value = serde_json::from_str(&stdout(&cli(
+        c,
+        &[
+            "bridge",
+            "create",
+            "alice",
+            "whatsapp",
+            "--websocket",
+            "--format",
+            "json",
+        ],
+    )))
+    .unwrap();
+    stdout(&cli(
+        c,
+        &[
+            "bridge",
+            "create",
+            "alice",
+            "telegram",
+            "--address",
+            "http://127.0.0.1:29317",
+        ],
+    ));
+
+    let offline = stdout(&cli(c, &["status"]));
+    assert!(offline.starts_with("asmux is not running"), "{offline}");
+    let offline_json: Value =
+        serde_json::from_str(&stdout(&cli(c, &["status", "--json"]))).unwrap();
+    assert_eq!(offline_json["running"], false);
+    assert_eq!(offline_json["bridges"].as_array().unwrap().len(), 2);
+
+    let go_args = [
+        "bridge",
+        "config",
+        "alice",
+        "whatsapp",
+        "--flavor",
+        "mautrix-go",
+    ];
+    let go_text = stdout(&cli(c, &go_args));
+    let go: Value = serde_yaml_ng::from_str(&go_text).unwrap();
+    assert_eq!(go["homeserver"]["websocket"], true);
+    assert_eq!(go["homeserver"]["domain"], DOMAIN);
+    assert_eq!(go["appservice"]["as_token"], ws["as_token"]);
+    assert_eq!(go["appservice"]["hs_token"], ws["hs_token"]);
+    assert_eq!(go["appservice"]["bot"]["username"], ws["sender_localpart"]);
+    assert_eq!(
+        go["appservice"]["username_template"],
+        "_alice_whatsapp_{{.}}"
+    );
+    let refused = cli(
+        c,
+        &[
+            "bridge",
+            "config",
+            "alice",
+            "whatsapp",
+            "--flavor",
+            "mautrix-python",
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("websocket bridge"));
+    let py = stdout(&cli(
+        c,
+        &[
+            "bridge",
+            "config",
+            "alice",
+            "telegram",
+            "--flavor",
+            "mautrix-python",
+        ],
+    ));
+    let py: Value = serde_yaml_ng::from_str(&py).unwrap();
+    assert_eq!(py["appservice"]["port"], 29317);
+    assert_eq!(
+        py["bridge"]["username_template"],
+        "_alice_telegram_{userid}"
+    );
+
+    let mut server = Process::serve(c, s.port).await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], s.port));
+    let _bridge = ws_connect_to(addr, ws["as_token"].as_str().unwrap(), 3)
+        .await
+        .unwrap();
+    // The connection registers just after the upgrade; poll the status until it shows.
+    let mut online = String::new();
+    for _ in 0..100 {
+        online = stdout(&cli(c, &["status"]));
+        if online.contains("1 connected") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(online.starts_with("asmux is running"), "{online}");
+    assert!(online.contains("2 bridges, 1 connected"), "{online}");
+    let line = online
+        .lines()
+        .find(|l| l.starts_with("alice/whatsapp"))
+        .unwrap();
+    assert!(
+        line.contains("websocket") && line.contains("yes, v3"),
+        "{line}"
+    );
+    let line = online
+        .lines()
+        .find(|l| l.starts_with("alice/telegram"))
+        .unwrap();
+    assert!(line.contains("push"), "{line}");
+    assert_eq!(
+        stdout(&cli(c, &go_args)),
+        go_text,
+        "the same through the server"
+    );
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn init_config_and_completions() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("etc/config.toml");
+    let init = cli(
+        &config,
+        &[
+            "init-config",
+            "--domain",
+            "home.test",
+            "--data-dir",
+            "/var/lib/asmux",
+        ],
+    );
+    assert!(init.status.success(), "{init:?}");
+    let loaded = asmux::config::Config::load(&config).unwrap();
+    assert_eq!(loaded.homeserver.domain, "home.test");
+    assert_eq!(loaded.data_dir(), std::path::Path::new("/var/lib/asmux"));
+    assert!(!loaded.shared_secret_pending(), "secrets are generated now");
+    assert!(dir.path().join("etc/registration.yaml").exists());
+
+    let before = std::fs::read(&config).unwrap();
+    let again = cli(&config, &["init-config", "--domain", "other.test"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    assert_eq!(std::fs::read(&config).unwrap(), before, "never replaced");
+
+    let bash = stdout(&cli(&config, &["completions", "bash"]));
+    for word in ["asmux", "bridge", "backup", "status", "export-registration"] {
+        assert!(bash.contains(word), "{word} missing from completions");
+    }
+    let out = std::process::Command::new("bash")
+        .arg("-n")
+        .arg("-c")
+        .arg(&bash)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bash completion parses: {out:?}");
+}

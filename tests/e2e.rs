@@ -5,6 +5,8 @@
 //! `scripts/test` installs Synapse into `target/e2e-venv` first.
 
 mod common;
+#[path = "e2e/mautrix_go_client.rs"]
+mod mautrix_go_client;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -226,7 +228,12 @@ impl Stack {
         let hs = format!("http://127.0.0.1:{hs_port}");
         let asmux = format!("http://127.0.0.1:{asmux_port}");
         let config = dir.path().join("config.toml");
+        // Push retries span about 7 s, long enough for a Python bridge to restart.
         let text = config_text(&hs, asmux_port)
+            .replace(
+                "push_retry_delay_seconds = 0.02",
+                "push_retry_delay_seconds = 0.1",
+            )
             .replace(
                 "[appservice]\n",
                 &format!("[appservice]\naddress = \"{asmux}\"\n"),
@@ -703,6 +710,45 @@ async fn a_mautrix_python_push_bridge_works_unchanged() {
         "another bridge's ghost must be refused"
     );
 
+    // A to-device message from Alice to a device of the bridge's ghost is pushed to it.
+    let registration: Value = serde_json::from_slice(&std::fs::read(&reg_file).unwrap()).unwrap();
+    let login = json!({"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": ghost}});
+    let device = send(
+        "POST",
+        &format!("{asmux}/_matrix/client/v3/login"),
+        registration["as_token"].as_str(),
+        Some(&login.to_string()),
+    )
+    .await;
+    assert_eq!(device.status, 200, "{}", device.text);
+    let device_id = device.body["device_id"].as_str().unwrap().to_owned();
+    let to_device =
+        json!({"messages": {ghost: {&device_id: {"hello": "pushed to a ghost device"}}}});
+    let sent = send(
+        "PUT",
+        &format!("{hs}/_matrix/client/v3/sendToDevice/com.example.e2e/ptd1"),
+        Some(&alice),
+        Some(&to_device.to_string()),
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{}", sent.text);
+    assert!(
+        wait_in_file(&events, "pushed to a ghost device").await,
+        "the to-device message never reached the push bridge"
+    );
+    let line = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("pushed to a ghost device"))
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .unwrap();
+    assert_eq!(
+        line["to_device"]["to_device_id"],
+        device_id.as_str(),
+        "{line}"
+    );
+    assert_eq!(line["to_device"]["to_user_id"], ghost, "{line}");
+
     // The bridge goes down; asmux keeps retrying the push until it is back.
     drop(bridge);
     let say = |body: &'static str, txn: &'static str| {
@@ -754,6 +800,97 @@ async fn a_mautrix_python_push_bridge_works_unchanged() {
         "a deleted bridge got events"
     );
     drop(bridge);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mautrix_go_style_bridge_pings_and_reconnects_by_itself() {
+    let stack = Stack::start().await;
+    let (hs, config, asmux_port) = (stack.hs.clone(), stack.config.clone(), stack.asmux_port);
+    let mut asmux_process = Process::serve(&config, asmux_port).await;
+    let alice = real_user(&hs, "alice").await;
+    let made = cli(
+        &config,
+        &[
+            "bridge",
+            "create",
+            "alice",
+            "telegram",
+            "--websocket",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let reg: Value = serde_json::from_slice(&made.stdout).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{asmux_port}").parse().unwrap();
+    let mut bridge = mautrix_go_client::GoClient::start(
+        addr,
+        reg["as_token"].as_str().unwrap(),
+        Duration::from_millis(300),
+    );
+
+    let bot = "@_alice_telegram_bot:example.test";
+    let room = send(
+        "POST",
+        &format!("{hs}/_matrix/client/v3/createRoom"),
+        Some(&alice),
+        Some(&json!({"invite": [bot]}).to_string()),
+    )
+    .await;
+    assert_eq!(room.status, 200, "{}", room.text);
+    let room_id = room.body["room_id"].as_str().unwrap().to_owned();
+    bridge
+        .wait_for("the invite", |e| {
+            e["state_key"] == bot && e["content"]["membership"] == "invite"
+        })
+        .await;
+    // The bot joins through asmux, so that Synapse sends it the room's messages.
+    let room_path = room_id.replace('!', "%21").replace(':', "%3A");
+    let joined = send(
+        "POST",
+        &format!("{}/_matrix/client/v3/rooms/{room_path}/join", stack.asmux),
+        reg["as_token"].as_str(),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(joined.status, 200, "{}", joined.text);
+    let counters = bridge.counters.clone();
+    for _ in 0..100 {
+        if counters.pongs.load(std::sync::atomic::Ordering::SeqCst) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        counters.pongs.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "asmux answers the bridge's pings"
+    );
+
+    // asmux restarts; the client notices, reconnects on its own, and what Alice wrote
+    // meanwhile arrives.
+    assert!(asmux_process.terminate().success());
+    let sent = send(
+        "PUT",
+        &format!("{hs}/_matrix/client/v3/rooms/{room_path}/send/m.room.message/go1"),
+        Some(&alice),
+        Some(&json!({"msgtype": "m.text", "body": "written during the restart"}).to_string()),
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{}", sent.text);
+    let _asmux_again = Process::serve(&config, asmux_port).await;
+    bridge
+        .wait_for("the message written during the restart", |e| {
+            e["content"]["body"] == "written during the restart"
+        })
+        .await;
+    assert!(
+        counters.connects.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the bridge reconnected by itself"
+    );
 }
 
 /// The mautrix-python push bridge of `tests/e2e/push_bridge.py`, killed when dropped.

@@ -92,6 +92,11 @@ where
         .and(caller.clone())
         .and(with_state(state.clone()))
         .and_then(backup);
+    let statuses = warp::path!("appservices" / "status")
+        .and(warp::get())
+        .and(caller.clone())
+        .and(with_state(state.clone()))
+        .and_then(bridge_statuses);
     let list = warp::path!("appservices")
         .and(warp::get())
         .and(caller.clone())
@@ -120,6 +125,8 @@ where
         .or(delete)
         .unify()
         .or(list)
+        .unify()
+        .or(statuses)
         .unify()
         .or(user)
         .unify()
@@ -316,6 +323,15 @@ async fn list_bridges(caller: Caller, state: Arc<AppState>) -> Result<Response, 
     let bridges = state.management.list(&caller)?;
     Ok(json(
         &serde_json::json!({ "appservices": bridges }),
+        StatusCode::OK,
+    ))
+}
+
+/// # `GET /_matrix/asmux/appservices/status`
+async fn bridge_statuses(caller: Caller, state: Arc<AppState>) -> Result<Response, Rejection> {
+    let bridges = state.management.statuses(&caller)?;
+    Ok(json(
+        &serde_json::json!({ "bridges": bridges }),
         StatusCode::OK,
     ))
 }

@@ -9,6 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use http::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
+use crate::bridge_requests::BridgeStatus;
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::error::Error;
@@ -118,6 +119,31 @@ impl Backend {
                 let (_, list) = self.call::<List>(Method::GET, "/appservices", None).await?;
                 Ok(list.appservices)
             }
+        }
+    }
+
+    /// The status of every bridge. Offline, no bridge is connected.
+    pub async fn statuses(&self) -> Result<Vec<BridgeStatus>> {
+        match self {
+            Backend::Local(m) => Ok(m.statuses(&Caller::Root).map_err(local)?),
+            Backend::Remote { .. } => {
+                #[derive(serde::Deserialize)]
+                struct Statuses {
+                    bridges: Vec<BridgeStatus>,
+                }
+                let (_, statuses) = self
+                    .call::<Statuses>(Method::GET, "/appservices/status", None)
+                    .await?;
+                Ok(statuses.bridges)
+            }
+        }
+    }
+
+    /// Where the running server answers, or `None` when the data dir was opened directly.
+    pub fn server(&self) -> Option<&str> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Remote { base, .. } => Some(base),
         }
     }
 

@@ -1,7 +1,8 @@
-//! The command line: `serve`, `generate-registration`, `check-config` and the `bridge`
-//! commands, which work on the data directory or through the running server.
+//! The command line: `serve`, the set-up commands, `status`, and the `bridge` and
+//! `backup` commands, which work on the data directory or through the running server.
 
 mod backend;
+mod status;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,11 +12,12 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::bridge_config;
 use crate::config::{Config, LogFormat};
 use crate::management::{BridgeRef, ProvisionRequest};
 use crate::registration::BridgeRegistration;
 use crate::store::Store;
-use crate::{setup, shutdown};
+use crate::{setup, shutdown, systemd};
 use backend::Backend;
 
 /// The config file used when `-c` is not given and it exists.
@@ -44,8 +46,28 @@ enum Command {
         #[arg(short, long, value_name = "PATH", default_value = "registration.yaml")]
         registration: PathBuf,
     },
+    /// Write a first configuration with generated secrets, and the homeserver
+    /// registration beside it. Refuses to replace an existing config.
+    InitConfig {
+        #[command(flatten)]
+        homeserver: HomeserverArgs,
+        /// The data directory written into the config
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<String>,
+    },
     /// Check the configuration and report every problem.
     CheckConfig,
+    /// Summarise every bridge: connection, queue depth and last reported state.
+    Status {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Provision and inspect bridges.
     #[command(subcommand)]
     Bridge(BridgeCommand),
@@ -78,6 +100,13 @@ enum BackupCommand {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
+    #[command(flatten)]
+    homeserver: HomeserverArgs,
+}
+
+/// The homeserver a new config points at.
+#[derive(Debug, Args)]
+struct HomeserverArgs {
     /// Homeserver server name written into a new config
     #[arg(long, default_value = "localhost")]
     domain: String,
@@ -116,6 +145,15 @@ enum BridgeCommand {
         #[arg(num_args = 1..=2, required = true, value_name = "BRIDGE")]
         bridge: Vec<String>,
     },
+    /// Print the `homeserver:` and `appservice:` blocks of a mautrix bridge's config
+    /// that connect it to asmux (websocket or push, as the bridge was provisioned).
+    Config {
+        owner: String,
+        prefix: String,
+        /// The framework the bridge is built on
+        #[arg(long, value_enum)]
+        flavor: Flavor,
+    },
     /// Print the registration a bridge needs (the same the management API returns).
     ExportRegistration {
         owner: String,
@@ -126,6 +164,12 @@ enum BridgeCommand {
         #[arg(short, long, value_name = "PATH")]
         output: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Flavor {
+    MautrixGo,
+    MautrixPython,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -159,7 +203,36 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::InitConfig {
+            homeserver,
+            data_dir,
+        } => {
+            if config_path.exists() {
+                bail!(
+                    "{} already exists; asmux never replaces a config",
+                    config_path.display()
+                );
+            }
+            let registration = setup::init_config(
+                &config_path,
+                &homeserver.domain,
+                &homeserver.homeserver_url,
+                data_dir.as_deref(),
+            )?;
+            print_first_run(&config_path, &registration);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig => check_config(&config_path),
+        Command::Status { json } => {
+            let config = Config::load(&config_path)?;
+            init_logging(&config, true);
+            runtime()?.block_on(status::print(&config, json))
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "asmux", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Backup(command) => backup_command(&config_path, command),
         Command::Bridge(command) => {
             let config = Config::load(&config_path)?;
@@ -186,7 +259,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn serve(config_path: &Path, args: ServeArgs) -> Result<ExitCode> {
     if !config_path.exists() {
-        let registration = setup::init_config(config_path, &args.domain, &args.homeserver_url)?;
+        let registration = setup::init_config(
+            config_path,
+            &args.homeserver.domain,
+            &args.homeserver.homeserver_url,
+            None,
+        )?;
         print_first_run(config_path, &registration);
     }
     let config = Config::load(config_path)?;
@@ -206,10 +284,13 @@ fn serve(config_path: &Path, args: ServeArgs) -> Result<ExitCode> {
         let listener =
             crate::app::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
         let state = crate::app::AppState::new(config, store)?;
-        shutdown::notify_ready();
+        systemd::notify_ready();
+        if let Some(interval) = systemd::watchdog_interval() {
+            tokio::spawn(systemd::watchdog(interval, state.store.clone()));
+        }
         let stop = async {
             signal.await;
-            shutdown::notify_stopping();
+            systemd::notify_stopping();
         };
         crate::app::run(listener, state, stop).await
     })?;
@@ -342,6 +423,22 @@ async fn bridge_command(config: Config, command: BridgeCommand) -> Result<ExitCo
             let target = bridge_ref(&bridge)?;
             backend.delete(&target).await?;
             writeln!(out, "Deleted bridge {}", bridge.join("/"))?;
+        }
+        BridgeCommand::Config {
+            owner,
+            prefix,
+            flavor,
+        } => {
+            let registration = backend
+                .registration(&BridgeRef::name(&owner, &prefix)?)
+                .await?;
+            let flavor = match flavor {
+                Flavor::MautrixGo => bridge_config::Flavor::MautrixGo,
+                Flavor::MautrixPython => bridge_config::Flavor::MautrixPython,
+            };
+            let block = bridge_config::render(flavor, &config, &owner, &prefix, &registration)
+                .map_err(anyhow::Error::msg)?;
+            out.write_all(block.as_bytes())?;
         }
         BridgeCommand::ExportRegistration {
             owner,

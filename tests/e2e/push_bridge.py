@@ -3,7 +3,8 @@ pointed at asmux as its homeserver.
 
 Usage: push_bridge.py REGISTRATION.json PORT ASMUX_URL EVENTS_FILE
 
-It appends every event it receives to EVENTS_FILE (one JSON object a line). When its
+It appends every event it receives to EVENTS_FILE (one JSON object a line), to-device
+events included (as {"to_device": EVENT}). When its
 bot is invited it joins and greets the room, and at start it pings itself (MSC2659)
 through asmux and prints the outcome. When someone writes "!ghost" it brings one of its
 ghosts into the room to speak, tries the same with another bridge's ghost, and prints
@@ -30,6 +31,7 @@ async def main() -> None:
         bot_localpart=registration["sender_localpart"],
         id=registration["id"],
         ephemeral_events=True,
+        encryption_events=True,
     )
     received = open(events_file, "a")
 
@@ -60,6 +62,12 @@ async def main() -> None:
                 print("FOREIGN ALLOWED", flush=True)
             except MatrixRequestError as error:
                 print(f"FOREIGN REFUSED {error.errcode}", flush=True)
+
+    async def handle_to_device(event) -> None:
+        received.write(json.dumps({"to_device": event.serialize()}) + "\n")
+        received.flush()
+
+    appservice.to_device_handler = handle_to_device
 
     await appservice.start(host="127.0.0.1", port=port)
     try:
