@@ -710,6 +710,42 @@ async fn a_mautrix_python_push_bridge_works_unchanged() {
         "another bridge's ghost must be refused"
     );
 
+    // The bridge creates a room for Alice; her reply there is pushed to it.
+    let asked = send(
+        "PUT",
+        &format!("{hs}/_matrix/client/v3/rooms/{room_path}/send/m.room.message/r1"),
+        Some(&alice),
+        Some(&json!({"msgtype": "m.text", "body": "!room"}).to_string()),
+    )
+    .await;
+    assert_eq!(asked.status, 200, "{}", asked.text);
+    let made = bridge.next_line();
+    let bridge_room = made
+        .strip_prefix("ROOM ")
+        .unwrap_or_else(|| panic!("the bridge could not create a room: {made:?}"))
+        .to_owned();
+    let bridge_room_path = bridge_room.replace('!', "%21").replace(':', "%3A");
+    let joined = send(
+        "POST",
+        &format!("{hs}/_matrix/client/v3/rooms/{bridge_room_path}/join"),
+        Some(&alice),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(joined.status, 200, "{}", joined.text);
+    let replied = send(
+        "PUT",
+        &format!("{hs}/_matrix/client/v3/rooms/{bridge_room_path}/send/m.room.message/r2"),
+        Some(&alice),
+        Some(&json!({"msgtype": "m.text", "body": "reply in the push bridge's room"}).to_string()),
+    )
+    .await;
+    assert_eq!(replied.status, 200, "{}", replied.text);
+    assert!(
+        wait_in_file(&events, "reply in the push bridge's room").await,
+        "the reply in the bridge's own room never reached it"
+    );
+
     // A to-device message from Alice to a device of the bridge's ghost is pushed to it.
     let registration: Value = serde_json::from_slice(&std::fs::read(&reg_file).unwrap()).unwrap();
     let login = json!({"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": ghost}});

@@ -8,7 +8,8 @@ events included (as {"to_device": EVENT}). When its
 bot is invited it joins and greets the room, and at start it pings itself (MSC2659)
 through asmux and prints the outcome. When someone writes "!ghost" it brings one of its
 ghosts into the room to speak, tries the same with another bridge's ghost, and prints
-what the homeserver side answered.
+what the homeserver side answered. "!room" makes its bot create a room with the writer
+invited, and prints the room ID.
 """
 
 import asyncio
@@ -62,6 +63,9 @@ async def main() -> None:
                 print("FOREIGN ALLOWED", flush=True)
             except MatrixRequestError as error:
                 print(f"FOREIGN REFUSED {error.errcode}", flush=True)
+        elif event.type == EventType.ROOM_MESSAGE and event.content.body == "!room":
+            room_id = await appservice.intent.create_room(invitees=[event.sender])
+            print(f"ROOM {room_id}", flush=True)
 
     async def handle_to_device(event) -> None:
         received.write(json.dumps({"to_device": event.serialize()}) + "\n")
