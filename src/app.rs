@@ -105,11 +105,7 @@ pub async fn run(
         shutdown.await;
         delivery.shutdown(SHUTDOWN_DEADLINE).await;
     };
-    warp::serve(crate::api::routes(state.clone()))
-        .incoming(listener)
-        .graceful(stop)
-        .run()
-        .await;
+    serve(listener, state.clone(), stop).await;
     // Wait for the background tasks to be gone: they hold the store, and the data
     // directory stays locked until the last holder drops it.
     for task in [Some(maintenance), Some(flusher), metrics_server]
@@ -122,6 +118,51 @@ pub async fn run(
     state.store.flush().await.context("final flush failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accepts connections until `stop` completes, then waits for the requests in flight.
+/// As `warp::serve` does, except that each request's pending upgrade is handed to the
+/// websocket filter (see [`crate::api::PendingUpgrade`]).
+async fn serve(listener: TcpListener, state: Arc<AppState>, stop: impl Future<Output = ()>) {
+    let routes =
+        hyper_util::service::TowerToHyperService::new(warp::service(crate::api::routes(state)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it was accepted.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let routes = routes.clone();
+        let handler = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                if let Some(pending) = crate::api::PendingUpgrade::from_request(&mut request) {
+                    request.extensions_mut().insert(pending);
+                }
+                hyper::service::Service::call(&routes, request)
+            },
+        );
+        let connection = graceful.watch(
+            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), handler)
+                .into_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// Starts the Prometheus listener when `metrics.enabled`.

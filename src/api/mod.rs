@@ -17,6 +17,7 @@ use crate::app::AppState;
 use crate::error::handle_rejection;
 
 pub use warp::reply::Response;
+pub use websocket::PendingUpgrade;
 
 /// Every route asmux serves, with the one rejection handler.
 pub fn routes(

@@ -1,7 +1,13 @@
 //! The websocket bridges behind NAT open to receive their transactions (spec 4.2).
+//!
+//! asmux completes the upgrade itself rather than with `warp::ws`, to size the socket's
+//! read buffer: the default 128 KiB, zero-filled on the first read, would cost that much
+//! memory for every idle bridge.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
@@ -15,6 +21,32 @@ use crate::management::bearer_token;
 /// answers, never media.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 const SUBPROTOCOL: &str = "fi.mau.as_sync";
+/// Enough for the small frames bridges send; larger ones grow the buffer while read.
+const READ_BUFFER_BYTES: usize = 4096;
+
+/// The connection's pending upgrade, which the server moves out of the request (hyper
+/// keeps it as a non-cloneable extension) so that a filter can take it.
+#[derive(Clone, Default)]
+pub struct PendingUpgrade(Arc<Mutex<Option<hyper::upgrade::OnUpgrade>>>);
+
+impl PendingUpgrade {
+    pub fn from_request<B>(request: &mut http::Request<B>) -> Option<PendingUpgrade> {
+        let upgrade = request
+            .extensions_mut()
+            .remove::<hyper::upgrade::OnUpgrade>()?;
+        Some(PendingUpgrade(Arc::new(Mutex::new(Some(upgrade)))))
+    }
+
+    fn take(&self) -> Option<hyper::upgrade::OnUpgrade> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// What a websocket upgrade request carries: its key and whether it can be upgraded.
+struct Handshake {
+    key: String,
+    upgrade: hyper::upgrade::OnUpgrade,
+}
 
 pub fn routes(
     state: Arc<AppState>,
@@ -27,11 +59,7 @@ pub fn routes(
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
         .and(with_state(state))
         .and_then(check)
-        .and(warp::ws().or_else(|_| async {
-            Err(warp::reject::custom(Error::BadRequest(
-                "Expected a websocket upgrade".into(),
-            )))
-        }))
+        .and(handshake())
         .map(upgrade);
     // Once the path matched, every refusal is answered here: the request must not fall
     // through to the client-server proxy.
@@ -89,8 +117,39 @@ async fn check(
     })
 }
 
+/// The headers of RFC 6455's opening handshake, and the connection to upgrade.
+fn handshake() -> impl Filter<Extract = (Handshake,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("connection")
+        .and(warp::header::optional::<String>("upgrade"))
+        .and(warp::header::optional::<String>("sec-websocket-version"))
+        .and(warp::header::optional::<String>("sec-websocket-key"))
+        .and(warp::ext::optional::<PendingUpgrade>())
+        .and_then(
+            |connection: Option<String>,
+             upgrade: Option<String>,
+             version: Option<String>,
+             key: Option<String>,
+             pending: Option<PendingUpgrade>| async move {
+                let has = |value: &Option<String>, token: &str| {
+                    value
+                        .as_deref()
+                        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                };
+                let valid = has(&connection, "upgrade")
+                    && has(&upgrade, "websocket")
+                    && version.as_deref().map(str::trim) == Some("13");
+                match (valid, key, pending.and_then(|p| p.take())) {
+                    (true, Some(key), Some(upgrade)) => Ok(Handshake { key, upgrade }),
+                    _ => Err(warp::reject::custom(Error::BadRequest(
+                        "Expected a websocket upgrade".into(),
+                    ))),
+                }
+            },
+        )
+}
+
 /// # `GET /_matrix/client/unstable/fi.mau.as_sync`
-fn upgrade(accepted: Accepted, ws: warp::ws::Ws) -> Response {
+fn upgrade(accepted: Accepted, handshake: Handshake) -> Response {
     let Accepted {
         state,
         bridge,
@@ -99,13 +158,38 @@ fn upgrade(accepted: Accepted, ws: warp::ws::Ws) -> Response {
         subprotocol,
     } = accepted;
     let delivery = state.delivery.clone();
-    let reply = ws
-        .max_message_size(MAX_MESSAGE_BYTES)
-        .max_frame_size(MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| session::run(delivery, bridge, socket, protocol, process_id));
+    tokio::spawn(async move {
+        let upgraded = match handshake.upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::info!(bridge = %bridge.name(), error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_BYTES)
+            .max_message_size(Some(MAX_MESSAGE_BYTES))
+            .max_frame_size(Some(MAX_MESSAGE_BYTES));
+        let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            Role::Server,
+            Some(config),
+        )
+        .await;
+        session::run(delivery, bridge, socket, protocol, process_id).await;
+    });
+    let mut response = warp::http::Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header(
+            "sec-websocket-accept",
+            derive_accept_key(handshake.key.as_bytes()),
+        );
     if subprotocol {
-        warp::reply::with_header(reply, "sec-websocket-protocol", SUBPROTOCOL).into_response()
-    } else {
-        reply.into_response()
+        response = response.header("sec-websocket-protocol", SUBPROTOCOL);
     }
+    response
+        .body(Default::default())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }

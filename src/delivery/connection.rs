@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_tungstenite::tungstenite::protocol::frame::{coding::CloseCode, CloseFrame};
+use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
-use warp::ws::Message;
 
 /// How a request over the websocket failed.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,9 +143,10 @@ impl Connection {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        let _ = self
-            .out
-            .try_send(Message::close_with(code, reason.to_owned()));
+        let _ = self.out.try_send(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        })));
         self.pending().clear();
         self.closed_notify.notify_waiters();
     }

@@ -9,8 +9,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
 use tracing::Instrument;
-use warp::ws::{Message, WebSocket};
 
 use super::connection::{with_header, Connection};
 use super::Delivery;
@@ -24,6 +24,10 @@ const OUTGOING_FRAMES: usize = 64;
 const UNREACHABLE_GRACE: Duration = Duration::from_secs(10);
 /// The close reason sent to a connection a newer one of the same bridge replaces.
 pub const REPLACED_REASON: &str = r#"{"command":"disconnect","status":"conn_replaced"}"#;
+
+/// A bridge's upgraded connection.
+pub type WebSocket =
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
 
 /// A frame from the bridge.
 #[derive(Debug, Deserialize)]
@@ -70,7 +74,7 @@ async fn serve(
 
     let writer = tokio::spawn(async move {
         while let Some(message) = outgoing.recv().await {
-            let closing = message.is_close();
+            let closing = matches!(message, Message::Close(_));
             if sink.send(message).await.is_err() || closing {
                 break;
             }
@@ -100,15 +104,15 @@ async fn serve(
     loop {
         tokio::select! {
             frame = stream.next() => match frame {
-                Some(Ok(message)) if message.is_text() => {
-                    handle_text(&delivery, &bridge, &conn, message.to_str().unwrap_or_default()).await;
+                Some(Ok(Message::Text(text))) => {
+                    handle_text(&delivery, &bridge, &conn, text.as_str()).await;
                 }
-                Some(Ok(message)) if message.is_pong() => awaiting_pong = false,
-                Some(Ok(message)) if message.is_close() => {
-                    tracing::info!(close = ?message.close_frame(), "bridge closed the websocket");
+                Some(Ok(Message::Pong(_))) => awaiting_pong = false,
+                Some(Ok(Message::Close(close))) => {
+                    tracing::info!(close = ?close, "bridge closed the websocket");
                     break;
                 }
-                Some(Ok(message)) if message.is_binary() => tracing::debug!("ignoring a binary frame"),
+                Some(Ok(Message::Binary(_))) => tracing::debug!("ignoring a binary frame"),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     tracing::info!(error = %e, "websocket error");
@@ -161,7 +165,7 @@ fn report_if_still_gone(delivery: Arc<Delivery>, bridge: Arc<Bridge>) {
 
 async fn conn_ping(conn: &Connection) -> bool {
     // Ping frames go through the same writer as everything else.
-    conn.send_frame(Message::ping(Vec::new())).await
+    conn.send_frame(Message::Ping(Default::default())).await
 }
 
 async fn handle_text(delivery: &Delivery, bridge: &Bridge, conn: &Connection, text: &str) {
