@@ -21,8 +21,13 @@ const SECRET: &str = "bench-shared-secret-0123456789";
 struct Killed(Child);
 
 impl Drop for Killed {
+    /// SIGTERM, so that nginx's master stops its workers too (SIGKILL would orphan them,
+    /// and they would keep the bench's output pipe open).
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
         let _ = self.0.wait();
     }
 }

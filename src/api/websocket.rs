@@ -30,7 +30,12 @@ const READ_BUFFER_BYTES: usize = 4096;
 pub struct PendingUpgrade(Arc<Mutex<Option<hyper::upgrade::OnUpgrade>>>);
 
 impl PendingUpgrade {
+    /// Moves the upgrade out of a request that asks for one (hyper attaches one to every
+    /// request; the others keep theirs untouched, at no cost).
     pub fn from_request<B>(request: &mut http::Request<B>) -> Option<PendingUpgrade> {
+        if !request.headers().contains_key(http::header::UPGRADE) {
+            return None;
+        }
         let upgrade = request
             .extensions_mut()
             .remove::<hyper::upgrade::OnUpgrade>()?;

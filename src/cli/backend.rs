@@ -152,13 +152,14 @@ impl Backend {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let tmp = path.with_extension("partial");
-        let mut file = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut file = Progress::new(file);
         match self {
             Backend::Local(m) => {
                 m.store().write_backup(&mut file, crate::store::now_ms())?;
@@ -190,6 +191,7 @@ impl Backend {
                 }
             }
         }
+        let file = file.finish();
         file.sync_all()?;
         drop(file);
         let summary = crate::store::backup::verify(&tmp)
@@ -247,6 +249,49 @@ impl Backend {
             response.status,
             serde_json::from_slice(body).context("unexpected answer from the server")?,
         ))
+    }
+}
+
+/// Counts what is written and, when stderr is a terminal, shows the count there.
+struct Progress<W> {
+    inner: W,
+    bytes: u64,
+    shown: std::time::Instant,
+    tty: bool,
+}
+
+impl<W: std::io::Write> Progress<W> {
+    fn new(inner: W) -> Self {
+        use std::io::IsTerminal;
+        Progress {
+            inner,
+            bytes: 0,
+            shown: std::time::Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn finish(self) -> W {
+        if self.tty && self.bytes > 0 {
+            eprintln!("\r{:.1} MiB written", self.bytes as f64 / 1048576.0);
+        }
+        self.inner
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Progress<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        if self.tty && self.shown.elapsed() >= Duration::from_millis(250) {
+            self.shown = std::time::Instant::now();
+            eprint!("\r{:.1} MiB written", self.bytes as f64 / 1048576.0);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
