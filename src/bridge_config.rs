@@ -2,8 +2,6 @@
 //! and `appservice:` blocks (and the username template and double-puppet secret, which
 //! must match the namespace asmux gave the bridge). Printed by `asmux bridge config`.
 
-use std::fmt::Write;
-
 use crate::config::Config;
 use crate::registration::BridgeRegistration;
 
@@ -105,74 +103,67 @@ struct Block<'a> {
 impl Block<'_> {
     fn mautrix_go(&self) -> String {
         let r = self.registration;
-        let mut out = String::new();
-        let _ = writeln!(out, "homeserver:");
-        let _ = writeln!(out, "    address: {}", quote(self.homeserver));
-        let _ = writeln!(out, "    domain: {}", quote(self.domain));
-        let _ = writeln!(out, "    software: standard");
-        match &self.push {
-            None => {
-                let _ = writeln!(out, "    websocket: true");
-                let _ = writeln!(out, "    ping_interval_seconds: {GO_PING_INTERVAL_SECONDS}");
-            }
-            Some(_) => {
-                let _ = writeln!(out, "    websocket: false");
-            }
-        }
-        let _ = writeln!(out, "appservice:");
-        if let Some(push) = &self.push {
-            self.listener(&mut out, push);
-        }
-        let _ = writeln!(out, "    id: {}", quote(&r.id));
-        let _ = writeln!(out, "    bot:");
-        let _ = writeln!(out, "        username: {}", quote(&r.sender_localpart));
-        let _ = writeln!(out, "    as_token: {}", quote(&r.as_token));
-        let _ = writeln!(out, "    hs_token: {}", quote(&r.hs_token));
-        let template = format!("{}{{{{.}}}}", self.ghost_prefix);
-        let _ = writeln!(out, "    username_template: {}", quote(&template));
-        let _ = writeln!(out, "double_puppet:");
-        let _ = writeln!(out, "    secrets:");
-        let _ = writeln!(
-            out,
-            "        {}: {}",
-            quote(self.domain),
-            quote(&r.login_shared_secret)
-        );
-        out
+        let transport = match self.push {
+            None => format!(
+                "    websocket: true\n    ping_interval_seconds: {GO_PING_INTERVAL_SECONDS}\n"
+            ),
+            Some(_) => "    websocket: false\n".to_owned(),
+        };
+        format!(
+            "{homeserver}{transport}appservice:\n{listener}    id: {id}\n    bot:\n        \
+             username: {bot}\n    as_token: {as_token}\n    hs_token: {hs_token}\n    \
+             username_template: {template}\ndouble_puppet:\n    secrets:\n        \
+             {domain}: {secret}\n",
+            homeserver = self.homeserver_lines(),
+            listener = self.listener_lines(),
+            id = quote(&r.id),
+            bot = quote(&r.sender_localpart),
+            as_token = quote(&r.as_token),
+            hs_token = quote(&r.hs_token),
+            template = quote(&format!("{}{{{{.}}}}", self.ghost_prefix)),
+            domain = quote(self.domain),
+            secret = quote(&r.login_shared_secret),
+        )
     }
 
     fn mautrix_python(&self) -> String {
         let r = self.registration;
-        let mut out = String::new();
-        let _ = writeln!(out, "homeserver:");
-        let _ = writeln!(out, "    address: {}", quote(self.homeserver));
-        let _ = writeln!(out, "    domain: {}", quote(self.domain));
-        let _ = writeln!(out, "    software: standard");
-        let _ = writeln!(out, "appservice:");
-        if let Some(push) = &self.push {
-            self.listener(&mut out, push);
-        }
-        let _ = writeln!(out, "    id: {}", quote(&r.id));
-        let _ = writeln!(out, "    bot_username: {}", quote(&r.sender_localpart));
-        let _ = writeln!(out, "    as_token: {}", quote(&r.as_token));
-        let _ = writeln!(out, "    hs_token: {}", quote(&r.hs_token));
-        let _ = writeln!(out, "bridge:");
-        let template = format!("{}{{userid}}", self.ghost_prefix);
-        let _ = writeln!(out, "    username_template: {}", quote(&template));
-        let _ = writeln!(out, "    login_shared_secret_map:");
-        let _ = writeln!(
-            out,
-            "        {}: {}",
-            quote(self.domain),
-            quote(&r.login_shared_secret)
-        );
-        out
+        format!(
+            "{homeserver}appservice:\n{listener}    id: {id}\n    bot_username: {bot}\n    \
+             as_token: {as_token}\n    hs_token: {hs_token}\nbridge:\n    \
+             username_template: {template}\n    login_shared_secret_map:\n        \
+             {domain}: {secret}\n",
+            homeserver = self.homeserver_lines(),
+            listener = self.listener_lines(),
+            id = quote(&r.id),
+            bot = quote(&r.sender_localpart),
+            as_token = quote(&r.as_token),
+            hs_token = quote(&r.hs_token),
+            template = quote(&format!("{}{{userid}}", self.ghost_prefix)),
+            domain = quote(self.domain),
+            secret = quote(&r.login_shared_secret),
+        )
     }
 
-    fn listener(&self, out: &mut String, push: &PushListener) {
-        let _ = writeln!(out, "    address: {}", quote(&push.address));
-        let _ = writeln!(out, "    hostname: {}", quote(&push.host));
-        let _ = writeln!(out, "    port: {}", push.port);
+    /// `homeserver:` and the keys both frameworks share.
+    fn homeserver_lines(&self) -> String {
+        format!(
+            "homeserver:\n    address: {}\n    domain: {}\n    software: standard\n",
+            quote(self.homeserver),
+            quote(self.domain)
+        )
+    }
+
+    /// Where a push bridge listens; nothing for a websocket bridge.
+    fn listener_lines(&self) -> String {
+        self.push.as_ref().map_or(String::new(), |push| {
+            format!(
+                "    address: {}\n    hostname: {}\n    port: {}\n",
+                quote(&push.address),
+                quote(&push.host),
+                push.port
+            )
+        })
     }
 }
 

@@ -242,18 +242,13 @@ impl Stack {
             .replace(&format!("hs_token = \"{HS_TOKEN}\"\n"), "");
         std::fs::write(&config, text).unwrap();
         let registration = dir.path().join("registration.yaml");
-        let generated = cli(
+        cli_ok(
             &config,
             &[
                 "generate-registration",
                 "-r",
                 registration.to_str().unwrap(),
             ],
-        );
-        assert!(
-            generated.status.success(),
-            "{}",
-            String::from_utf8_lossy(&generated.stderr)
         );
         let synapse = start_synapse(dir.path(), hs_port, &registration);
         wait_http(&format!("{hs}/_matrix/client/versions")).await;
@@ -304,7 +299,7 @@ async fn a_real_user_and_a_websocket_bridge_talk_through_asmux() {
     assert_eq!(ws.next_json().await["command"], "connect");
 
     // A second websocket bridge, provisioned with the CLI through the running server.
-    let made = cli(
+    let made = cli_ok(
         &config,
         &[
             "bridge",
@@ -316,12 +311,7 @@ async fn a_real_user_and_a_websocket_bridge_talk_through_asmux() {
             "json",
         ],
     );
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let telegram: Value = serde_json::from_slice(&made.stdout).unwrap();
+    let telegram: Value = serde_json::from_str(&made).unwrap();
     let mut telegram_ws = ws_connect_to(addr, telegram["as_token"].as_str().unwrap(), 3)
         .await
         .unwrap();
@@ -581,12 +571,7 @@ async fn a_real_user_and_a_websocket_bridge_talk_through_asmux() {
     assert!(delivered, "the to-device message never reached the bridge");
 
     // Deleting the bridge closes its socket and stops delivery.
-    let deleted = cli(&config, &["bridge", "delete", "alice", "whatsapp"]);
-    assert!(
-        deleted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&deleted.stderr)
-    );
+    cli_ok(&config, &["bridge", "delete", "alice", "whatsapp"]);
     loop {
         match ws.next_event(Duration::from_secs(10)).await {
             WsEvent::Json(frame) if frame["command"] == "transaction" => ws.ack(&frame).await,
@@ -617,7 +602,7 @@ async fn a_mautrix_python_push_bridge_works_unchanged() {
 
     // Provisioned with the CLI, through the running server; the bridge gets the
     // registration the CLI exports.
-    let made = cli(
+    cli_ok(
         &config,
         &[
             "bridge",
@@ -628,13 +613,8 @@ async fn a_mautrix_python_push_bridge_works_unchanged() {
             &format!("http://127.0.0.1:{bridge_port}"),
         ],
     );
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
     let reg_file = dir.path().join("signal.json");
-    let exported = cli(
+    cli_ok(
         &config,
         &[
             "bridge",
@@ -646,11 +626,6 @@ async fn a_mautrix_python_push_bridge_works_unchanged() {
             "-o",
             reg_file.to_str().unwrap(),
         ],
-    );
-    assert!(
-        exported.status.success(),
-        "{}",
-        String::from_utf8_lossy(&exported.stderr)
     );
 
     let events = dir.path().join("events.jsonl");
@@ -844,7 +819,7 @@ async fn a_mautrix_go_style_bridge_pings_and_reconnects_by_itself() {
     let (hs, config, asmux_port) = (stack.hs.clone(), stack.config.clone(), stack.asmux_port);
     let mut asmux_process = Process::serve(&config, asmux_port).await;
     let alice = real_user(&hs, "alice").await;
-    let made = cli(
+    let made = cli_ok(
         &config,
         &[
             "bridge",
@@ -856,12 +831,7 @@ async fn a_mautrix_go_style_bridge_pings_and_reconnects_by_itself() {
             "json",
         ],
     );
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let reg: Value = serde_json::from_slice(&made.stdout).unwrap();
+    let reg: Value = serde_json::from_str(&made).unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{asmux_port}").parse().unwrap();
     let mut bridge = mautrix_go_client::GoClient::start(
         addr,

@@ -437,6 +437,19 @@ pub fn cli(config: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// [`cli`], which must succeed; its standard output.
+pub fn cli_ok(config: &Path, args: &[&str]) -> String {
+    let output = cli(config, args);
+    assert!(
+        output.status.success(),
+        "asmux {args:?}: exit {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// A free port on 127.0.0.1 for the real binary, which binds from its config.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
