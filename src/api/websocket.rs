@@ -26,7 +26,7 @@ const READ_BUFFER_BYTES: usize = 4096;
 
 /// The connection's pending upgrade, which the server moves out of the request (hyper
 /// keeps it as a non-cloneable extension) so that a filter can take it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PendingUpgrade(Arc<Mutex<Option<hyper::upgrade::OnUpgrade>>>);
 
 impl PendingUpgrade {
@@ -47,7 +47,7 @@ impl PendingUpgrade {
     }
 }
 
-/// What a websocket upgrade request carries: its key and whether it can be upgraded.
+/// A valid opening handshake: the client's key and the connection to upgrade.
 struct Handshake {
     key: String,
     upgrade: hyper::upgrade::OnUpgrade,
