@@ -28,34 +28,11 @@ async fn setup() -> Setup {
     }
 }
 
-fn stdout(output: &std::process::Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_commands_agree_offline_and_online() {
     let s = setup().await;
     let c = &s.config;
-    let created: Value = serde_json::from_str(&stdout(&cli(
-        c,
-        &[
-            "bridge",
-            "create",
-            "alice",
-            "whatsapp",
-            "--websocket",
-            "--format",
-            "json",
-        ],
-    )))
-    .unwrap();
+    let created = cli_create_websocket_bridge(c, "alice", "whatsapp");
     assert_eq!(created["sender_localpart"], "_alice_whatsapp_bot");
     assert_eq!(created["url"], "");
     // The offline path registers the bot on the homeserver too.
@@ -75,7 +52,7 @@ async fn bridge_commands_agree_offline_and_online() {
             "json",
         ],
     ];
-    let offline: Vec<String> = queries.iter().map(|q| stdout(&cli(c, q))).collect();
+    let offline: Vec<String> = queries.iter().map(|q| cli_ok(c, q)).collect();
     let exported: Value = serde_json::from_str(&offline[4]).unwrap();
     assert_eq!(
         exported, created,
@@ -90,14 +67,14 @@ async fn bridge_commands_agree_offline_and_online() {
     );
 
     let mut server = Process::serve(c, s.port).await;
-    let online: Vec<String> = queries.iter().map(|q| stdout(&cli(c, q))).collect();
+    let online: Vec<String> = queries.iter().map(|q| cli_ok(c, q)).collect();
     assert_eq!(
         online, offline,
         "the running server answers the CLI identically"
     );
 
     // Through the server: create, show by UUID, delete.
-    let signal: Value = serde_json::from_str(&stdout(&cli(
+    let signal: Value = serde_json::from_str(&cli_ok(
         c,
         &[
             "bridge",
@@ -109,11 +86,11 @@ async fn bridge_commands_agree_offline_and_online() {
             "--format",
             "json",
         ],
-    )))
+    ))
     .unwrap();
     assert_eq!(signal["url"], "http://127.0.0.1:9");
     let id = signal["id"].as_str().unwrap();
-    assert!(stdout(&cli(c, &["bridge", "show", id])).contains("push to http://127.0.0.1:9"));
+    assert!(cli_ok(c, &["bridge", "show", id]).contains("push to http://127.0.0.1:9"));
     let api = send(
         "GET",
         &format!("http://127.0.0.1:{}/_matrix/asmux/appservice/{id}", s.port),
@@ -122,7 +99,7 @@ async fn bridge_commands_agree_offline_and_online() {
     )
     .await;
     assert_eq!(api.body, signal, "the CLI prints what the API returns");
-    stdout(&cli(c, &["bridge", "delete", "alice", "whatsapp"]));
+    cli_ok(c, &["bridge", "delete", "alice", "whatsapp"]);
 
     let missing = cli(c, &["bridge", "show", "alice", "whatsapp"]);
     assert!(!missing.status.success());
@@ -133,7 +110,7 @@ async fn bridge_commands_agree_offline_and_online() {
     );
 
     assert!(server.terminate().success(), "SIGTERM exits 0");
-    let list = stdout(&cli(c, &["bridge", "list"]));
+    let list = cli_ok(c, &["bridge", "list"]);
     assert!(
         list.contains("alice/signal") && !list.contains("alice/whatsapp"),
         "{list}"
@@ -148,7 +125,7 @@ async fn bridge_commands_agree_offline_and_online() {
 
     // Export to a private file.
     let out = s.dir.path().join("signal.yaml");
-    stdout(&cli(
+    cli_ok(
         c,
         &[
             "bridge",
@@ -158,7 +135,7 @@ async fn bridge_commands_agree_offline_and_online() {
             "-o",
             out.to_str().unwrap(),
         ],
-    ));
+    );
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
@@ -262,20 +239,8 @@ async fn check_config_and_generate_registration() {
 async fn status_and_bridge_config_offline_and_online() {
     let s = setup().await;
     let c = &s.config;
-    let ws: Value = serde_json::from_str(&stdout(&cli(
-        c,
-        &[
-            "bridge",
-            "create",
-            "alice",
-            "whatsapp",
-            "--websocket",
-            "--format",
-            "json",
-        ],
-    )))
-    .unwrap();
-    stdout(&cli(
+    let ws = cli_create_websocket_bridge(c, "alice", "whatsapp");
+    cli_ok(
         c,
         &[
             "bridge",
@@ -285,12 +250,11 @@ async fn status_and_bridge_config_offline_and_online() {
             "--address",
             "http://127.0.0.1:29317",
         ],
-    ));
+    );
 
-    let offline = stdout(&cli(c, &["status"]));
+    let offline = cli_ok(c, &["status"]);
     assert!(offline.starts_with("asmux is not running"), "{offline}");
-    let offline_json: Value =
-        serde_json::from_str(&stdout(&cli(c, &["status", "--json"]))).unwrap();
+    let offline_json: Value = serde_json::from_str(&cli_ok(c, &["status", "--json"])).unwrap();
     assert_eq!(offline_json["running"], false);
     assert_eq!(offline_json["bridges"].as_array().unwrap().len(), 2);
 
@@ -302,7 +266,7 @@ async fn status_and_bridge_config_offline_and_online() {
         "--flavor",
         "mautrix-go",
     ];
-    let go_text = stdout(&cli(c, &go_args));
+    let go_text = cli_ok(c, &go_args);
     let go: Value = serde_yaml_ng::from_str(&go_text).unwrap();
     assert_eq!(go["homeserver"]["websocket"], true);
     assert_eq!(go["homeserver"]["domain"], DOMAIN);
@@ -326,7 +290,7 @@ async fn status_and_bridge_config_offline_and_online() {
     );
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("websocket bridge"));
-    let py = stdout(&cli(
+    let py = cli_ok(
         c,
         &[
             "bridge",
@@ -336,7 +300,7 @@ async fn status_and_bridge_config_offline_and_online() {
             "--flavor",
             "mautrix-python",
         ],
-    ));
+    );
     let py: Value = serde_yaml_ng::from_str(&py).unwrap();
     assert_eq!(py["appservice"]["port"], 29317);
     assert_eq!(
@@ -352,7 +316,7 @@ async fn status_and_bridge_config_offline_and_online() {
     // The connection registers just after the upgrade; poll the status until it shows.
     let mut online = String::new();
     for _ in 0..100 {
-        online = stdout(&cli(c, &["status"]));
+        online = cli_ok(c, &["status"]);
         if online.contains("1 connected") {
             break;
         }
@@ -373,11 +337,7 @@ async fn status_and_bridge_config_offline_and_online() {
         .find(|l| l.starts_with("alice/telegram"))
         .unwrap();
     assert!(line.contains("push"), "{line}");
-    assert_eq!(
-        stdout(&cli(c, &go_args)),
-        go_text,
-        "the same through the server"
-    );
+    assert_eq!(cli_ok(c, &go_args), go_text, "the same through the server");
     assert!(server.terminate().success());
 }
 
@@ -408,7 +368,7 @@ fn init_config_and_completions() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
     assert_eq!(std::fs::read(&config).unwrap(), before, "never replaced");
 
-    let bash = stdout(&cli(&config, &["completions", "bash"]));
+    let bash = cli_ok(&config, &["completions", "bash"]);
     for word in ["asmux", "bridge", "backup", "status", "export-registration"] {
         assert!(bash.contains(word), "{word} missing from completions");
     }

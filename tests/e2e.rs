@@ -299,19 +299,7 @@ async fn a_real_user_and_a_websocket_bridge_talk_through_asmux() {
     assert_eq!(ws.next_json().await["command"], "connect");
 
     // A second websocket bridge, provisioned with the CLI through the running server.
-    let made = cli_ok(
-        &config,
-        &[
-            "bridge",
-            "create",
-            "alice",
-            "telegram",
-            "--websocket",
-            "--format",
-            "json",
-        ],
-    );
-    let telegram: Value = serde_json::from_str(&made).unwrap();
+    let telegram = cli_create_websocket_bridge(&config, "alice", "telegram");
     let mut telegram_ws = ws_connect_to(addr, telegram["as_token"].as_str().unwrap(), 3)
         .await
         .unwrap();
@@ -819,19 +807,7 @@ async fn a_mautrix_go_style_bridge_pings_and_reconnects_by_itself() {
     let (hs, config, asmux_port) = (stack.hs.clone(), stack.config.clone(), stack.asmux_port);
     let mut asmux_process = Process::serve(&config, asmux_port).await;
     let alice = real_user(&hs, "alice").await;
-    let made = cli_ok(
-        &config,
-        &[
-            "bridge",
-            "create",
-            "alice",
-            "telegram",
-            "--websocket",
-            "--format",
-            "json",
-        ],
-    );
-    let reg: Value = serde_json::from_str(&made).unwrap();
+    let reg = cli_create_websocket_bridge(&config, "alice", "telegram");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{asmux_port}").parse().unwrap();
     let mut bridge = mautrix_go_client::GoClient::start(
         addr,

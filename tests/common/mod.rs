@@ -450,6 +450,21 @@ pub fn cli_ok(config: &Path, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// Provisions the websocket bridge `owner`/`prefix` with `asmux bridge create`; its
+/// registration.
+pub fn cli_create_websocket_bridge(config: &Path, owner: &str, prefix: &str) -> Value {
+    let args = [
+        "bridge",
+        "create",
+        owner,
+        prefix,
+        "--websocket",
+        "--format",
+        "json",
+    ];
+    serde_json::from_str(&cli_ok(config, &args)).unwrap()
+}
+
 /// A free port on 127.0.0.1 for the real binary, which binds from its config.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
