@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::registration::BridgeRegistration;
 
 /// Which framework the bridge is built on; their config layouts differ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Flavor {
     /// mautrix-go bridges (whatsapp, signal, meta, slack, ... on bridgev2).
     MautrixGo,

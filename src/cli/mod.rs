@@ -152,7 +152,7 @@ enum BridgeCommand {
         prefix: String,
         /// The framework the bridge is built on
         #[arg(long, value_enum)]
-        flavor: Flavor,
+        flavor: bridge_config::Flavor,
     },
     /// Print the registration a bridge needs (the same the management API returns).
     ExportRegistration {
@@ -164,12 +164,6 @@ enum BridgeCommand {
         #[arg(short, long, value_name = "PATH")]
         output: Option<PathBuf>,
     },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Flavor {
-    MautrixGo,
-    MautrixPython,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -432,10 +426,6 @@ async fn bridge_command(config: Config, command: BridgeCommand) -> Result<ExitCo
             let registration = backend
                 .registration(&BridgeRef::name(&owner, &prefix)?)
                 .await?;
-            let flavor = match flavor {
-                Flavor::MautrixGo => bridge_config::Flavor::MautrixGo,
-                Flavor::MautrixPython => bridge_config::Flavor::MautrixPython,
-            };
             let block = bridge_config::render(flavor, &config, &owner, &prefix, &registration)
                 .map_err(anyhow::Error::msg)?;
             out.write_all(block.as_bytes())?;
