@@ -33,7 +33,11 @@ async fn protocol_3_transactions_are_acknowledged() {
     let frame = ws.next_json().await;
     assert_eq!(frame["command"], "transaction");
     assert_eq!(frame["status"], "ok");
-    assert_eq!(frame["txn_id"], "1");
+    let first_txn = frame["txn_id"].as_str().unwrap().to_owned();
+    assert_ne!(
+        first_txn, "1",
+        "the homeserver's txn id is not passed through"
+    );
     assert!(frame["id"].as_u64().is_some());
     // The event is passed on exactly as Synapse sent it.
     assert_eq!(
@@ -45,9 +49,56 @@ async fn protocol_3_transactions_are_acknowledged() {
     let sent = hs_transaction(&server, "2", &json!({"events": [message(1)]})).await;
     assert_eq!(sent.status, 200);
     let frame = ws.next_json().await;
-    assert_eq!(frame["txn_id"], "2");
+    assert_ne!(
+        frame["txn_id"],
+        first_txn.as_str(),
+        "a new delivery, a new id"
+    );
     assert_eq!(frame["events"][0]["event_id"], "$m1");
     ws.ack(&frame).await;
+}
+
+/// Synapse on SQLite restarts its txn ids at 1, and bridges drop any txn_id they have
+/// seen: every delivery needs an id of asmux's own, also after asmux restarts.
+#[tokio::test]
+async fn delivery_ids_are_never_reused_but_stable_for_a_resend() {
+    let (_hs, server, token) = setup().await;
+    let mut ws = WsBridge::connect(&server, &token, 3).await;
+    let mut seen = std::collections::HashSet::new();
+    let frame = ws.next_json().await;
+    seen.insert(frame["txn_id"].as_str().unwrap().to_owned());
+    ws.ack(&frame).await;
+    // The homeserver reuses id 1 for new events: a new delivery id.
+    hs_transaction(&server, "1", &json!({"events": [message(1)]})).await;
+    let frame = ws.next_json().await;
+    assert_eq!(frame["events"][0]["event_id"], "$m1");
+    assert!(seen.insert(frame["txn_id"].as_str().unwrap().to_owned()));
+    ws.ack(&frame).await;
+    wait_queue_empty(&server, "alice/whatsapp").await;
+
+    // A delivery not acknowledged before a restart comes back with the same id.
+    hs_transaction(&server, "2", &json!({"events": [message(2)]})).await;
+    let unacked = ws.next_json().await;
+    assert_eq!(unacked["events"][0]["event_id"], "$m2");
+    let unacked_id = unacked["txn_id"].as_str().unwrap().to_owned();
+    assert!(seen.insert(unacked_id.clone()));
+    ws.close().await;
+    let server = server.restart().await;
+    hs_transaction(&server, "1", &json!({"events": [message(3)]})).await;
+    let mut ws = WsBridge::connect(&server, &token, 3).await;
+    let resent = ws.next_json().await;
+    assert_eq!(resent["txn_id"], unacked_id.as_str());
+    assert_eq!(
+        event_ids(resent["events"].as_array().unwrap()),
+        ["$m2"],
+        "the resend carries exactly the first delivery's events"
+    );
+    ws.ack(&resent).await;
+    // What came after it is a new delivery, with an id never used before the restart.
+    let next = ws.next_json().await;
+    assert_eq!(event_ids(next["events"].as_array().unwrap()), ["$m3"]);
+    assert!(seen.insert(next["txn_id"].as_str().unwrap().to_owned()));
+    ws.ack(&next).await;
 }
 
 #[tokio::test]
@@ -55,11 +106,13 @@ async fn unacknowledged_transactions_are_resent_then_4002() {
     let (_hs, server, token) = setup().await;
     let mut ws = WsBridge::connect(&server, &token, 3).await;
     let mut ids = Vec::new();
+    let mut txn_ids = std::collections::HashSet::new();
     for _ in 0..7 {
         let frame = ws.next_json().await;
-        assert_eq!(frame["txn_id"], "1", "the same delivery is resent");
+        txn_ids.insert(frame["txn_id"].as_str().unwrap().to_owned());
         ids.push(frame["id"].as_u64().unwrap());
     }
+    assert_eq!(txn_ids.len(), 1, "the same delivery is resent: {txn_ids:?}");
     assert!(
         ids.windows(2).all(|w| w[0] < w[1]),
         "new request ids: {ids:?}"
@@ -77,7 +130,7 @@ async fn unacknowledged_transactions_are_resent_then_4002() {
     // Nothing was lost: the next connection gets the same transaction.
     let mut ws = WsBridge::connect(&server, &token, 3).await;
     let frame = ws.next_json().await;
-    assert_eq!(frame["txn_id"], "1");
+    assert!(txn_ids.contains(frame["txn_id"].as_str().unwrap()));
     ws.ack(&frame).await;
 }
 
@@ -85,7 +138,7 @@ async fn unacknowledged_transactions_are_resent_then_4002() {
 async fn a_new_connection_replaces_the_old_with_4001() {
     let (_hs, server, token) = setup().await;
     let mut first = WsBridge::connect(&server, &token, 3).await;
-    let _ = first.next_json().await;
+    let unacked = first.next_json().await;
     let mut second = WsBridge::connect(&server, &token, 3).await;
     match first.next_event(Duration::from_secs(5)).await {
         WsEvent::Closed(code, reason) => {
@@ -99,7 +152,7 @@ async fn a_new_connection_replaces_the_old_with_4001() {
     }
     // The unacknowledged transaction goes to the new connection.
     let frame = second.next_json().await;
-    assert_eq!(frame["txn_id"], "1");
+    assert_eq!(frame["txn_id"], unacked["txn_id"]);
     second.ack(&frame).await;
 }
 
@@ -162,7 +215,7 @@ async fn protocol_1_needs_no_acknowledgement() {
     );
     hs_transaction(&server, "2", &json!({"events": [message(1)]})).await;
     let frame = ws.next_json().await;
-    assert_eq!(frame["txn_id"], "2");
+    assert_eq!(frame["events"][0]["event_id"], "$m1");
 }
 
 #[tokio::test]
@@ -171,10 +224,14 @@ async fn protocol_2_drops_unacknowledged_transactions() {
     let mut ws = WsBridge::connect(&server, &token, 2).await;
     hs_transaction(&server, "2", &json!({"events": [message(1)]})).await;
     let first = ws.next_json().await;
-    assert_eq!(first["txn_id"], "1");
+    assert_eq!(
+        first["events"][0]["event_id"],
+        "$sPFURzEQxpd-wsRyYMTidqZP7r9yktO2RM_fQhuMlfY"
+    );
     // Not acknowledged: after the timeout the next one comes, the first is not resent.
     let next = ws.next_json().await;
-    assert_eq!(next["txn_id"], "2");
+    assert_eq!(event_ids(next["events"].as_array().unwrap()), ["$m1"]);
+    assert_ne!(next["txn_id"], first["txn_id"]);
     ws.ack(&next).await;
     assert!(matches!(
         ws.next_event(Duration::from_secs(1)).await,

@@ -21,8 +21,12 @@ use crate::http_client::HttpClient;
 use crate::matrix::Namespace;
 use crate::metrics::Metrics;
 use crate::reporting::Reporter;
+use crate::secret::lowercase_alphanumeric;
 use crate::store::{now_ms, Store};
 use hub::Hub;
+
+/// Characters of the random part of delivery txn_ids: 62 bits of entropy.
+const BOOT_ID_LEN: usize = 12;
 
 /// The close reason sent to every websocket when asmux stops.
 pub const SHUTDOWN_REASON: &str = r#"{"command":"disconnect","status":"server_shutting_down"}"#;
@@ -50,6 +54,10 @@ pub struct Delivery {
     /// Bridge -> unix ms of its last completed delivery.
     last_delivery: Mutex<HashMap<Uuid, u64>>,
     next_serial: AtomicU64,
+    /// Random per process: with `next_delivery`, it makes every delivery's txn_id one no
+    /// bridge has seen from asmux before, across restarts and restores.
+    boot_id: String,
+    next_delivery: AtomicU64,
     shutdown: watch::Sender<bool>,
 }
 
@@ -77,6 +85,8 @@ impl Delivery {
             workers: Mutex::default(),
             last_delivery: Mutex::default(),
             next_serial: AtomicU64::new(1),
+            boot_id: lowercase_alphanumeric(BOOT_ID_LEN).expose().to_owned(),
+            next_delivery: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
         })
     }
@@ -146,6 +156,14 @@ impl Delivery {
 
     pub fn next_serial(&self) -> u64 {
         self.next_serial.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A txn_id for a new delivery. Bridges drop a transaction whose id they have seen
+    /// (mautrix-go remembers its last 128, mautrix-python every one since it started), so
+    /// the homeserver's ids, which Synapse restarts at 1, are never passed through.
+    pub fn new_txn_id(&self) -> String {
+        let n = self.next_delivery.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{n}", self.boot_id)
     }
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {

@@ -1,6 +1,7 @@
 //! One task per bridge with queued work: takes up to [`MAX_BATCH`] queued
-//! sub-transactions, merges them, delivers them by push or websocket, and removes them
-//! only once acknowledged (or given up).
+//! sub-transactions, merges them into one delivery under a txn_id of asmux's own,
+//! delivers it by push or websocket, and removes the entries only once acknowledged (or
+//! given up). A resend carries the same entries under the same txn_id.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use super::http_push::{push, PushOutcome};
 use super::Delivery;
 use crate::matrix::{BridgeTransaction, EventMeta};
 use crate::metrics::bridge_labels;
-use crate::store::{now_ms, Bridge, QueuedEntry};
+use crate::store::{now_ms, Bridge, InFlight, QueuedEntry};
 
 /// Queued sub-transactions merged into one delivery at most.
 pub const MAX_BATCH: usize = 10;
@@ -41,6 +42,11 @@ struct AckState {
 pub async fn run(delivery: Arc<Delivery>, id: Uuid, wake: Arc<tokio::sync::Notify>) {
     let mut acks = AckState::default();
     let mut shutdown = delivery.shutdown_signal();
+    // A delivery an earlier run (or an earlier process) began and did not finish.
+    let mut in_flight = delivery.store.in_flight(id).unwrap_or_else(|e| {
+        tracing::error!(bridge = %id, error = %e, "cannot read the delivery in flight");
+        None
+    });
     loop {
         if *shutdown.borrow() {
             return;
@@ -55,7 +61,18 @@ pub async fn run(delivery: Arc<Delivery>, id: Uuid, wake: Arc<tokio::sync::Notif
                     return Some(Outcome::Wait);
                 }
             };
-            let batch = match delivery.store.queue_batch(id, MAX_BATCH) {
+            // A delivery begins only when it can be attempted, so that the entries
+            // queued meanwhile still join it.
+            let reachable = if bridge.push {
+                !bridge.address.is_empty()
+            } else {
+                delivery.hub.get(id).is_some()
+            };
+            if !reachable {
+                return Some(Outcome::Wait);
+            }
+            let through = in_flight.as_ref().map(|f| f.last_sequence);
+            let batch = match delivery.store.queue_batch(id, MAX_BATCH, through) {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(bridge = %bridge.name(), error = %e, "cannot read queue");
@@ -63,10 +80,29 @@ pub async fn run(delivery: Arc<Delivery>, id: Uuid, wake: Arc<tokio::sync::Notif
                     return Some(Outcome::Wait);
                 }
             };
-            if batch.is_empty() {
-                return Some(Outcome::Wait);
-            }
-            let txn = merge(&delivery, &bridge, &batch);
+            let Some(last) = batch.last() else {
+                // Nothing left of a recorded delivery: it was acknowledged.
+                return Some(if in_flight.take().is_some() {
+                    Outcome::Delivered
+                } else {
+                    Outcome::Wait
+                });
+            };
+            let txn_id = match &in_flight {
+                Some(f) => f.txn_id.clone(),
+                None => {
+                    let f = InFlight {
+                        txn_id: delivery.new_txn_id(),
+                        last_sequence: last.sequence(),
+                    };
+                    if let Err(e) = delivery.store.set_in_flight(id, &f) {
+                        tracing::warn!(bridge = %bridge.name(), error = %e, "cannot record the delivery in flight");
+                    }
+                    in_flight.insert(f).txn_id.clone()
+                }
+            };
+            let mut txn = merge(&delivery, &bridge, &batch);
+            txn.txn_id = txn_id;
             let outcome = if txn.is_empty() {
                 Outcome::Delivered
             } else if bridge.push {
@@ -80,6 +116,7 @@ pub async fn run(delivery: Arc<Delivery>, id: Uuid, wake: Arc<tokio::sync::Notif
             if let Err(e) = delivery.store.remove_queued(&batch) {
                 tracing::error!(bridge = %bridge.name(), error = %e, "cannot remove delivered entries");
             }
+            in_flight = None;
             let events = txn.events.len() as u64;
             let counter = match outcome {
                 Outcome::Delivered => &delivery.metrics.successful_events,
@@ -141,9 +178,6 @@ fn merge(delivery: &Delivery, bridge: &Bridge, batch: &[QueuedEntry]) -> BridgeT
 }
 
 async fn deliver_push(delivery: &Delivery, bridge: &Bridge, txn: &BridgeTransaction) -> Outcome {
-    if bridge.address.is_empty() {
-        return Outcome::Wait;
-    }
     match push(&delivery.client, bridge, txn, delivery.push_retry_delay).await {
         PushOutcome::Delivered => Outcome::Delivered,
         PushOutcome::GaveUp(error) => {

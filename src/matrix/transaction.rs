@@ -159,15 +159,10 @@ impl BridgeTransaction {
             && self.device_unused_fallback_key_types.is_empty()
     }
 
-    /// Appends `next` after `self`: ids joined with `,`, lists concatenated, device lists
-    /// unioned, key counts replaced by the newer ones.
+    /// Appends `next` after `self`: lists concatenated, device lists unioned, key counts
+    /// replaced by the newer ones. The txn_id stays `self`'s: a merged delivery gets its
+    /// own.
     pub fn merge(&mut self, next: BridgeTransaction) {
-        if self.txn_id.is_empty() {
-            self.txn_id = next.txn_id;
-        } else {
-            self.txn_id.push(',');
-            self.txn_id.push_str(&next.txn_id);
-        }
         self.events.extend(next.events);
         self.ephemeral.extend(next.ephemeral);
         self.to_device.extend(next.to_device);
@@ -251,12 +246,15 @@ mod tests {
             r#"{"txn_id":"2","events":[{"n":2}],"to_device":[{"t":1}],"device_lists":{"changed":["@a:x","@b:x"],"left":["@c:x"]},"device_one_time_keys_count":{"@g:x":{"D":{"c":2}}}}"#,
         )
         .unwrap();
-        let mut merged = BridgeTransaction::default();
+        let mut merged = BridgeTransaction {
+            txn_id: "d1".into(),
+            ..Default::default()
+        };
         merged.merge(a);
         merged.merge(b);
         assert_eq!(
             String::from_utf8(merged.to_json()).unwrap(),
-            r#"{"txn_id":"1,2","events":[{"n":1},{"n":2}],"to_device":[{"t":1}],"device_lists":{"changed":["@a:x","@b:x"],"left":["@c:x"]},"device_one_time_keys_count":{"@g:x":{"D":{"c":2}}}}"#
+            r#"{"txn_id":"d1","events":[{"n":1},{"n":2}],"to_device":[{"t":1}],"device_lists":{"changed":["@a:x","@b:x"],"left":["@c:x"]},"device_one_time_keys_count":{"@g:x":{"D":{"c":2}}}}"#
         );
         let empty = BridgeTransaction {
             txn_id: "3".into(),

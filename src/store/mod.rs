@@ -27,7 +27,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use uuid::Uuid;
 
 pub use bridges::{Bridge, ConfigPassword, PushKey};
-pub use queue::{now_ms, QueuedEntry, TransactionCommit, TxnRecord};
+pub use queue::{now_ms, InFlight, QueuedEntry, TransactionCommit, TxnRecord};
 pub use rooms::Room;
 pub use users::User;
 
@@ -73,6 +73,9 @@ pub struct Store {
     txnid_record: sled::Tree,
     txnage_txnid: sled::Tree,
     bridgeid_status: sled::Tree,
+    bridgeid_inflight: sled::Tree,
+    /// The sequence number of the next queue entry (see [`queue`]).
+    next_sequence: AtomicU64,
     /// Held by every write and every cache fill, so a fill can never put a value into a
     /// cache after a newer write invalidated it. Both are rare next to cache hits.
     lock: Mutex<()>,
@@ -108,17 +111,20 @@ impl Store {
                 other => StoreError::Sled(other),
             })?;
         restrict_files(dir)?;
+        let queue = db.open_tree("queue")?;
         let store = Store {
+            next_sequence: AtomicU64::new(Store::first_free_sequence(&queue)?),
             userid_user: db.open_tree("userid_user")?,
             apitoken_userid: db.open_tree("apitoken_userid")?,
             bridgeid_bridge: db.open_tree("bridgeid_bridge")?,
             ownerprefix_bridgeid: db.open_tree("ownerprefix_bridgeid")?,
             roomid_room: db.open_tree("roomid_room")?,
             bridgeid_roomid: db.open_tree("bridgeid_roomid")?,
-            queue: db.open_tree("queue")?,
+            queue,
             txnid_record: db.open_tree("txnid_record")?,
             txnage_txnid: db.open_tree("txnage_txnid")?,
             bridgeid_status: db.open_tree("bridgeid_status")?,
+            bridgeid_inflight: db.open_tree("bridgeid_inflight")?,
             db,
             lock: Mutex::new(()),
             flush_tickets: AtomicU64::new(0),

@@ -6,7 +6,13 @@
 //! - `txnid_record`: homeserver txn ID -> [`TxnRecord`]
 //! - `txnage_txnid`: processed-at unix ms (u64 BE) ++ txn ID -> empty (oldest first)
 //! - `bridgeid_status`: bridge UUID -> the bridge's last `bridge_status` (JSON)
+//! - `bridgeid_inflight`: bridge UUID -> [`InFlight`], the delivery being attempted
+//!
+//! Sequence numbers come from [`Store`]'s own counter, which starts above the highest
+//! queued sequence at every open: sled's `generate_id` restarts at zero in a restored
+//! database, which would put new entries in front of (or over) restored ones.
 
+use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +30,15 @@ pub struct TxnRecord {
     pub event_ids: Vec<String>,
 }
 
+/// The delivery a bridge's worker is attempting: its txn_id and the last queue entry in
+/// it. Kept so that a resend, also after a restart, carries the same entries under the
+/// same txn_id, which the bridge's own deduplication then absorbs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub txn_id: String,
+    pub last_sequence: u64,
+}
+
 /// One queued sub-transaction.
 #[derive(Debug, Clone)]
 pub struct QueuedEntry {
@@ -35,8 +50,16 @@ pub struct QueuedEntry {
 
 impl QueuedEntry {
     pub fn sequence(&self) -> u64 {
-        u64::from_be_bytes(self.key[16..24].try_into().unwrap_or_default())
+        sequence_of(&self.key)
     }
+}
+
+/// The sequence number in a queue key (checked to be 24 bytes long when read).
+fn sequence_of(key: &[u8]) -> u64 {
+    key.get(16..24)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or_default()
 }
 
 /// Everything one homeserver transaction changes, written atomically.
@@ -95,7 +118,7 @@ impl Store {
                         add_owner(rooms, bridge_rooms, room_id, *bridge)?;
                     }
                     for (bridge, body) in &commit.entries {
-                        let seq = queue.generate_id()?;
+                        let seq = self.next_sequence.fetch_add(1, Ordering::SeqCst);
                         let value = [now.to_be_bytes().as_slice(), body].concat();
                         queue.insert(&queue_key(*bridge, seq), value)?;
                     }
@@ -112,16 +135,50 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `max` of the oldest entries of `bridge`'s queue, left in place.
-    pub fn queue_batch(&self, bridge: Uuid, max: usize) -> Result<Vec<QueuedEntry>, StoreError> {
+    /// Up to `max` of the oldest entries of `bridge`'s queue, left in place; only those up
+    /// to sequence `through` when given.
+    pub fn queue_batch(
+        &self,
+        bridge: Uuid,
+        max: usize,
+        through: Option<u64>,
+    ) -> Result<Vec<QueuedEntry>, StoreError> {
+        let end = queue_key(bridge, through.unwrap_or(u64::MAX));
         self.queue
-            .scan_prefix(bridge.as_bytes())
+            .range(queue_key(bridge, 0)..=end)
             .take(max)
             .map(|item| {
                 let (key, value) = item?;
                 entry(key, value)
             })
             .collect()
+    }
+
+    /// The delivery `bridge`'s worker was attempting, if it recorded one.
+    pub fn in_flight(&self, bridge: Uuid) -> Result<Option<InFlight>, StoreError> {
+        self.bridgeid_inflight
+            .get(bridge.as_bytes())?
+            .map(|v| decode("bridgeid_inflight", &v))
+            .transpose()
+    }
+
+    /// Records the delivery `bridge`'s worker is about to attempt. Made durable by the
+    /// next flush: a crash before it only costs the bridge a duplicate.
+    pub fn set_in_flight(&self, bridge: Uuid, in_flight: &InFlight) -> Result<(), StoreError> {
+        self.bridgeid_inflight
+            .insert(bridge.as_bytes(), encode(in_flight))?;
+        Ok(())
+    }
+
+    /// One more than the highest queued sequence number.
+    pub(super) fn first_free_sequence(queue: &sled::Tree) -> Result<u64, StoreError> {
+        let mut next = 0;
+        for bridge in queued_bridges(queue)? {
+            if let Some(key) = queue.scan_prefix(bridge.as_bytes()).keys().next_back() {
+                next = next.max(sequence_of(&key?).saturating_add(1));
+            }
+        }
+        Ok(next)
     }
 
     /// Removes delivered (or given up) entries.
@@ -150,23 +207,17 @@ impl Store {
 
     /// Every bridge with a non-empty queue.
     pub fn queued_bridges(&self) -> Result<Vec<Uuid>, StoreError> {
-        let mut out = Vec::new();
-        let mut next = self.queue.first()?;
-        while let Some((key, _)) = next {
-            let id = Uuid::from_slice(&key[..16]).map_err(|_| corrupt_queue())?;
-            out.push(id);
-            next = self.queue.get_gt(queue_key(id, u64::MAX))?;
-        }
-        Ok(out)
+        queued_bridges(&self.queue)
     }
 
-    /// Drops every queue entry of `bridge`.
+    /// Drops every queue entry of `bridge` and its delivery in flight.
     pub fn clear_queue(&self, bridge: Uuid) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for key in self.queue.scan_prefix(bridge.as_bytes()).keys() {
             batch.remove(key?);
         }
         self.queue.apply_batch(batch)?;
+        self.bridgeid_inflight.remove(bridge.as_bytes())?;
         Ok(())
     }
 
@@ -222,6 +273,20 @@ impl Store {
     pub fn bridge_status(&self, bridge: Uuid) -> Result<Option<IVec>, StoreError> {
         Ok(self.bridgeid_status.get(bridge.as_bytes())?)
     }
+}
+
+fn queued_bridges(queue: &sled::Tree) -> Result<Vec<Uuid>, StoreError> {
+    let mut out = Vec::new();
+    let mut next = queue.first()?;
+    while let Some((key, _)) = next {
+        let id = key
+            .get(..16)
+            .and_then(|id| Uuid::from_slice(id).ok())
+            .ok_or_else(corrupt_queue)?;
+        out.push(id);
+        next = queue.get_gt(queue_key(id, u64::MAX))?;
+    }
+    Ok(out)
 }
 
 fn record_transaction(
@@ -287,7 +352,14 @@ mod tests {
             }
         }
         let store = Store::open_when_free(tmp.path(), std::time::Duration::from_secs(5)).unwrap();
-        let batch = store.queue_batch(a, 3).unwrap();
+        let batch = store.queue_batch(a, 3, None).unwrap();
+        assert_eq!(
+            store
+                .queue_batch(a, 10, Some(batch[1].sequence()))
+                .unwrap()
+                .len(),
+            2
+        );
         let bodies: Vec<&[u8]> = batch.iter().map(|e| e.body.as_ref()).collect();
         assert_eq!(bodies, [b"a0".as_slice(), b"a1", b"a2"]);
         assert!(batch.windows(2).all(|w| w[0].sequence() < w[1].sequence()));
@@ -309,6 +381,48 @@ mod tests {
         assert_eq!(store.queued_bridges().unwrap(), vec![a]);
         assert_eq!(store.trim_queues(u64::MAX).unwrap(), 2);
         assert!(store.queued_bridges().unwrap().is_empty());
+    }
+
+    #[test]
+    fn sequences_continue_above_what_is_queued() {
+        // A restored database holds entries with high sequence numbers, while sled's own
+        // id generator starts again at zero: new entries must still go behind them.
+        let tmp = tempfile::tempdir().unwrap();
+        let bridge = Uuid::new_v4();
+        {
+            let db = sled::open(tmp.path()).unwrap();
+            let queue = db.open_tree("queue").unwrap();
+            let value = [0u64.to_be_bytes().as_slice(), b"restored"].concat();
+            queue.insert(queue_key(bridge, 1000), value).unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(tmp.path()).unwrap();
+        let commit = TransactionCommit {
+            txn_id: "1",
+            entries: vec![(bridge, b"new".to_vec())],
+            ..Default::default()
+        };
+        store.commit_transaction(&commit).unwrap();
+        let batch = store.queue_batch(bridge, 10, None).unwrap();
+        let bodies: Vec<&[u8]> = batch.iter().map(|e| e.body.as_ref()).collect();
+        assert_eq!(bodies, [b"restored".as_slice(), b"new"]);
+        assert_eq!(batch[1].sequence(), 1001);
+    }
+
+    #[test]
+    fn the_delivery_in_flight_is_kept_until_the_queue_is_cleared() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let bridge = Uuid::new_v4();
+        assert_eq!(store.in_flight(bridge).unwrap(), None);
+        let in_flight = InFlight {
+            txn_id: "abc.1".into(),
+            last_sequence: 7,
+        };
+        store.set_in_flight(bridge, &in_flight).unwrap();
+        assert_eq!(store.in_flight(bridge).unwrap(), Some(in_flight));
+        store.clear_queue(bridge).unwrap();
+        assert_eq!(store.in_flight(bridge).unwrap(), None);
     }
 
     #[test]
