@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use data_encoding::BASE64;
+use data_encoding::BASE64_NOPAD;
 use percent_encoding::utf8_percent_encode;
 use serde_json::{json, Value};
 
@@ -87,27 +87,45 @@ pub async fn global_state(delivery: &Delivery, bridge: &Bridge) -> Value {
             Err(_) => unreachable("http-connection-error"),
         };
     }
-    let Some(conn) = delivery.hub.get(bridge.id) else {
+    // Websocket bridges are never sent `ping`: mautrix-go has no handler for it, and its
+    // fallback for unknown commands crashes the bridge. Its appservice router answers the
+    // MSC2659 ping through `http_proxy`; its state is the last `bridge_status` it sent.
+    if delivery.hub.get(bridge.id).is_none() {
         return unreachable("websocket-not-connected");
-    };
-    match conn.request("ping", &json!({}), PING_TIMEOUT).await {
-        Ok(data) => interpret_state(&owner_id, data),
-        Err(RequestError::Refused(data)) if data["code"] == "UnknownCommand" => {
-            // An older bridge: its last reported state is the best there is.
-            let stored = delivery
-                .store
-                .bridge_status(bridge.id)
-                .ok()
-                .flatten()
-                .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok());
-            match stored {
-                Some(state) => json!({"remoteState": null, "bridgeState": state}),
-                None => running(),
-            }
-        }
-        Err(RequestError::Timeout) => unreachable("io-timeout"),
-        Err(_) => unreachable("websocket-fatal-error"),
     }
+    let ping = json!({ "transaction_id": format!("asmux-{}", now_ms()) });
+    match proxy_to_websocket(
+        delivery,
+        bridge,
+        "POST",
+        "/_matrix/app/v1/ping",
+        Some(&ping),
+        PING_TIMEOUT,
+    )
+    .await
+    {
+        // Any answer, an error or a refusal included, shows the bridge is alive.
+        Ok(_) | Err(RequestError::Refused(_)) => match last_state(delivery, bridge) {
+            Some(state) if state.get("remote_id").and_then(Value::as_str).is_some() => {
+                let remote_id = state["remote_id"].as_str().unwrap_or_default().to_owned();
+                json!({"remoteState": { remote_id: state }, "bridgeState": asmux_state(&owner_id, "RUNNING", None)})
+            }
+            Some(state) => json!({"remoteState": null, "bridgeState": state}),
+            None => running(),
+        },
+        Err(RequestError::Timeout) => unreachable("io-timeout"),
+        Err(RequestError::Closed) => unreachable("websocket-fatal-error"),
+    }
+}
+
+/// The last `bridge_status` the bridge sent, if any.
+fn last_state(delivery: &Delivery, bridge: &Bridge) -> Option<Value> {
+    delivery
+        .store
+        .bridge_status(bridge.id)
+        .ok()
+        .flatten()
+        .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
 }
 
 /// Reads a bridge's answer to a state ping: a GlobalBridgeState, or the legacy
@@ -190,18 +208,90 @@ pub async fn msc2659_ping(
     }
 }
 
-/// MSC2659 round trip over a websocket bridge's socket: the time in ms.
-pub async fn websocket_ping(delivery: &Delivery, bridge: &Bridge) -> Result<u64, RequestError> {
-    let conn = delivery.hub.get(bridge.id).ok_or(RequestError::Closed)?;
+/// MSC2659 ping of a websocket bridge with `transaction_id`, through `http_proxy` to its
+/// appservice router: the round trip in ms.
+pub async fn websocket_ping(
+    delivery: &Delivery,
+    bridge: &Bridge,
+    transaction_id: &str,
+) -> Result<u64, PingFailure> {
     let started = std::time::Instant::now();
-    match conn.request("ping", &json!({}), PING_TIMEOUT).await {
-        // Any answer, even "unknown command", proves the round trip.
-        Ok(_) | Err(RequestError::Refused(_)) => Ok(started.elapsed().as_millis() as u64),
-        Err(e) => Err(e),
+    let body = json!({ "transaction_id": transaction_id });
+    match proxy_to_websocket(
+        delivery,
+        bridge,
+        "POST",
+        "/_matrix/app/v1/ping",
+        Some(&body),
+        PING_TIMEOUT,
+    )
+    .await
+    {
+        Ok((status, _)) if (200..300).contains(&status) => Ok(started.elapsed().as_millis() as u64),
+        Ok((status, body)) => Err(PingFailure::Status(status, body.to_string().into())),
+        Err(RequestError::Timeout) => Err(PingFailure::Timeout),
+        Err(RequestError::Refused(data)) => Err(PingFailure::Status(502, data.to_string().into())),
+        Err(RequestError::Closed) => Err(PingFailure::Connect),
     }
 }
 
-/// Mxauth `POST .../exec/{command}`: runs a command on a websocket bridge.
+/// Sends `method path` to a websocket bridge's appservice router as `http_proxy`, the way
+/// mautrix-go serves it: `path` percent-encoded (so IDs with `/` survive) and marked
+/// `escaped_path`, headers as lists under their canonical names, the hs_token as the
+/// homeserver would send it. Answers the status and the body (JSON, or the JSON inside
+/// the base64 that mautrix-go sends for other bodies; `{}` when neither).
+async fn proxy_to_websocket(
+    delivery: &Delivery,
+    bridge: &Bridge,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<(u16, Value), RequestError> {
+    let conn = delivery.hub.get(bridge.id).ok_or(RequestError::Closed)?;
+    let request = json!({
+        "method": method,
+        "path": path,
+        "escaped_path": true,
+        "query": "",
+        "headers": {
+            "Authorization": [format!("Bearer {}", bridge.hs_token.expose())],
+            "Content-Type": ["application/json"],
+        },
+        "body": body,
+    });
+    let answer = conn.request("http_proxy", &request, timeout).await?;
+    let status = answer
+        .get("status")
+        .and_then(Value::as_u64)
+        .and_then(|s| u16::try_from(s).ok())
+        .unwrap_or(502);
+    let body = match answer.get("body") {
+        Some(Value::String(b64)) => BASE64_NOPAD
+            .decode(b64.trim_end_matches('=').as_bytes())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| json!({})),
+        Some(body) if body.is_object() => body.clone(),
+        _ => json!({}),
+    };
+    Ok((status, body))
+}
+
+/// Commands of the websocket protocol itself, which exec never sends. `ping` is one:
+/// mautrix-go bridges have no handler for it.
+const PROTOCOL_COMMANDS: &[&str] = &[
+    "transaction",
+    "response",
+    "error",
+    "connect",
+    "disconnect",
+    "ping",
+];
+
+/// Mxauth `POST .../exec/{command}`: runs a command on a websocket bridge. The bridge must
+/// have a handler for it: mautrix-go's fallback for unknown commands crashes the bridge
+/// (its library only handles transactions and `http_proxy` itself).
 pub async fn exec(
     delivery: &Delivery,
     bridge: &Bridge,
@@ -220,6 +310,11 @@ pub async fn exec(
             message: "Exec is only supported for websocket bridges".into(),
         });
     }
+    if PROTOCOL_COMMANDS.contains(&command) {
+        return Err(Error::BadRequest(
+            format!("{command} is part of the websocket protocol, not a bridge command").into(),
+        ));
+    }
     let conn = delivery
         .hub
         .get(bridge.id)
@@ -232,8 +327,8 @@ pub async fn exec(
     }
 }
 
-/// A homeserver user or alias query, answered by the bridge owning the namespace:
-/// `(status, JSON body)`, or `None` when no bridge could answer.
+/// A homeserver user or alias query, answered by the bridge owning the namespace: its
+/// 200 and body, or `None` for anything else (the homeserver then gets 404 `{}`).
 pub async fn query(delivery: &Delivery, query: Query<'_>) -> Option<(u16, Value)> {
     let (sigil, id, kind) = match query {
         Query::User(id) => ('@', id, "users"),
@@ -262,30 +357,17 @@ pub async fn query(delivery: &Delivery, query: Query<'_>) -> Option<(u16, Value)
             QUERY_TIMEOUT,
         )
         .await
-        .ok()?;
+        .ok()
+        .filter(|(status, _)| *status == 200)?;
         return Some((
             status,
             serde_json::from_slice(&body).unwrap_or_else(|_| json!({})),
         ));
     }
-    let conn = delivery.hub.get(bridge.id)?;
-    let request = json!({"method": "GET", "path": path, "query": "", "headers": {}, "body": null});
-    let answer = conn
-        .request("http_proxy", &request, QUERY_TIMEOUT)
+    proxy_to_websocket(delivery, &bridge, "GET", &path, None, QUERY_TIMEOUT)
         .await
-        .ok()?;
-    let status = answer.get("status").and_then(Value::as_u64).unwrap_or(502) as u16;
-    let body = match answer.get("body") {
-        // Non-JSON bodies come base64-encoded.
-        Some(Value::String(b64)) => BASE64
-            .decode(b64.as_bytes())
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_else(|| json!({})),
-        Some(body) if body.is_object() => body.clone(),
-        _ => json!({}),
-    };
-    Some((status, body))
+        .ok()
+        .filter(|(status, _)| *status == 200)
 }
 
 /// `GET /appservice/.../status`: what asmux knows of the bridge's delivery.

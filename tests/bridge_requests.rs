@@ -1,10 +1,13 @@
 //! Requests asmux makes of bridges: state pings, exec commands, homeserver queries.
 
 mod common;
+#[path = "e2e/mautrix_go_client.rs"]
+mod mautrix_go_client;
 
 use std::time::Duration;
 
 use common::*;
+use mautrix_go_client::GoBridge;
 use serde_json::{json, Value};
 
 const STATE: &str = "/_matrix/app/com.beeper.bridge_state";
@@ -103,32 +106,70 @@ async fn websocket_bridge_states_and_exec() {
     let offline = send("POST", &exec_url, Some("alice-token"), Some("{}")).await;
     offline.assert_error(503, "FI.MAU.WEBSOCKET_SEND_FAIL");
 
-    let mut ws = WsBridge::connect(&server, token, 3).await;
-    let pinging = tokio::spawn({
-        let url = server.url("/_matrix/asmux/appservice/alice/whatsapp/ping");
-        async move { send("POST", &url, Some(SHARED_SECRET), None).await }
-    });
-    let request = ws.next_json().await;
-    assert_eq!(request["command"], "ping");
-    let global =
-        json!({"remoteState": {}, "bridgeState": {"state_event": "CONNECTED", "source": "bridge"}});
-    ws.send_json(&json!({"command": "response", "id": request["id"], "data": global}))
-        .await;
-    assert_eq!(pinging.await.unwrap().body, global);
-
-    // A bridge that does not know `ping`: its last reported state.
-    ws.send_json(&json!({"command": "bridge_status", "data": {"state_event": "TRANSIENT_DISCONNECT", "source": "bridge"}})).await;
-    let pinging = tokio::spawn({
-        let url = server.url("/_matrix/asmux/appservice/alice/whatsapp/ping");
-        async move { send("POST", &url, Some(SHARED_SECRET), None).await }
-    });
-    let request = ws.next_json().await;
-    ws.send_json(&json!({"command": "error", "id": request["id"], "data": {"code": "UnknownCommand", "message": "?"}})).await;
-    assert_eq!(
-        pinging.await.unwrap().body["bridgeState"]["state_event"],
-        "TRANSIENT_DISCONNECT"
+    // A bridge built on mautrix-go: the ping reaches its appservice router through
+    // http_proxy, never as a `ping` command (which would crash it), and reports the
+    // state it last sent.
+    let mut go = GoBridge::start(
+        server.addr,
+        token,
+        reg["hs_token"].as_str().unwrap(),
+        Duration::from_secs(3600),
     );
+    go.connected(1).await;
+    let state = ping(&server, "alice/whatsapp").await;
+    go.assert_alive();
+    assert_eq!(state["bridgeState"]["state_event"], "RUNNING", "{state}");
+    assert_eq!(state["bridgeState"]["source"], "asmux");
+    assert_eq!(
+        go.state.proxied.lock().unwrap().as_slice(),
+        [("POST".to_owned(), "/_matrix/app/v1/ping".to_owned(), 200)],
+        "the ping went through the router with the hs_token"
+    );
+    go.send_bridge_status(
+        json!({"state_event": "TRANSIENT_DISCONNECT", "source": "bridge", "ttl": 240}),
+    );
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        state = ping(&server, "alice/whatsapp").await;
+        if state["bridgeState"]["state_event"] == "TRANSIENT_DISCONNECT" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        state["bridgeState"]["state_event"], "TRANSIENT_DISCONNECT",
+        "{state}"
+    );
+    assert_eq!(state["remoteState"], Value::Null);
+    // A remote (login) state is reported under its remote_id.
+    go.send_bridge_status(
+        json!({"state_event": "CONNECTED", "source": "bridge", "remote_id": "4915", "ttl": 240}),
+    );
+    for _ in 0..100 {
+        state = ping(&server, "alice/whatsapp").await;
+        if !state["remoteState"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        state["remoteState"]["4915"]["state_event"], "CONNECTED",
+        "{state}"
+    );
+    assert_eq!(state["bridgeState"]["state_event"], "RUNNING");
+    // Its transactions keep flowing between pings.
+    let invite = json!({"events": [{"type": "m.room.member", "room_id": "!r", "event_id": "$invite",
+        "sender": "@alice:example.test", "state_key": "@_alice_whatsapp_bot:example.test",
+        "content": {"membership": "invite"}}]});
+    assert_eq!(hs_transaction(&server, "1", &invite).await.status, 200);
+    go.wait_for("the invite", |e| e["event_id"] == "$invite")
+        .await;
+    ping(&server, "alice/whatsapp").await;
+    go.assert_alive();
+    drop(go);
 
+    // A bridge with handlers of its own for exec commands.
+    let mut ws = WsBridge::connect(&server, token, 3).await;
     // Exec goes over the socket; the bridge's answer or error comes back.
     for (answer, status) in [("response", 200), ("error", 400)] {
         let execing = tokio::spawn({
@@ -152,6 +193,11 @@ async fn websocket_bridge_states_and_exec() {
         assert_eq!(reply.status, status);
         assert_eq!(reply.body, json!({"done": answer}));
     }
+    // Commands of the protocol itself are never sent.
+    let ping_exec = server.url("/_matrix/asmux/mxauth/appservice/alice/whatsapp/exec/ping");
+    send("POST", &ping_exec, Some("alice-token"), Some("{}"))
+        .await
+        .assert_error(400, "M_BAD_REQUEST");
     // Exec needs a Matrix token, not the shared secret.
     send("POST", &exec_url, Some(SHARED_SECRET), Some("{}"))
         .await
@@ -217,24 +263,55 @@ async fn homeserver_queries_reach_the_owning_bridge() {
         .await
         .assert_error(401, "M_UNKNOWN_TOKEN");
 
-    // A websocket bridge answers through http_proxy.
-    let mut ws = WsBridge::connect(&server, ws_reg["as_token"].as_str().unwrap(), 3).await;
-    let alias_url = server.url("/_matrix/app/v1/rooms/%23_alice_whatsapp_group%3Aexample.test");
-    let querying = tokio::spawn(async move { send("GET", &alias_url, Some(HS_TOKEN), None).await });
-    let request = ws.next_json().await;
-    assert_eq!(request["command"], "http_proxy");
-    assert_eq!(request["data"]["method"], "GET");
-    assert_eq!(
-        request["data"]["path"],
-        "/_matrix/app/v1/rooms/%23_alice_whatsapp_group%3Aexample.test"
+    // A websocket bridge answers through http_proxy, as mautrix-go's router does: the
+    // hs_token in the headers, the path escaped (an alias may hold a `/`).
+    let go = GoBridge::start(
+        server.addr,
+        ws_reg["as_token"].as_str().unwrap(),
+        ws_reg["hs_token"].as_str().unwrap(),
+        Duration::from_secs(3600),
     );
-    ws.send_json(&json!({"command": "response", "id": request["id"], "data": {"status": 200, "headers": {}, "body": {}}})).await;
-    let reply = querying.await.unwrap();
-    assert_eq!((reply.status, reply.body), (200, json!({})));
-    assert!(matches!(
-        ws.next_event(Duration::from_millis(200)).await,
-        WsEvent::Timeout
-    ));
+    go.connected(1).await;
+    go.know("#_alice_whatsapp_a/b:example.test");
+    go.know("@_alice_whatsapp_4915:example.test");
+    for (path, status) in [
+        ("rooms/%23_alice_whatsapp_a%2Fb%3Aexample.test", 200),
+        ("users/%40_alice_whatsapp_4915%3Aexample.test", 200),
+        // The bridge's 404 (and any other failure) is the homeserver's 404 {}.
+        ("rooms/%23_alice_whatsapp_unknown%3Aexample.test", 404),
+        ("users/%40_alice_whatsapp_1%3Aexample.test", 404),
+    ] {
+        let url = server.url(&format!("/_matrix/app/v1/{path}"));
+        let reply = send("GET", &url, Some(HS_TOKEN), None).await;
+        assert_eq!(
+            (reply.status, reply.body.clone()),
+            (status, json!({})),
+            "{path}"
+        );
+    }
+    let proxied = go.state.proxied.lock().unwrap().clone();
+    assert_eq!(
+        proxied
+            .iter()
+            .map(|(_, path, status)| (path.as_str(), *status))
+            .collect::<Vec<_>>(),
+        [
+            (
+                "/_matrix/app/v1/rooms/#_alice_whatsapp_a/b:example.test",
+                200
+            ),
+            (
+                "/_matrix/app/v1/users/@_alice_whatsapp_4915:example.test",
+                200
+            ),
+            (
+                "/_matrix/app/v1/rooms/#_alice_whatsapp_unknown:example.test",
+                404
+            ),
+            ("/_matrix/app/v1/users/@_alice_whatsapp_1:example.test", 404),
+        ]
+    );
+    go.assert_alive();
 }
 
 #[tokio::test]

@@ -437,7 +437,7 @@ async fn a_real_user_and_a_websocket_bridge_talk_through_asmux() {
     .await;
     masquerade.assert_error(403, "M_FORBIDDEN");
 
-    // The bridge's MSC2659 ping is a round trip over its own socket.
+    // The bridge's MSC2659 ping reaches its appservice router over its own socket.
     let ping_url = format!("{asmux}/_matrix/client/v1/appservice/{id}/ping");
     let pinging = tokio::spawn({
         let token = token.clone();
@@ -453,8 +453,11 @@ async fn a_real_user_and_a_websocket_bridge_talk_through_asmux() {
     });
     loop {
         let frame = ws.next_json().await;
-        if frame["command"] == "ping" {
-            ws.send_json(&json!({"command": "response", "id": frame["id"], "data": {}}))
+        if frame["command"] == "http_proxy" {
+            assert_eq!(frame["data"]["path"], "/_matrix/app/v1/ping");
+            assert_eq!(frame["data"]["body"]["transaction_id"], "e2e");
+            let answer = json!({"status": 200, "headers": {}, "body": {}});
+            ws.send_json(&json!({"command": "response", "id": frame["id"], "data": answer}))
                 .await;
             break;
         }
@@ -809,9 +812,10 @@ async fn a_mautrix_go_style_bridge_pings_and_reconnects_by_itself() {
     let alice = real_user(&hs, "alice").await;
     let reg = cli_create_websocket_bridge(&config, "alice", "telegram");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{asmux_port}").parse().unwrap();
-    let mut bridge = mautrix_go_client::GoClient::start(
+    let mut bridge = mautrix_go_client::GoBridge::start(
         addr,
         reg["as_token"].as_str().unwrap(),
+        reg["hs_token"].as_str().unwrap(),
         Duration::from_millis(300),
     );
 
@@ -840,7 +844,61 @@ async fn a_mautrix_go_style_bridge_pings_and_reconnects_by_itself() {
     )
     .await;
     assert_eq!(joined.status, 200, "{}", joined.text);
-    let counters = bridge.counters.clone();
+    bridge.connected(1).await;
+    // Synapse asks asmux about an alias in the bridge's namespace; asmux asks the bridge's
+    // router through http_proxy.
+    let alias = "#_alice_telegram_chat/1:example.test";
+    bridge.know(alias);
+    let looked_up = send(
+        "GET",
+        &format!(
+            "{hs}/_matrix/client/v3/directory/room/%23_alice_telegram_chat%2F1%3Aexample.test"
+        ),
+        Some(&alice),
+        None,
+    )
+    .await;
+    // The bridge said it exists but created nothing, so Synapse still has no such alias.
+    assert_eq!(looked_up.status, 404, "{}", looked_up.text);
+    assert!(
+        bridge.state.proxied.lock().unwrap().contains(&(
+            "GET".to_owned(),
+            format!("/_matrix/app/v1/rooms/{alias}"),
+            200
+        )),
+        "Synapse's alias query reached the bridge's router: {:?}",
+        bridge.state.proxied.lock().unwrap()
+    );
+    // The management ping (what `status` tools use) reaches it through http_proxy and
+    // reports the state it sent last; a `ping` command would have crashed it.
+    bridge.send_bridge_status(
+        json!({"state_event": "CONNECTED", "source": "bridge", "ttl": 240, "remote_id": "tg1"}),
+    );
+    let mut state = Value::Null;
+    for _ in 0..50 {
+        state = send(
+            "POST",
+            &format!(
+                "{}/_matrix/asmux/appservice/alice/telegram/ping",
+                stack.asmux
+            ),
+            Some(SHARED_SECRET),
+            None,
+        )
+        .await
+        .body;
+        if !state["remoteState"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state["bridgeState"]["state_event"], "RUNNING", "{state}");
+    assert_eq!(
+        state["remoteState"]["tg1"]["state_event"], "CONNECTED",
+        "{state}"
+    );
+    bridge.assert_alive();
+    let counters = bridge.state.clone();
     for _ in 0..100 {
         if counters.pongs.load(std::sync::atomic::Ordering::SeqCst) >= 2 {
             break;

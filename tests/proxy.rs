@@ -427,18 +427,37 @@ async fn msc2659_pings_are_answered_by_asmux() {
     send("POST", &url(id), Some(token(&reg)), body)
         .await
         .assert_error(502, "M_CONNECTION_FAILED");
+    // Connected: the ping reaches the bridge's router through http_proxy.
     let mut ws = WsBridge::connect(&server, token(&reg), 3).await;
     let pinging = tokio::spawn({
         let (url, t) = (url(id), token_owned(&reg));
         async move { send("POST", &url, Some(&t), Some(r#"{"transaction_id": "x"}"#)).await }
     });
     let request = ws.next_json().await;
-    assert_eq!(request["command"], "ping");
-    ws.send_json(&json!({"command": "response", "id": request["id"], "data": {}}))
+    assert_eq!(request["command"], "http_proxy");
+    assert_eq!(
+        request["data"],
+        json!({"method": "POST", "path": "/_matrix/app/v1/ping", "escaped_path": true, "query": "",
+               "headers": {"Authorization": [format!("Bearer {}", reg["hs_token"].as_str().unwrap())],
+                           "Content-Type": ["application/json"]},
+               "body": {"transaction_id": "x"}})
+    );
+    ws.send_json(&json!({"command": "response", "id": request["id"], "data": {"status": 200, "headers": {}, "body": {}}}))
         .await;
     let reply = pinging.await.unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert!(reply.body["duration_ms"].is_u64());
+    // The bridge's router refuses: a bad status, as for push bridges.
+    let pinging = tokio::spawn({
+        let (url, t) = (url(id), token_owned(&reg));
+        async move { send("POST", &url, Some(&t), Some(r#"{"transaction_id": "y"}"#)).await }
+    });
+    let request = ws.next_json().await;
+    ws.send_json(&json!({"command": "response", "id": request["id"], "data": {"status": 401, "headers": {}, "body": {"errcode": "M_UNKNOWN_TOKEN"}}}))
+        .await;
+    let refused = pinging.await.unwrap();
+    refused.assert_error(502, "M_BAD_STATUS");
+    assert_eq!(refused.body["status"], 401);
     // Another bridge's id.
     send(
         "POST",

@@ -29,14 +29,18 @@ pub fn routes(
         .and(warp::post())
         .and(homeserver_auth(state.clone()))
         .map(|| warp::reply::json(&serde_json::json!({})).into_response());
-    let user = warp::path!("_matrix" / "app" / "v1" / "users" / Segment)
-        .or(warp::path!("users" / Segment))
+    // Synapse escapes IDs with Python's `quote`, which leaves `/` as it is: an alias like
+    // `#chat/1:server` arrives as several path segments.
+    let user = warp::path!("_matrix" / "app" / "v1" / "users" / ..)
+        .or(warp::path!("users" / ..))
         .unify()
-        .map(|Segment(id)| QueryKind::User(id));
-    let alias = warp::path!("_matrix" / "app" / "v1" / "rooms" / Segment)
-        .or(warp::path!("rooms" / Segment))
+        .and(decoded_tail())
+        .map(QueryKind::User);
+    let alias = warp::path!("_matrix" / "app" / "v1" / "rooms" / ..)
+        .or(warp::path!("rooms" / ..))
         .unify()
-        .map(|Segment(alias)| QueryKind::Alias(alias));
+        .and(decoded_tail())
+        .map(QueryKind::Alias);
     let query = user
         .or(alias)
         .unify()
@@ -82,6 +86,16 @@ async fn transaction(
     Ok(match state.intake.accept(&txn_id, txn).await? {
         Accepted::Duplicate => warp::reply::json(&serde_json::json!({})).into_response(),
         Accepted::Processed(sent_to) => warp::reply::json(&sent_to).into_response(),
+    })
+}
+
+/// The rest of the path, percent-decoded; not matched when empty or not UTF-8.
+fn decoded_tail() -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
+    warp::path::tail().and_then(|tail: warp::path::Tail| async move {
+        match percent_encoding::percent_decode_str(tail.as_str()).decode_utf8() {
+            Ok(id) if !id.is_empty() => Ok(id.into_owned()),
+            _ => Err(warp::reject::not_found()),
+        }
     })
 }
 

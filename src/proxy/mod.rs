@@ -18,7 +18,6 @@ use serde_json::{json, Value};
 
 use crate::bridge_requests::{self, PingFailure};
 use crate::config::Config;
-use crate::delivery::connection::RequestError;
 use crate::delivery::Delivery;
 use crate::error::Error;
 use crate::homeserver::Homeserver;
@@ -400,7 +399,7 @@ impl Proxy {
             errcode,
             message: message.into(),
         };
-        let duration = if bridge.push {
+        let pinged = if bridge.push {
             if bridge.address.is_empty() {
                 return Err(custom(
                     StatusCode::BAD_REQUEST,
@@ -408,49 +407,34 @@ impl Proxy {
                     "Application service doesn't have a URL configured",
                 ));
             }
-            match bridge_requests::msc2659_ping(&self.delivery, bridge, &txn_id).await {
-                Ok(ms) => ms,
-                Err(PingFailure::Status(status, body)) => {
-                    let answer = json!({
-                        "errcode": "M_BAD_STATUS",
-                        "error": "Ping returned non-2xx status",
-                        "status": status,
-                        "body": String::from_utf8_lossy(&body),
-                    });
-                    return Ok(json_response(StatusCode::BAD_GATEWAY, &answer));
-                }
-                Err(PingFailure::Timeout) => {
-                    return Err(custom(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "M_CONNECTION_TIMEOUT",
-                        "Connection to application service timed out",
-                    ))
-                }
-                Err(PingFailure::Connect) => {
-                    return Err(custom(
-                        StatusCode::BAD_GATEWAY,
-                        "M_CONNECTION_FAILED",
-                        "Failed to connect to application service",
-                    ))
-                }
-            }
+            bridge_requests::msc2659_ping(&self.delivery, bridge, &txn_id).await
         } else {
-            match bridge_requests::websocket_ping(&self.delivery, bridge).await {
-                Ok(ms) => ms,
-                Err(RequestError::Timeout) => {
-                    return Err(custom(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "M_CONNECTION_TIMEOUT",
-                        "Websocket ping timed out",
-                    ))
-                }
-                Err(_) => {
-                    return Err(custom(
-                        StatusCode::BAD_GATEWAY,
-                        "M_CONNECTION_FAILED",
-                        "Bridge websocket is not connected",
-                    ))
-                }
+            bridge_requests::websocket_ping(&self.delivery, bridge, &txn_id).await
+        };
+        let duration = match pinged {
+            Ok(ms) => ms,
+            Err(PingFailure::Status(status, body)) => {
+                let answer = json!({
+                    "errcode": "M_BAD_STATUS",
+                    "error": "Ping returned non-2xx status",
+                    "status": status,
+                    "body": String::from_utf8_lossy(&body),
+                });
+                return Ok(json_response(StatusCode::BAD_GATEWAY, &answer));
+            }
+            Err(PingFailure::Timeout) => {
+                return Err(custom(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "M_CONNECTION_TIMEOUT",
+                    "Connection to application service timed out",
+                ))
+            }
+            Err(PingFailure::Connect) => {
+                return Err(custom(
+                    StatusCode::BAD_GATEWAY,
+                    "M_CONNECTION_FAILED",
+                    "Failed to connect to application service",
+                ))
             }
         };
         Ok(json_response(

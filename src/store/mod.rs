@@ -112,8 +112,9 @@ impl Store {
             })?;
         restrict_files(dir)?;
         let queue = db.open_tree("queue")?;
+        let bridgeid_inflight = db.open_tree("bridgeid_inflight")?;
         let store = Store {
-            next_sequence: AtomicU64::new(Store::first_free_sequence(&queue)?),
+            next_sequence: AtomicU64::new(Store::first_free_sequence(&queue, &bridgeid_inflight)?),
             userid_user: db.open_tree("userid_user")?,
             apitoken_userid: db.open_tree("apitoken_userid")?,
             bridgeid_bridge: db.open_tree("bridgeid_bridge")?,
@@ -124,7 +125,7 @@ impl Store {
             txnid_record: db.open_tree("txnid_record")?,
             txnage_txnid: db.open_tree("txnage_txnid")?,
             bridgeid_status: db.open_tree("bridgeid_status")?,
-            bridgeid_inflight: db.open_tree("bridgeid_inflight")?,
+            bridgeid_inflight,
             db,
             lock: Mutex::new(()),
             flush_tickets: AtomicU64::new(0),

@@ -170,13 +170,22 @@ impl Store {
         Ok(())
     }
 
-    /// One more than the highest queued sequence number.
-    pub(super) fn first_free_sequence(queue: &sled::Tree) -> Result<u64, StoreError> {
+    /// One more than the highest sequence number queued or named by a delivery in flight.
+    /// A number a recorded delivery names must never be given to a new entry: that entry
+    /// would be sent under the old delivery's txn_id, which the bridge drops as seen.
+    pub(super) fn first_free_sequence(
+        queue: &sled::Tree,
+        in_flight: &sled::Tree,
+    ) -> Result<u64, StoreError> {
         let mut next = 0;
         for bridge in queued_bridges(queue)? {
             if let Some(key) = queue.scan_prefix(bridge.as_bytes()).keys().next_back() {
                 next = next.max(sequence_of(&key?).saturating_add(1));
             }
+        }
+        for value in in_flight.iter().values() {
+            let recorded: InFlight = decode("bridgeid_inflight", &value?)?;
+            next = next.max(recorded.last_sequence.saturating_add(1));
         }
         Ok(next)
     }
@@ -407,6 +416,35 @@ mod tests {
         let bodies: Vec<&[u8]> = batch.iter().map(|e| e.body.as_ref()).collect();
         assert_eq!(bodies, [b"restored".as_slice(), b"new"]);
         assert_eq!(batch[1].sequence(), 1001);
+    }
+
+    #[test]
+    fn sequences_continue_above_deliveries_in_flight() {
+        // Every entry was delivered, but the record of the last delivery names sequence
+        // 41: a new entry must not fall under it.
+        let tmp = tempfile::tempdir().unwrap();
+        let bridge = Uuid::new_v4();
+        {
+            let store = Store::open(tmp.path()).unwrap();
+            let in_flight = InFlight {
+                txn_id: "old.1".into(),
+                last_sequence: 41,
+            };
+            store.set_in_flight(bridge, &in_flight).unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = Store::open_when_free(tmp.path(), std::time::Duration::from_secs(5)).unwrap();
+        let commit = TransactionCommit {
+            txn_id: "1",
+            entries: vec![(bridge, b"new".to_vec())],
+            ..Default::default()
+        };
+        store.commit_transaction(&commit).unwrap();
+        assert!(store.queue_batch(bridge, 10, Some(41)).unwrap().is_empty());
+        assert_eq!(
+            store.queue_batch(bridge, 10, None).unwrap()[0].sequence(),
+            42
+        );
     }
 
     #[test]
