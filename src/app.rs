@@ -181,7 +181,9 @@ fn serve_metrics(state: &Arc<AppState>) -> Result<Option<tokio::task::JoinHandle
     let state = state.clone();
     let route = warp::path!("metrics").and(warp::get()).map(move || {
         warp::reply::with_header(
-            state.metrics.render(&state.store),
+            state
+                .metrics
+                .render(&state.store, |id| state.delivery.unreachable_since(id)),
             "content-type",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )
@@ -210,11 +212,17 @@ async fn maintain(state: Arc<AppState>) {
         interval.tick().await;
         let now = now_ms();
         let store = state.store.clone();
+        let reporter = state.delivery.reporter.clone();
         let result = tokio::task::spawn_blocking(move || {
             let queued = if retention.is_zero() {
                 0
             } else {
-                store.trim_queues(now.saturating_sub(retention.as_millis() as u64))?
+                let before = now.saturating_sub(retention.as_millis() as u64);
+                store.trim_queues(before, |bridge, body| {
+                    if let Ok(Some(bridge)) = store.bridge(bridge) {
+                        reporter.dropped(&bridge, body, "queued longer than queue_retention_days");
+                    }
+                })?
             };
             let processed = store.trim_processed_transactions(
                 now.saturating_sub(PROCESSED_TXN_RETENTION.as_millis() as u64),

@@ -396,6 +396,7 @@ pub fn status(delivery: &Delivery, bridge: &Bridge) -> Result<BridgeStatus, Erro
         oldest_queued,
         oldest_queued_age_ms: oldest_queued.map(|t| now_ms().saturating_sub(t)),
         last_delivery: delivery.last_delivery(bridge.id),
+        unreachable_since: delivery.unreachable_since(bridge.id),
         bridge_state,
     })
 }
@@ -416,6 +417,10 @@ pub struct BridgeStatus {
     pub oldest_queued: Option<u64>,
     pub oldest_queued_age_ms: Option<u64>,
     pub last_delivery: Option<u64>,
+    /// Since when pushes fail or the websocket is gone (cleared by the next success or
+    /// connection; unknown before asmux's start).
+    #[serde(default)]
+    pub unreachable_since: Option<u64>,
     /// The bridge's latest `bridge_status` report, as it sent it.
     pub bridge_state: Option<Value>,
 }

@@ -98,8 +98,10 @@ pub struct Mux {
     /// Protocol 3 acknowledgement timeout before the first miss, and after it.
     pub websocket_ack_timeout_seconds: f64,
     pub websocket_ack_retry_timeout_seconds: f64,
-    /// First pause between HTTP push attempts (each next one is 1.5 times longer).
+    /// First pause between HTTP push attempts (each next one is 1.5 times longer), and
+    /// the longest pause.
     pub push_retry_delay_seconds: f64,
+    pub push_retry_max_delay_seconds: f64,
     /// Largest homeserver transaction accepted.
     pub max_body_bytes: u64,
     /// Largest management API request body accepted.
@@ -185,6 +187,7 @@ impl Default for Mux {
             websocket_ack_timeout_seconds: 5.0,
             websocket_ack_retry_timeout_seconds: 30.0,
             push_retry_delay_seconds: 1.0,
+            push_retry_max_delay_seconds: 60.0,
             max_body_bytes: 100 * 1024 * 1024,
             max_management_body_bytes: 1024 * 1024,
             bridge_status_endpoint: None,
@@ -322,11 +325,13 @@ impl Config {
                 self.mux.websocket_ack_timeout_seconds,
                 self.mux.websocket_ack_retry_timeout_seconds,
                 self.mux.push_retry_delay_seconds,
+                self.mux.push_retry_max_delay_seconds,
             ]
             .iter()
             .all(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0),
-            "mux.websocket_ack_timeout_seconds, websocket_ack_retry_timeout_seconds and \
-             push_retry_delay_seconds must be between 0 and 3600",
+            "mux.websocket_ack_timeout_seconds, websocket_ack_retry_timeout_seconds, \
+             push_retry_delay_seconds and push_retry_max_delay_seconds must be between 0 \
+             and 3600",
         );
         check(
             self.mux.max_body_bytes >= 1024 && self.mux.max_management_body_bytes >= 1024,

@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::management::store_error;
 use crate::matrix::HomeserverTransaction;
 use crate::metrics::{BridgeTypeLabels, DropLabels, Metrics, TypeLabels};
+use crate::reporting::Checkpoint;
 use crate::routing::Router;
 use crate::store::{now_ms, Store, TransactionCommit, TxnRecord};
 
@@ -117,13 +118,9 @@ impl Intake {
         }
         for (id, sub) in &routed.transactions {
             let bridge = &routed.bridges[id];
-            self.delivery.reporter.event_checkpoints(
-                bridge,
-                &sub.events,
-                "HOMESERVER",
-                "SUCCESS",
-                None,
-            );
+            self.delivery
+                .reporter
+                .event_checkpoints(bridge, &sub.events, Checkpoint::RECEIVED);
         }
         Ok(Accepted::Processed(SentTo {
             sent_to,

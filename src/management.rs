@@ -234,8 +234,8 @@ impl Management {
             if bridge != *existing {
                 self.store.update_bridge(&bridge).map_err(store_error)?;
                 self.flush().await?;
-                // A new address or mode may unblock queued deliveries.
-                self.delivery.wake(bridge.id);
+                // A new address or mode may unblock queued deliveries at once.
+                self.delivery.restart(bridge.id);
             }
             let registration = self.registration_of(&bridge, password, lifetime)?;
             return Ok((registration, false));
@@ -295,6 +295,24 @@ impl Management {
         self.flush().await?;
         tracing::info!(bridge = %bridge.name(), id = %bridge.id, "deleted bridge");
         Ok(bridge)
+    }
+
+    /// `DELETE /appservice/.../queue`: drops what waits for the bridge, on purpose; the
+    /// number of sub-transactions dropped.
+    pub async fn clear_queue(&self, caller: &Caller, target: &BridgeRef) -> Result<u64, Error> {
+        let bridge = self.visible(caller, target)?;
+        let reporter = &self.delivery.reporter;
+        let dropped = self
+            .store
+            .clear_queue(bridge.id, |body| {
+                reporter.dropped(&bridge, body, "queue cleared by the operator")
+            })
+            .map_err(store_error)?;
+        self.flush().await?;
+        // The worker may be pausing between attempts at what was just dropped.
+        self.delivery.restart(bridge.id);
+        tracing::info!(bridge = %bridge.name(), dropped, "cleared the queue");
+        Ok(dropped)
     }
 
     /// `POST /appservice/.../ping`: the bridge's GlobalBridgeState.

@@ -9,6 +9,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use uuid::Uuid;
+
 use crate::store::{now_ms, Bridge, Store};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,6 +57,7 @@ pub struct Metrics {
     pub requests_handled: Family<RequestLabels, Counter>,
     queue_depth: Family<BridgeLabels, Gauge>,
     queue_oldest_age: Family<BridgeLabels, Gauge>,
+    unreachable_since: Family<BridgeLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -71,6 +74,7 @@ impl Default for Metrics {
             requests_handled: Family::default(),
             queue_depth: Family::default(),
             queue_oldest_age: Family::default(),
+            unreachable_since: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -123,6 +127,11 @@ impl Default for Metrics {
             "Age of the oldest queued sub-transaction",
             m.queue_oldest_age.clone(),
         );
+        registry.register(
+            "asmux_bridge_unreachable_since_seconds",
+            "Unix time since when the bridge cannot be reached (0 when it can)",
+            m.unreachable_since.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -156,19 +165,30 @@ pub fn endpoint(path: &str) -> String {
 }
 
 impl Metrics {
-    /// The text exposition, with queue gauges and process metrics read now.
-    pub fn render(&self, store: &Arc<Store>) -> String {
+    /// The text exposition, with per-bridge gauges and process metrics read now.
+    /// `unreachable_since` answers, for a bridge, the unix ms since when it cannot be
+    /// reached.
+    pub fn render(
+        &self,
+        store: &Arc<Store>,
+        unreachable_since: impl Fn(Uuid) -> Option<u64>,
+    ) -> String {
         self.queue_depth.clear();
         self.queue_oldest_age.clear();
+        self.unreachable_since.clear();
         if let Ok(bridges) = store.bridges(None) {
             let now = now_ms();
             for bridge in bridges {
+                let labels = bridge_labels(&bridge);
                 if let Ok((depth, oldest)) = store.queue_stats(bridge.id) {
-                    let labels = bridge_labels(&bridge);
                     self.queue_depth.get_or_create(&labels).set(depth as i64);
                     let age = oldest.map_or(0, |t| now.saturating_sub(t) / 1000);
                     self.queue_oldest_age.get_or_create(&labels).set(age as i64);
                 }
+                let since = unreachable_since(bridge.id).map_or(0, |t| t / 1000);
+                self.unreachable_since
+                    .get_or_create(&labels)
+                    .set(since as i64);
             }
         }
         let mut out = String::new();

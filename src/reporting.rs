@@ -8,11 +8,40 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::http_client::{full_body, HttpClient};
-use crate::matrix::{EventMeta, Raw};
+use crate::matrix::{BridgeTransaction, EventMeta, Raw};
 use crate::store::now_ms;
 use crate::store::Bridge;
 
 const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A message checkpoint asmux makes itself (spec 8).
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpoint<'a> {
+    pub step: &'static str,
+    pub status: &'static str,
+    pub retry_num: u32,
+    pub info: Option<&'a str>,
+}
+
+impl<'a> Checkpoint<'a> {
+    /// The homeserver's events reached asmux's queue.
+    pub const RECEIVED: Checkpoint<'static> = Checkpoint {
+        step: "HOMESERVER",
+        status: "SUCCESS",
+        retry_num: 0,
+        info: None,
+    };
+
+    /// What became of the events on their way to the bridge.
+    pub fn bridge(status: &'static str, retry_num: u32, info: Option<&'a str>) -> Self {
+        Checkpoint {
+            step: "BRIDGE",
+            status,
+            retry_num,
+            info,
+        }
+    }
+}
 
 /// The configured endpoints.
 #[derive(Clone)]
@@ -71,15 +100,8 @@ impl Reporter {
         self.checkpoints.is_some()
     }
 
-    /// Reports a checkpoint made by asmux for each message-like event in `events`.
-    pub fn event_checkpoints(
-        &self,
-        bridge: &Bridge,
-        events: &[Raw],
-        step: &str,
-        status: &str,
-        info: Option<&str>,
-    ) {
+    /// Reports `checkpoint` for each message-like event in `events`.
+    pub fn event_checkpoints(&self, bridge: &Bridge, events: &[Raw], checkpoint: Checkpoint<'_>) {
         if !self.wants_checkpoints() {
             return;
         }
@@ -92,23 +114,34 @@ impl Reporter {
             if !meta.is_message() {
                 continue;
             }
-            let mut checkpoint = json!({
+            let mut entry = json!({
                 "event_id": meta.event_id,
                 "room_id": meta.room_id,
-                "step": step,
+                "step": checkpoint.step,
                 "timestamp": now,
-                "status": status,
+                "status": checkpoint.status,
                 "event_type": meta.kind(),
                 "reported_by": "ASMUX",
-                "retry_num": 0,
+                "retry_num": checkpoint.retry_num,
             });
-            if let Some(info) = info {
-                checkpoint["info"] = json!(info);
+            if let Some(info) = checkpoint.info {
+                entry["info"] = json!(info);
             }
-            checkpoints.push(checkpoint);
+            checkpoints.push(entry);
         }
         if !checkpoints.is_empty() {
             self.checkpoints(bridge, Value::Array(checkpoints));
+        }
+    }
+
+    /// Reports PERM_FAILURE for the events of a queued sub-transaction that is dropped.
+    pub fn dropped(&self, bridge: &Bridge, body: &[u8], reason: &str) {
+        if !self.wants_checkpoints() {
+            return;
+        }
+        if let Ok(txn) = serde_json::from_slice::<BridgeTransaction>(body) {
+            let checkpoint = Checkpoint::bridge("PERM_FAILURE", 0, Some(reason));
+            self.event_checkpoints(bridge, &txn.events, checkpoint);
         }
     }
 

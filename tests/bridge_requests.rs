@@ -369,4 +369,73 @@ async fn reporting_endpoints_receive_checkpoints_and_states() {
         sink.requests_to("/remote")[0].body,
         json!({"state_event": "CONNECTED"})
     );
+
+    // A push bridge that is down: WILL_RETRY for each failed attempt, PERM_FAILURE only
+    // when the events are dropped (here by the operator).
+    let down = PushBridge::start(usize::MAX).await;
+    provision(&server, "alice", "signal", json!({"address": down.url()})).await;
+    let room = "!signal-room";
+    let setup = json!({"events": [
+        {"type": "m.room.member", "room_id": room, "sender": "@alice:example.test", "event_id": "$join",
+         "state_key": "@_alice_signal_bot:example.test", "content": {"membership": "join"}},
+        {"type": "m.room.message", "room_id": room, "sender": "@alice:example.test", "event_id": "$hello",
+         "content": {"msgtype": "m.text", "body": "hello"}}]});
+    hs_transaction(&server, "3", &setup).await;
+    let signal_path = "/bridgebox/alice/bridge/signal/send_message_metrics";
+    let statuses = |sink: &Scripted| -> Vec<(String, String, u64)> {
+        sink.requests_to(signal_path)
+            .iter()
+            .flat_map(|r| {
+                r.body["checkpoints"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .map(|c| {
+                (
+                    c["step"].as_str().unwrap().to_owned(),
+                    c["status"].as_str().unwrap().to_owned(),
+                    c["retry_num"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    for _ in 0..500 {
+        if statuses(&sink)
+            .iter()
+            .filter(|c| c.1 == "WILL_RETRY")
+            .count()
+            >= 3
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen = statuses(&sink);
+    let retries: Vec<u64> = seen
+        .iter()
+        .filter(|c| c.1 == "WILL_RETRY")
+        .map(|c| c.2)
+        .collect();
+    assert!(retries.len() >= 3 && retries[..3] == [1, 2, 3], "{seen:?}");
+    assert!(seen.iter().all(|c| c.1 != "PERM_FAILURE"), "{seen:?}");
+    let cleared = send(
+        "DELETE",
+        &server.url("/_matrix/asmux/appservice/alice/signal/queue"),
+        Some(SHARED_SECRET),
+        None,
+    )
+    .await;
+    assert_eq!(cleared.body["dropped"], 1, "{}", cleared.text);
+    for _ in 0..500 {
+        if statuses(&sink).iter().any(|c| c.1 == "PERM_FAILURE") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        statuses(&sink).contains(&("BRIDGE".into(), "PERM_FAILURE".into(), 0)),
+        "{:?}",
+        statuses(&sink)
+    );
 }

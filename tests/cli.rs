@@ -338,7 +338,36 @@ async fn status_and_bridge_config_offline_and_online() {
         .unwrap();
     assert!(line.contains("push"), "{line}");
     assert_eq!(cli_ok(c, &go_args), go_text, "the same through the server");
+
+    // The push bridge's address answers nothing: it shows as unreachable, and its queue
+    // can be dropped on purpose, through the server and offline alike.
+    let invite = serde_json::json!({"events": [{"type": "m.room.member", "room_id": "!tg",
+        "sender": "@alice:example.test", "event_id": "$tg", "state_key": "@_alice_telegram_bot:example.test",
+        "content": {"membership": "invite"}}]});
+    let url = format!("http://127.0.0.1:{}/_matrix/app/v1/transactions/1", s.port);
+    let sent = send("PUT", &url, Some(HS_TOKEN), Some(&invite.to_string())).await;
+    assert_eq!(sent.status, 200, "{}", sent.text);
+    for _ in 0..100 {
+        online = cli_ok(c, &["status"]);
+        if online.contains("unreachable for") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let line = online
+        .lines()
+        .find(|l| l.starts_with("alice/telegram"))
+        .unwrap();
+    assert!(line.contains("unreachable for"), "{line}");
+    assert_eq!(
+        cli_ok(c, &["bridge", "clear-queue", "alice", "telegram"]),
+        "Dropped 1 queued transactions of alice/telegram\n"
+    );
     assert!(server.terminate().success());
+    assert_eq!(
+        cli_ok(c, &["bridge", "clear-queue", "alice/telegram"]),
+        "Dropped 0 queued transactions of alice/telegram\n"
+    );
 }
 
 #[test]

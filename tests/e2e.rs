@@ -228,11 +228,12 @@ impl Stack {
         let hs = format!("http://127.0.0.1:{hs_port}");
         let asmux = format!("http://127.0.0.1:{asmux_port}");
         let config = dir.path().join("config.toml");
-        // Push retries span about 7 s, long enough for a Python bridge to restart.
+        // Push retries every 0.1 to 0.3 s: the ten attempts after which the original
+        // gave up take under 3 s.
         let text = config_text(&hs, asmux_port)
             .replace(
-                "push_retry_delay_seconds = 0.02",
-                "push_retry_delay_seconds = 0.1",
+                "push_retry_delay_seconds = 0.02\npush_retry_max_delay_seconds = 0.1",
+                "push_retry_delay_seconds = 0.1\npush_retry_max_delay_seconds = 0.3",
             )
             .replace(
                 "[appservice]\n",
@@ -751,7 +752,9 @@ async fn a_mautrix_python_push_bridge_works_unchanged() {
     );
     assert_eq!(line["to_device"]["to_user_id"], ghost, "{line}");
 
-    // The bridge goes down; asmux keeps retrying the push until it is back.
+    // The bridge goes down for longer than the ten attempts after which the original
+    // gave up; asmux keeps retrying until it is back, and the bridge's own handlers get
+    // every message, in order (its txn_id deduplication must not drop any).
     drop(bridge);
     let say = |body: &'static str, txn: &'static str| {
         let (hs, alice, room_path) = (hs.clone(), alice.clone(), room_path.clone());
@@ -767,12 +770,29 @@ async fn a_mautrix_python_push_bridge_works_unchanged() {
             assert_eq!(sent.status, 200, "{}", sent.text);
         }
     };
-    say("sent while the bridge was down", "p1").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let while_down = ["down 1", "down 2", "down 3"];
+    for (i, body) in while_down.iter().enumerate() {
+        say(body, ["p1", "p1b", "p1c"][i]).await;
+    }
+    // The outage itself: at least ten failed attempts at 0.1 to 0.3 s each.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let bridge = PythonBridge::start(&reg_file, bridge_port, &asmux, &events).await;
     assert!(
-        wait_in_file(&events, "sent while the bridge was down").await,
-        "the retried push never arrived"
+        wait_in_file(&events, "down 3").await,
+        "the retried pushes never arrived"
+    );
+    let handled = std::fs::read_to_string(&events).unwrap();
+    let positions: Vec<usize> = while_down
+        .iter()
+        .map(|body| {
+            handled
+                .find(&format!("\"body\": \"{body}\""))
+                .unwrap_or_else(|| panic!("{body} never reached the handler"))
+        })
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "handled out of order: {positions:?}"
     );
 
     // asmux restarts; what Synapse sends meanwhile is pushed once it is back.

@@ -55,6 +55,7 @@ async fn metrics_count_events_sockets_and_requests() {
         r#"asmux_requests_received_total{bridge="alice/whatsapp",method="GET",endpoint="/_matrix/client/v3/joined_rooms"} 1"#,
         r#"asmux_requests_handled_total{bridge="alice/whatsapp",method="GET",endpoint="/_matrix/client/v3/joined_rooms"} 1"#,
         r#"asmux_queue_depth{owner="alice",bridge="whatsapp"} 0"#,
+        r#"asmux_bridge_unreachable_since_seconds{owner="alice",bridge="whatsapp"} 0"#,
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
     }
@@ -63,7 +64,7 @@ async fn metrics_count_events_sockets_and_requests() {
     assert!(text.trim_end().ends_with("# EOF"));
 
     ws.close().await;
-    // The gauge follows the disconnect.
+    // The gauges follow the disconnect.
     for _ in 0..200 {
         let text = send(
             "GET",
@@ -73,13 +74,23 @@ async fn metrics_count_events_sockets_and_requests() {
         )
         .await
         .text;
+        let unreachable_since = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    r#"asmux_bridge_unreachable_since_seconds{owner="alice",bridge="whatsapp"} "#,
+                )
+            })
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
         if text
             .lines()
             .any(|l| l == r#"asmux_connected_websockets{owner="alice",bridge="whatsapp"} 0"#)
+            && unreachable_since > 1_700_000_000
         {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    panic!("the websocket gauge did not drop");
+    panic!("the websocket gauges did not follow the disconnect");
 }

@@ -467,7 +467,7 @@ async fn offline_queue_survives_restart_and_arrives_merged_in_order() {
 }
 
 #[tokio::test]
-async fn push_delivery_retries_in_order_and_gives_up() {
+async fn push_delivery_retries_in_order_until_the_bridge_answers() {
     let hs = StubHomeserver::start().await;
     let server = TestServer::start(&hs).await;
     let bridge = PushBridge::start(3).await;
@@ -489,35 +489,39 @@ async fn push_delivery_retries_in_order_and_gives_up() {
     );
     assert!(got[0].query.contains(&format!("access_token={hs_token}")));
     assert_eq!(got[3].body["events"][0]["event_id"], "$s0");
+    let status = server
+        .root_get("/_matrix/asmux/appservice/alice/signal/status")
+        .await;
+    assert_eq!(status.body["unreachable_since"], serde_json::Value::Null);
 
-    // A transaction with PDUs is tried 10 times, then dropped; the next one follows.
+    // The bridge is down far longer than the ten attempts after which the original gave
+    // up: nothing is dropped, to-device events (which it used to try twice) included.
     bridge
         .failures
         .store(1000, std::sync::atomic::Ordering::SeqCst);
     hs_transaction(
         &server,
         "2",
-        &json!({"events": [event(WA_ROOM, "@bob:example.test", "$s1", 1)]}),
+        &json!({"events": [event(WA_ROOM, "@bob:example.test", "$o2", 1)]}),
     )
     .await;
-    let got = bridge.wait_for(4 + 10).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(bridge.received().len(), 14, "exactly 10 attempts");
-    assert!(got[4..].iter().all(|p| p.txn_id == got[4].txn_id));
-    assert_ne!(got[4].txn_id, got[0].txn_id);
-
-    // Without PDUs only 2 attempts.
     let to_device = json!({"events": [], "de.sorunome.msc2409.to_device": [
         {"type": "m.x", "sender": "@alice:example.test", "to_user_id": "@_alice_signal_g:example.test", "to_device_id": "D", "content": {}}]});
     hs_transaction(&server, "3", &to_device).await;
-    bridge.wait_for(16).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(bridge.received().len(), 16, "exactly 2 attempts");
-
-    // Order is kept across retries.
-    bridge
-        .failures
-        .store(2, std::sync::atomic::Ordering::SeqCst);
+    let failing = bridge.wait_for(4 + 30).await;
+    assert!(
+        failing[4..].iter().all(|p| p.txn_id == failing[4].txn_id),
+        "every retry is the same delivery"
+    );
+    let status = server
+        .root_get("/_matrix/asmux/appservice/alice/signal/status")
+        .await;
+    assert!(
+        status.body["unreachable_since"].as_u64().is_some(),
+        "{}",
+        status.text
+    );
+    assert_eq!(status.body["queue_depth"], 2);
     for i in 4..8 {
         hs_transaction(
             &server,
@@ -526,20 +530,76 @@ async fn push_delivery_retries_in_order_and_gives_up() {
         )
         .await;
     }
-    let mut delivered = Vec::new();
-    for _ in 0..500 {
-        let got = bridge.received();
-        delivered = got[16..]
-            .iter()
-            .flat_map(|p| event_ids(p.body["events"].as_array().unwrap()))
-            .collect::<Vec<_>>();
-        delivered.dedup();
-        if delivered.len() >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+
+    // Back: everything arrives, in order, and the bridge is reachable again.
+    bridge
+        .failures
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    wait_queue_empty(&server, "alice/signal").await;
+    // Each delivery once (its retries carry the same body).
+    let mut seen = std::collections::HashSet::new();
+    let received = bridge.received();
+    let delivered = received[4..]
+        .iter()
+        .filter(|p| seen.insert(p.txn_id.clone()));
+    let mut events = Vec::new();
+    let mut to_device_seen = false;
+    for push in delivered {
+        events.extend(event_ids(push.body["events"].as_array().unwrap()));
+        to_device_seen |= push.body["to_device"].is_array();
     }
-    assert_eq!(delivered, ["$o4", "$o5", "$o6", "$o7"]);
+    assert_eq!(events, ["$o2", "$o4", "$o5", "$o6", "$o7"]);
+    assert!(to_device_seen, "the to-device event was delivered too");
+    let status = server
+        .root_get("/_matrix/asmux/appservice/alice/signal/status")
+        .await;
+    assert_eq!(status.body["unreachable_since"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn an_operator_can_drop_a_queue_on_purpose() {
+    let hs = StubHomeserver::start().await;
+    let server = TestServer::start(&hs).await;
+    let bridge = PushBridge::start(usize::MAX).await;
+    provision(&server, "alice", "signal", json!({"address": bridge.url()})).await;
+    let room_setup = json!({"events": [member(WA_ROOM, "@_alice_signal_bot:example.test", "$s0")]});
+    hs_transaction(&server, "1", &room_setup).await;
+    hs_transaction(
+        &server,
+        "2",
+        &json!({"events": [event(WA_ROOM, "@bob:example.test", "$s1", 1)]}),
+    )
+    .await;
+    bridge.wait_for(3).await;
+    let url = server.url("/_matrix/asmux/appservice/alice/signal/queue");
+    let cleared = send("DELETE", &url, Some(SHARED_SECRET), None).await;
+    assert_eq!(cleared.status, 200, "{}", cleared.text);
+    assert_eq!(cleared.body, json!({"dropped": 2}));
+    let status = server
+        .root_get("/_matrix/asmux/appservice/alice/signal/status")
+        .await;
+    assert_eq!(status.body["queue_depth"], 0);
+    // The worker stopped pushing what was dropped. The next transaction is the first
+    // thing the bridge gets after the clear, under a new id.
+    let before = bridge.received().len();
+    bridge
+        .failures
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    hs_transaction(
+        &server,
+        "3",
+        &json!({"events": [event(WA_ROOM, "@bob:example.test", "$s2", 1)]}),
+    )
+    .await;
+    let got = bridge.wait_for(before + 1).await;
+    let after: Vec<_> = got[before..]
+        .iter()
+        .flat_map(|p| event_ids(p.body["events"].as_array().unwrap()))
+        .collect();
+    assert_eq!(after, ["$s2"]);
+    send("DELETE", &url, Some("wrong"), None)
+        .await
+        .assert_error(403, "M_UNKNOWN_TOKEN");
 }
 
 #[tokio::test]

@@ -82,6 +82,11 @@ where
         .and(caller.clone())
         .and(with_state(state.clone()))
         .and_then(ping_bridge);
+    let clear_queue = bridge_action("queue")
+        .and(warp::delete())
+        .and(caller.clone())
+        .and(with_state(state.clone()))
+        .and_then(clear_queue);
     let status = bridge_action("status")
         .and(warp::get())
         .and(caller.clone())
@@ -135,6 +140,8 @@ where
         .or(ping)
         .unify()
         .or(status)
+        .unify()
+        .or(clear_queue)
         .unify()
         .or(backup)
         .unify()
@@ -277,6 +284,21 @@ async fn bridge_status(
 ) -> Result<Response, Rejection> {
     let status = state.management.status(&caller, &target)?;
     Ok(json(&status, StatusCode::OK))
+}
+
+/// # `DELETE /_matrix/asmux/appservice/{owner}/{prefix}/queue` and `/appservice/{uuid}/queue`
+///
+/// Drops everything queued for the bridge: `{"dropped": N}`.
+async fn clear_queue(
+    target: BridgeRef,
+    caller: Caller,
+    state: Arc<AppState>,
+) -> Result<Response, Rejection> {
+    let dropped = state.management.clear_queue(&caller, &target).await?;
+    Ok(json(
+        &serde_json::json!({ "dropped": dropped }),
+        StatusCode::OK,
+    ))
 }
 
 /// # `POST /_matrix/asmux/mxauth/appservice/{owner}/{prefix}/exec/{command}`

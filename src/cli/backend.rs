@@ -108,6 +108,22 @@ impl Backend {
         }
     }
 
+    /// Drops the bridge's queue; how many sub-transactions went.
+    pub async fn clear_queue(&self, target: &BridgeRef) -> Result<u64> {
+        match self {
+            Backend::Local(m) => Ok(m.clear_queue(&Caller::Root, target).await.map_err(local)?),
+            Backend::Remote { .. } => {
+                #[derive(serde::Deserialize)]
+                struct Cleared {
+                    dropped: u64,
+                }
+                let path = format!("{}/queue", path(target));
+                let (_, cleared) = self.call::<Cleared>(Method::DELETE, &path, None).await?;
+                Ok(cleared.dropped)
+            }
+        }
+    }
+
     pub async fn list(&self) -> Result<Vec<BridgeSummary>> {
         match self {
             Backend::Local(m) => Ok(m.list(&Caller::Root).map_err(local)?),

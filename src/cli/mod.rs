@@ -145,6 +145,13 @@ enum BridgeCommand {
         #[arg(num_args = 1..=2, required = true, value_name = "BRIDGE")]
         bridge: Vec<String>,
     },
+    /// Drop everything queued for a bridge, on purpose (a push bridge that is gone for
+    /// good is otherwise retried until queue_retention_days): OWNER PREFIX, OWNER/PREFIX
+    /// or UUID.
+    ClearQueue {
+        #[arg(num_args = 1..=2, required = true, value_name = "BRIDGE")]
+        bridge: Vec<String>,
+    },
     /// Print the `homeserver:` and `appservice:` blocks of a mautrix bridge's config
     /// that connect it to asmux (websocket or push, as the bridge was provisioned).
     Config {
@@ -417,6 +424,15 @@ async fn bridge_command(config: Config, command: BridgeCommand) -> Result<ExitCo
             let target = bridge_ref(&bridge)?;
             backend.delete(&target).await?;
             writeln!(out, "Deleted bridge {}", bridge.join("/"))?;
+        }
+        BridgeCommand::ClearQueue { bridge } => {
+            let target = bridge_ref(&bridge)?;
+            let dropped = backend.clear_queue(&target).await?;
+            writeln!(
+                out,
+                "Dropped {dropped} queued transactions of {}",
+                bridge.join("/")
+            )?;
         }
         BridgeCommand::Config {
             owner,

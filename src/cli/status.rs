@@ -72,15 +72,18 @@ pub async fn print(config: &Config, json: bool) -> Result<ExitCode> {
 
 fn row(b: &BridgeStatus, now: u64) -> [String; 6] {
     let mode = if b.push { "push" } else { "websocket" };
-    let connected = match (b.push, b.connected, b.connected_since) {
-        (true, _, _) => "-".to_owned(),
-        (false, true, Some(since)) => format!(
+    let connected = match (b.push, b.connected, b.connected_since, b.unreachable_since) {
+        (_, false, _, Some(since)) => {
+            format!("unreachable for {}", duration(now.saturating_sub(since)))
+        }
+        (true, _, _, _) => "-".to_owned(),
+        (false, true, Some(since), _) => format!(
             "yes, v{} for {}",
             b.protocol.unwrap_or_default(),
             duration(now.saturating_sub(since))
         ),
-        (false, true, None) => "yes".to_owned(),
-        (false, false, _) => "no".to_owned(),
+        (false, true, None, _) => "yes".to_owned(),
+        (false, false, _, None) => "no".to_owned(),
     };
     let queued = match b.oldest_queued_age_ms {
         Some(age) if b.queue_depth > 0 => {

@@ -1,5 +1,5 @@
-//! Delivery by HTTP push (spec 4.1): PUT the transaction to the bridge, retrying with
-//! back-off, in order, one at a time.
+//! Delivery by HTTP push (spec 4.1): one PUT of a transaction to the bridge. The worker
+//! retries a failed push with [`Backoff`] until it succeeds or the entries age out.
 
 use std::time::Duration;
 
@@ -11,67 +11,28 @@ use crate::store::Bridge;
 
 /// How long one PUT may take.
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Attempts for a delivery with PDUs; without PDUs (ephemeral, to-device, keys) only
-/// `ATTEMPTS_WITHOUT_PDUS`, since those go stale quickly.
-pub const ATTEMPTS_WITH_PDUS: u32 = 10;
-pub const ATTEMPTS_WITHOUT_PDUS: u32 = 2;
-/// Each pause between attempts is this much longer than the one before.
+/// Each pause between attempts is this much longer than the one before, up to the cap.
 pub const BACKOFF_FACTOR: f64 = 1.5;
 
-/// How a push ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum PushOutcome {
-    Delivered,
-    /// Every attempt failed; the last failure.
-    GaveUp(String),
-}
-
-/// Pushes `txn` to `bridge`, retrying as the spec says.
-/// `first_backoff` is the first pause between attempts.
+/// PUTs `txn` to `bridge` once; the failure as text.
 pub async fn push(
     client: &HttpClient,
     bridge: &Bridge,
     txn: &BridgeTransaction,
-    first_backoff: Duration,
-) -> PushOutcome {
-    let body = txn.to_json();
-    let attempts = if txn.events.is_empty() {
-        ATTEMPTS_WITHOUT_PDUS
-    } else {
-        ATTEMPTS_WITH_PDUS
-    };
+) -> Result<(), String> {
     let url = format!(
         "{}/_matrix/app/v1/transactions/{}?access_token={}",
         bridge.address.trim_end_matches('/'),
         utf8_percent_encode(&txn.txn_id, URL_COMPONENT),
         utf8_percent_encode(bridge.hs_token.expose(), URL_COMPONENT),
     );
-    let mut backoff = first_backoff;
-    let mut last_error = String::new();
-    for attempt in 1..=attempts {
-        match put(client, bridge, &url, &body).await {
-            Ok(()) => return PushOutcome::Delivered,
-            Err(e) => {
-                tracing::warn!(bridge = %bridge.name(), txn_id = %txn.txn_id, attempt, error = %e, "push failed");
-                last_error = e;
-            }
-        }
-        if attempt < attempts {
-            tokio::time::sleep(backoff).await;
-            backoff = backoff.mul_f64(BACKOFF_FACTOR);
-        }
-    }
-    PushOutcome::GaveUp(last_error)
-}
-
-async fn put(client: &HttpClient, bridge: &Bridge, url: &str, body: &[u8]) -> Result<(), String> {
     let request = http::Request::put(url)
         .header(
             http::header::AUTHORIZATION,
             format!("Bearer {}", bridge.hs_token.expose()),
         )
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(full_body(body.to_vec()))
+        .body(full_body(txn.to_json()))
         .map_err(|e| e.to_string())?;
     let response = client
         .send_buffered(request, PUSH_TIMEOUT)
@@ -81,5 +42,55 @@ async fn put(client: &HttpClient, bridge: &Bridge, url: &str, body: &[u8]) -> Re
         Ok(())
     } else {
         Err(format!("bridge answered {}", response.status))
+    }
+}
+
+/// The pauses between push attempts: `first`, then [`BACKOFF_FACTOR`] times longer each
+/// time, never longer than `cap`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: Duration,
+    cap: Duration,
+    next: Duration,
+    /// Failed attempts since the last success.
+    pub failures: u32,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, cap: Duration) -> Backoff {
+        Backoff {
+            first,
+            cap,
+            next: first.min(cap),
+            failures: 0,
+        }
+    }
+
+    /// Records a failure; the pause before the next attempt.
+    pub fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let pause = self.next;
+        self.next = self.next.mul_f64(BACKOFF_FACTOR).min(self.cap);
+        pause
+    }
+
+    pub fn succeeded(&mut self) {
+        *self = Backoff::new(self.first, self.cap);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(3));
+        let pauses: Vec<f64> = (0..5).map(|_| backoff.failed().as_secs_f64()).collect();
+        assert_eq!(pauses, [1.0, 1.5, 2.25, 3.0, 3.0]);
+        assert_eq!(backoff.failures, 5);
+        backoff.succeeded();
+        assert_eq!(backoff.failures, 0);
+        assert_eq!(backoff.failed(), Duration::from_secs(1));
     }
 }

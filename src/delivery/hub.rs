@@ -23,15 +23,16 @@ impl Hub {
         self.lock().insert(conn.bridge_id, conn)
     }
 
-    /// Removes `conn` unless a newer connection already replaced it.
-    pub fn remove(&self, conn: &Connection) {
+    /// Removes `conn` unless a newer connection already replaced it; whether it did.
+    pub fn remove(&self, conn: &Connection) -> bool {
         let mut map = self.lock();
-        if map
+        let current = map
             .get(&conn.bridge_id)
-            .is_some_and(|c| c.serial == conn.serial)
-        {
+            .is_some_and(|c| c.serial == conn.serial);
+        if current {
             map.remove(&conn.bridge_id);
         }
+        current
     }
 
     pub fn get(&self, bridge: Uuid) -> Option<Arc<Connection>> {

@@ -46,13 +46,18 @@ pub struct Delivery {
     pub ping_interval: Duration,
     /// Protocol 3 acknowledgement timeouts: before the first miss, and after it.
     pub ack_timeouts: (Duration, Duration),
+    /// The first and the longest pause between push attempts.
     pub push_retry_delay: Duration,
+    pub push_retry_max_delay: Duration,
     pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
     /// Bridge -> its worker.
     workers: Mutex<HashMap<Uuid, Worker>>,
     /// Bridge -> unix ms of its last completed delivery.
     last_delivery: Mutex<HashMap<Uuid, u64>>,
+    /// Bridge -> unix ms since when it cannot be reached: its first failed push in a row,
+    /// or its websocket's disconnect.
+    unreachable_since: Mutex<HashMap<Uuid, u64>>,
     next_serial: AtomicU64,
     /// Random per process: with `next_delivery`, it makes every delivery's txn_id one no
     /// bridge has seen from asmux before, across restarts and restores.
@@ -80,10 +85,12 @@ impl Delivery {
                 Duration::from_secs_f64(config.mux.websocket_ack_retry_timeout_seconds),
             ),
             push_retry_delay: Duration::from_secs_f64(config.mux.push_retry_delay_seconds),
+            push_retry_max_delay: Duration::from_secs_f64(config.mux.push_retry_max_delay_seconds),
             reporter: Reporter::new(config, client.clone()),
             metrics,
             workers: Mutex::default(),
             last_delivery: Mutex::default(),
+            unreachable_since: Mutex::default(),
             next_serial: AtomicU64::new(1),
             boot_id: lowercase_alphanumeric(BOOT_ID_LEN).expose().to_owned(),
             next_delivery: AtomicU64::new(1),
@@ -92,7 +99,7 @@ impl Delivery {
     }
 
     fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Worker>> {
-        self.workers.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.workers)
     }
 
     /// Starts workers for every bridge that has queued work (at start-up).
@@ -121,6 +128,15 @@ impl Delivery {
         workers.insert(id, Worker { wake, task });
     }
 
+    /// Stops the bridge's worker and starts a fresh one: after its address changed or its
+    /// queue was cleared, a pause between failed pushes must not hold it back.
+    pub fn restart(self: &Arc<Self>, id: Uuid) {
+        if let Some(worker) = self.workers().remove(&id) {
+            worker.task.abort();
+        }
+        self.wake(id);
+    }
+
     /// Stops everything for a deleted bridge: its worker and its websocket.
     pub fn forget(&self, id: Uuid) {
         if let Some(worker) = self.workers().remove(&id) {
@@ -132,26 +148,32 @@ impl Delivery {
                 r#"{"command":"disconnect","status":"bridge_deleted"}"#,
             );
         }
-        self.last_delivery
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        lock(&self.last_delivery).remove(&id);
+        lock(&self.unreachable_since).remove(&id);
     }
 
     pub(crate) fn note_delivered(&self, id: Uuid) {
-        self.last_delivery
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, now_ms());
+        lock(&self.last_delivery).insert(id, now_ms());
     }
 
     /// Unix ms of the bridge's last completed delivery.
     pub fn last_delivery(&self, id: Uuid) -> Option<u64> {
-        self.last_delivery
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .copied()
+        lock(&self.last_delivery).get(&id).copied()
+    }
+
+    pub(crate) fn note_unreachable(&self, id: Uuid) {
+        lock(&self.unreachable_since)
+            .entry(id)
+            .or_insert_with(now_ms);
+    }
+
+    pub(crate) fn note_reachable(&self, id: Uuid) {
+        lock(&self.unreachable_since).remove(&id);
+    }
+
+    /// Unix ms since when the bridge cannot be reached, if it cannot.
+    pub fn unreachable_since(&self, id: Uuid) -> Option<u64> {
+        lock(&self.unreachable_since).get(&id).copied()
     }
 
     pub fn next_serial(&self) -> u64 {
@@ -193,4 +215,10 @@ impl Delivery {
             tracing::warn!("deliveries still running at the shutdown deadline; they stay queued");
         }
     }
+}
+
+/// Locks a map of plain values: a panic elsewhere cannot leave one half-changed, so a
+/// poisoned lock is still safe to use.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

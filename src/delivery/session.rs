@@ -93,6 +93,7 @@ async fn serve(
         .get_or_create(&bridge_labels(&bridge))
         .clone();
     connected.inc();
+    delivery.note_reachable(bridge.id);
     conn.send_text(r#"{"command":"connect","status":"connected"}"#.to_owned())
         .await;
     delivery.wake(bridge.id);
@@ -136,7 +137,9 @@ async fn serve(
             }
         }
     }
-    delivery.hub.remove(&conn);
+    if delivery.hub.remove(&conn) && !delivery.is_shutting_down() {
+        delivery.note_unreachable(bridge.id);
+    }
     connected.dec();
     if !conn.is_closed() {
         conn.close(1000, "");

@@ -9,10 +9,11 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::connection::RequestError;
-use super::http_push::{push, PushOutcome};
+use super::http_push::{push, Backoff};
 use super::Delivery;
 use crate::matrix::{BridgeTransaction, EventMeta};
 use crate::metrics::bridge_labels;
+use crate::reporting::Checkpoint;
 use crate::store::{now_ms, Bridge, InFlight, QueuedEntry};
 
 /// Queued sub-transactions merged into one delivery at most.
@@ -26,10 +27,12 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 enum Outcome {
     /// Acknowledged: remove the entries.
     Delivered,
-    /// Given up for good: remove the entries too.
+    /// Given up for good (protocol 2 only): remove the entries too.
     GaveUp,
     /// Not delivered; keep the entries and wait for a wake-up (a connection, an address).
     Wait,
+    /// Not delivered; keep the entries and try again after this pause.
+    Retry(Duration),
 }
 
 /// Acknowledgement bookkeeping for the bridge's current websocket.
@@ -41,6 +44,7 @@ struct AckState {
 
 pub async fn run(delivery: Arc<Delivery>, id: Uuid, wake: Arc<tokio::sync::Notify>) {
     let mut acks = AckState::default();
+    let mut backoff = Backoff::new(delivery.push_retry_delay, delivery.push_retry_max_delay);
     let mut shutdown = delivery.shutdown_signal();
     // A delivery an earlier run (or an earlier process) began and did not finish.
     let mut in_flight = delivery.store.in_flight(id).unwrap_or_else(|e| {
@@ -106,11 +110,11 @@ pub async fn run(delivery: Arc<Delivery>, id: Uuid, wake: Arc<tokio::sync::Notif
             let outcome = if txn.is_empty() {
                 Outcome::Delivered
             } else if bridge.push {
-                deliver_push(&delivery, &bridge, &txn).await
+                deliver_push(&delivery, &bridge, &txn, &mut backoff).await
             } else {
                 deliver_websocket(&delivery, &bridge, &txn, &mut acks).await
             };
-            if let Outcome::Wait = outcome {
+            if let Outcome::Wait | Outcome::Retry(_) = outcome {
                 return Some(outcome);
             }
             if let Err(e) = delivery.store.remove_queued(&batch) {
@@ -135,6 +139,14 @@ pub async fn run(delivery: Arc<Delivery>, id: Uuid, wake: Arc<tokio::sync::Notif
             Some(Outcome::Wait) => {
                 tokio::select! {
                     _ = wake.notified() => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            // New work does not cut the pause short: a bridge that is down would get one
+            // attempt per homeserver transaction. A new address restarts the worker.
+            Some(Outcome::Retry(pause)) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
                     _ = shutdown.changed() => {}
                 }
             }
@@ -167,7 +179,7 @@ fn merge(delivery: &Delivery, bridge: &Bridge, batch: &[QueuedEntry]) -> BridgeT
                 if expired {
                     tracing::info!(bridge = %bridge.name(), "dropping expired event from the owner");
                     let events = std::slice::from_ref(raw);
-                    delivery.reporter.event_checkpoints(bridge, events, "BRIDGE", "TIMEOUT", Some("event expired in the queue"));
+                    delivery.reporter.event_checkpoints(bridge, events, Checkpoint::bridge("TIMEOUT", 0, Some("event expired in the queue")));
                 }
                 !expired
             });
@@ -177,19 +189,31 @@ fn merge(delivery: &Delivery, bridge: &Bridge, batch: &[QueuedEntry]) -> BridgeT
     merged
 }
 
-async fn deliver_push(delivery: &Delivery, bridge: &Bridge, txn: &BridgeTransaction) -> Outcome {
-    match push(&delivery.client, bridge, txn, delivery.push_retry_delay).await {
-        PushOutcome::Delivered => Outcome::Delivered,
-        PushOutcome::GaveUp(error) => {
+/// One push attempt. A push bridge is never given up on for being unreachable (as
+/// Synapse never gives up on an appservice): a bridge restarted or upgraded for a while
+/// gets everything once it is back, and the entries only go when they age out.
+async fn deliver_push(
+    delivery: &Delivery,
+    bridge: &Bridge,
+    txn: &BridgeTransaction,
+    backoff: &mut Backoff,
+) -> Outcome {
+    match push(&delivery.client, bridge, txn).await {
+        Ok(()) => {
+            backoff.succeeded();
+            delivery.note_reachable(bridge.id);
+            Outcome::Delivered
+        }
+        Err(error) => {
+            let pause = backoff.failed();
+            delivery.note_unreachable(bridge.id);
+            tracing::warn!(bridge = %bridge.name(), txn_id = %txn.txn_id, attempt = backoff.failures, %error, retry_in = ?pause, "push failed");
             delivery.reporter.event_checkpoints(
                 bridge,
                 &txn.events,
-                "BRIDGE",
-                "PERM_FAILURE",
-                Some(&error),
+                Checkpoint::bridge("WILL_RETRY", backoff.failures, Some(&error)),
             );
-            tracing::error!(bridge = %bridge.name(), txn_id = %txn.txn_id, %error, "giving up on delivery");
-            Outcome::GaveUp
+            Outcome::Retry(pause)
         }
     }
 }

@@ -203,7 +203,7 @@ impl Store {
                 }),
         )?;
         self.bridges.invalidate(&id);
-        self.clear_queue(id)?;
+        self.clear_queue(id, |_| {})?;
         self.bridgeid_status.remove(id.as_bytes())?;
         for key in &room_keys {
             self.rooms

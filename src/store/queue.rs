@@ -219,24 +219,42 @@ impl Store {
         queued_bridges(&self.queue)
     }
 
-    /// Drops every queue entry of `bridge` and its delivery in flight.
-    pub fn clear_queue(&self, bridge: Uuid) -> Result<(), StoreError> {
+    /// Drops every queue entry of `bridge` (handing each body to `dropped` first) and its
+    /// delivery in flight; returns how many entries went.
+    pub fn clear_queue(
+        &self,
+        bridge: Uuid,
+        mut dropped: impl FnMut(&[u8]),
+    ) -> Result<u64, StoreError> {
         let mut batch = sled::Batch::default();
-        for key in self.queue.scan_prefix(bridge.as_bytes()).keys() {
-            batch.remove(key?);
+        let mut count = 0;
+        for item in self.queue.scan_prefix(bridge.as_bytes()) {
+            let (key, value) = item?;
+            dropped(&entry(key.clone(), value)?.body);
+            batch.remove(key);
+            count += 1;
         }
         self.queue.apply_batch(batch)?;
         self.bridgeid_inflight.remove(bridge.as_bytes())?;
-        Ok(())
+        Ok(count)
     }
 
-    /// Drops queue entries queued before `before_ms`; returns how many.
-    pub fn trim_queues(&self, before_ms: u64) -> Result<usize, StoreError> {
+    /// Drops queue entries queued before `before_ms`, handing each bridge and body to
+    /// `dropped` first; returns how many.
+    pub fn trim_queues(
+        &self,
+        before_ms: u64,
+        mut dropped: impl FnMut(Uuid, &[u8]),
+    ) -> Result<usize, StoreError> {
         let mut batch = sled::Batch::default();
         let mut trimmed = 0;
         for item in self.queue.iter() {
             let (key, value) = item?;
-            if entry(key.clone(), value)?.enqueued_at_ms < before_ms {
+            let queued = entry(key.clone(), value)?;
+            if queued.enqueued_at_ms < before_ms {
+                if let Some(bridge) = key.get(..16).and_then(|id| Uuid::from_slice(id).ok()) {
+                    dropped(bridge, &queued.body);
+                }
                 batch.remove(key);
                 trimmed += 1;
             }
@@ -386,9 +404,23 @@ mod tests {
             vec!["$e3"]
         );
 
-        store.clear_queue(b).unwrap();
+        let mut cleared = Vec::new();
+        assert_eq!(
+            store
+                .clear_queue(b, |body| cleared.push(body.to_vec()))
+                .unwrap(),
+            5
+        );
+        assert_eq!(cleared[0], b"b0");
         assert_eq!(store.queued_bridges().unwrap(), vec![a]);
-        assert_eq!(store.trim_queues(u64::MAX).unwrap(), 2);
+        let mut trimmed = Vec::new();
+        let count = store
+            .trim_queues(u64::MAX, |bridge, body| {
+                trimmed.push((bridge, body.to_vec()))
+            })
+            .unwrap();
+        assert_eq!(count, 2);
+        assert_eq!(trimmed, [(a, b"a3".to_vec()), (a, b"a4".to_vec())]);
         assert!(store.queued_bridges().unwrap().is_empty());
     }
 
@@ -459,7 +491,7 @@ mod tests {
         };
         store.set_in_flight(bridge, &in_flight).unwrap();
         assert_eq!(store.in_flight(bridge).unwrap(), Some(in_flight));
-        store.clear_queue(bridge).unwrap();
+        store.clear_queue(bridge, |_| {}).unwrap();
         assert_eq!(store.in_flight(bridge).unwrap(), None);
     }
 

@@ -243,6 +243,7 @@ max_management_body_bytes = 65536
 websocket_ack_timeout_seconds = 0.3
 websocket_ack_retry_timeout_seconds = 0.4
 push_retry_delay_seconds = 0.02
+push_retry_max_delay_seconds = 0.1
 {extra}
 "#
     )
