@@ -72,10 +72,9 @@ impl Intake {
         let order = self.order.lock().await;
         // Routing writes nothing, so it may run before the retry check: it reads every
         // event once and collects the PDU event IDs the check needs.
-        let connected = self.delivery.hub.connected();
         let routed = self
             .router
-            .route(txn_id, &txn, self.store.as_ref(), &connected)
+            .route(txn_id, &txn, self.store.as_ref())
             .map_err(store_error)?;
         if self.is_retry(txn_id, &txn, &routed.event_ids)? {
             tracing::debug!(txn_id, "transaction already processed");

@@ -15,6 +15,8 @@ pub trait RoutingView {
     fn room(&self, room_id: &str) -> Result<Option<Arc<Room>>, StoreError>;
     fn bridge(&self, id: Uuid) -> Result<Option<Arc<Bridge>>, StoreError>;
     fn bridge_by_name(&self, owner: &str, prefix: &str) -> Result<Option<Arc<Bridge>>, StoreError>;
+    /// Every bridge.
+    fn bridges(&self) -> Result<Vec<Arc<Bridge>>, StoreError>;
 }
 
 impl RoutingView for Store {
@@ -26,6 +28,9 @@ impl RoutingView for Store {
     }
     fn bridge_by_name(&self, owner: &str, prefix: &str) -> Result<Option<Arc<Bridge>>, StoreError> {
         Store::bridge_by_name(self, owner, prefix)
+    }
+    fn bridges(&self) -> Result<Vec<Arc<Bridge>>, StoreError> {
+        Store::bridges(self, None)
     }
 }
 
@@ -86,14 +91,12 @@ struct RoomState {
 }
 
 impl Router {
-    /// Routes `txn`. `connected` lists the websocket bridges connected now: they receive
-    /// a transaction that carries nothing but device lists.
+    /// Routes `txn`.
     pub fn route(
         &self,
         txn_id: &str,
         txn: &HomeserverTransaction,
         view: &dyn RoutingView,
-        connected: &[Uuid],
     ) -> Result<Routed, StoreError> {
         let mut ctx = Context {
             router: self,
@@ -123,12 +126,13 @@ impl Router {
                     .insert(user_id.clone(), types.clone());
             }
         }
+        // Device lists go to every bridge that can receive anything, push and websocket
+        // alike (mautrix-python bridges with appservice encryption read them from pushes),
+        // in the sub-transaction it gets anyway or in one of their own.
         if !txn.device_lists.is_empty() {
-            if txn.only_device_lists() {
-                for id in connected {
-                    if let Some(bridge) = view.bridge(*id)? {
-                        ctx.transaction(&bridge);
-                    }
+            for bridge in view.bridges()? {
+                if !bridge.push || !bridge.address.is_empty() {
+                    ctx.transaction(&bridge);
                 }
             }
             for t in ctx.routed.transactions.values_mut() {

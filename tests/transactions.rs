@@ -211,17 +211,40 @@ async fn fixtures_route_to_the_right_bridges() {
     assert_eq!(tg_frame["ephemeral"], h["ephemeral"]);
     assert!(wa_frame.get("ephemeral").is_none());
 
-    // Device lists alone go to every connected websocket bridge.
-    hs_transaction(
+    // Device lists go to every bridge that can receive anything: websocket bridges,
+    // connected or not, and push bridges (mautrix-python reads them from pushes).
+    let push = PushBridge::start(0).await;
+    let signal = provision(
+        &two.server,
+        "alice",
+        "signal",
+        json!({"address": push.url()}),
+    )
+    .await;
+    let offline = provision(&two.server, "alice", "slack", json!({"push": false})).await;
+    let no_address = provision(&two.server, "alice", "sms", json!({})).await;
+    let reply = hs_transaction(
         &two.server,
         "g1",
         &fixture("g1-device-list-changed-real-user.json"),
     )
     .await;
+    let sent_to = &reply.body["com.beeper.asmux.sent_to"];
+    for reg in [&signal, &offline] {
+        assert_eq!(sent_to[reg["id"].as_str().unwrap()], "ok", "{sent_to}");
+    }
+    assert_eq!(
+        sent_to.get(no_address["id"].as_str().unwrap()),
+        None,
+        "{sent_to}"
+    );
     let lists =
         fixture("g1-device-list-changed-real-user.json")["org.matrix.msc3202.device_lists"].clone();
     assert_eq!(next_txn(&mut wa).await["device_lists"], lists);
     assert_eq!(next_txn(&mut tg).await["device_lists"], lists);
+    assert_eq!(push.wait_for(1).await[0].body["device_lists"], lists);
+    let mut slack = WsBridge::connect(&two.server, offline["as_token"].as_str().unwrap(), 3).await;
+    assert_eq!(next_txn(&mut slack).await["device_lists"], lists);
 
     // The ghost joining the encrypted room registers it for WhatsApp (state_key).
     hs_transaction(

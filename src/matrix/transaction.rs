@@ -118,16 +118,6 @@ impl HomeserverTransaction {
                 .unwrap_or_default(),
         })
     }
-
-    /// Whether nothing but device lists is in it.
-    pub fn only_device_lists(&self) -> bool {
-        self.events.is_empty()
-            && self.ephemeral.is_empty()
-            && self.to_device.is_empty()
-            && self.one_time_keys_count.is_empty()
-            && self.fallback_key_types.is_empty()
-            && !self.device_lists.is_empty()
-    }
 }
 
 /// A transaction for one bridge: the body of an HTTP push and the payload of a
