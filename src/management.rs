@@ -221,22 +221,36 @@ impl Management {
             .then(|| new_config_password(lifetime));
 
         if let Some(existing) = self.find(caller, target)? {
-            let mut bridge = (*existing).clone();
-            if let Some(address) = request.address {
-                bridge.address = address;
-            }
-            if let Some(push) = request.push {
-                bridge.push = push;
-            }
-            if let Some((_, stored)) = &password {
-                bridge.config_password = Some(stored.clone());
-            }
-            if bridge != *existing {
-                self.store.update_bridge(&bridge).map_err(store_error)?;
+            let changes = request
+                .address
+                .as_ref()
+                .is_some_and(|a| *a != existing.address)
+                || request.push.is_some_and(|p| p != existing.push)
+                || password.is_some();
+            let bridge = if changes {
+                let stored = password.as_ref().map(|(_, stored)| stored.clone());
+                let updated = self
+                    .store
+                    .modify_bridge(existing.id, |bridge| {
+                        if let Some(address) = request.address {
+                            bridge.address = address;
+                        }
+                        if let Some(push) = request.push {
+                            bridge.push = push;
+                        }
+                        if stored.is_some() {
+                            bridge.config_password = stored;
+                        }
+                    })
+                    .map_err(store_error)?
+                    .ok_or_else(|| self.not_found(caller))?;
                 self.flush().await?;
                 // A new address or mode may unblock queued deliveries at once.
-                self.delivery.restart(bridge.id);
-            }
+                self.delivery.restart(updated.id);
+                updated
+            } else {
+                existing
+            };
             let registration = self.registration_of(&bridge, password, lifetime)?;
             return Ok((registration, false));
         }

@@ -323,3 +323,30 @@ async fn deleting_the_bridge_closes_its_socket() {
         "the token is gone"
     );
 }
+
+/// A partial update from a session (its push key) changes only that field of the current
+/// record: it used to write back the whole record as it was when the socket connected.
+#[tokio::test]
+async fn a_push_key_does_not_undo_a_reprovisioning() {
+    let (_hs, server, token) = setup().await;
+    let mut ws = WsBridge::connect(&server, &token, 3).await;
+    let txn = ws.next_json().await;
+    ws.ack(&txn).await;
+    provision(
+        &server,
+        "alice",
+        "whatsapp",
+        json!({"address": "http://10.0.0.9:29318"}),
+    )
+    .await;
+    ws.send_json(&json!({"command": "push_key", "id": 7, "data": {"url": "https://push.example", "app_id": "a", "pushkey": "k"}})).await;
+    let answer = ws.next_json().await;
+    assert_eq!(
+        (answer["command"].as_str(), answer["id"].as_u64()),
+        (Some("response"), Some(7))
+    );
+    let registration = server
+        .root_get("/_matrix/asmux/appservice/alice/whatsapp")
+        .await;
+    assert_eq!(registration.body["url"], "http://10.0.0.9:29318");
+}

@@ -28,6 +28,9 @@ use hub::Hub;
 /// Characters of the random part of delivery txn_ids: 62 bits of entropy.
 const BOOT_ID_LEN: usize = 12;
 
+/// The close reason sent to the socket of a bridge that is deleted.
+pub const DELETED_REASON: &str = r#"{"command":"disconnect","status":"bridge_deleted"}"#;
+
 /// The close reason sent to every websocket when asmux stops.
 pub const SHUTDOWN_REASON: &str = r#"{"command":"disconnect","status":"server_shutting_down"}"#;
 
@@ -143,10 +146,7 @@ impl Delivery {
             worker.task.abort();
         }
         if let Some(conn) = self.hub.get(id) {
-            conn.close(
-                1000,
-                r#"{"command":"disconnect","status":"bridge_deleted"}"#,
-            );
+            conn.close(1000, DELETED_REASON);
         }
         lock(&self.last_delivery).remove(&id);
         lock(&self.unreachable_since).remove(&id);

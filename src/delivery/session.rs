@@ -86,6 +86,10 @@ async fn serve(
         tracing::info!(old_serial = old.serial, "replacing the older connection");
         old.close(4001, REPLACED_REASON);
     }
+    // Deleted between the upgrade and now: deletion closed whatever was connected before.
+    if matches!(delivery.store.bridge(bridge.id), Ok(None)) {
+        conn.close(1000, super::DELETED_REASON);
+    }
     tracing::info!(protocol, serial = conn.serial, process_id = %conn.process_id, "bridge connected");
     let connected = delivery
         .metrics
@@ -242,11 +246,14 @@ fn store_push_key(delivery: &Delivery, bridge: &Bridge, data: Value) -> Result<V
         pushkey_ts: input.pushkey_ts,
         data: input.data.map(|d| d.to_string()),
     });
-    let mut updated = bridge.clone();
-    updated.push_key = push_key;
-    delivery.store.update_bridge(&updated).map_err(|e| {
-        tracing::error!(error = %e, "cannot store push key");
-        json!({"code": "InternalError", "message": "Failed to store push key"})
-    })?;
+    // Only the push key changes, on the bridge's current record: the snapshot this session
+    // started with may be outdated, or the bridge deleted meanwhile.
+    delivery
+        .store
+        .modify_bridge(bridge.id, |current| current.push_key = push_key)
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot store push key");
+            json!({"code": "InternalError", "message": "Failed to store push key"})
+        })?;
     Ok(json!({}))
 }

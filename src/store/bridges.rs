@@ -158,16 +158,30 @@ impl Store {
         }
     }
 
-    /// Replaces the record of an existing bridge (owner and prefix never change).
-    pub fn update_bridge(&self, bridge: &Bridge) -> Result<(), StoreError> {
+    /// Changes the bridge's current record with `change`, under the write lock, so that
+    /// concurrent partial updates (a push key from its socket, a new address from the
+    /// management API) never undo each other. Nothing happens to a bridge that is gone:
+    /// `None`. Owner, prefix and id never change.
+    pub fn modify_bridge(
+        &self,
+        id: Uuid,
+        change: impl FnOnce(&mut Bridge),
+    ) -> Result<Option<Arc<Bridge>>, StoreError> {
         let _guard = self.write_lock();
+        let Some(current) = self.bridgeid_bridge.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let mut bridge: Bridge = decode("bridgeid_bridge", &current)?;
+        change(&mut bridge);
+        bridge.id = id;
         self.bridgeid_bridge
-            .insert(bridge.id.as_bytes(), encode(bridge))?;
-        self.bridges.invalidate(&bridge.id);
-        Ok(())
+            .insert(id.as_bytes(), encode(&bridge))?;
+        self.bridges.invalidate(&id);
+        Ok(Some(Arc::new(bridge)))
     }
 
-    /// Removes a bridge, its name, its room ownerships, its queue and its last state. Returns false when unknown.
+    /// Removes a bridge, its name, its room ownerships, its queue and its last state.
+    /// Returns false when unknown.
     pub fn delete_bridge(&self, id: Uuid) -> Result<bool, StoreError> {
         let _guard = self.write_lock();
         let Some(bridge) = self.bridgeid_bridge.get(id.as_bytes())? else {
@@ -225,5 +239,42 @@ impl Store {
             out.extend(self.bridge(id)?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_updates_change_the_current_record_and_never_revive_a_deleted_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let (bridge, _) = store
+            .insert_bridge(test_bridge("alice", "whatsapp"))
+            .unwrap();
+        // Two writers holding the same old snapshot: neither undoes the other.
+        store
+            .modify_bridge(bridge.id, |b| b.address = "http://new".into())
+            .unwrap();
+        store.modify_bridge(bridge.id, |b| b.push = true).unwrap();
+        let current = store.bridge(bridge.id).unwrap().unwrap();
+        assert_eq!(
+            (current.address.as_str(), current.push),
+            ("http://new", true)
+        );
+
+        assert!(store.delete_bridge(bridge.id).unwrap());
+        let revived = store
+            .modify_bridge(bridge.id, |b| b.address = "http://late".into())
+            .unwrap();
+        assert!(revived.is_none());
+        store.set_bridge_status(bridge.id, b"{}").unwrap();
+        assert!(store.bridge(bridge.id).unwrap().is_none());
+        assert!(store.bridge_status(bridge.id).unwrap().is_none());
+        assert!(store
+            .bridge_by_token(&bridge.real_as_token())
+            .unwrap()
+            .is_none());
     }
 }

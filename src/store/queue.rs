@@ -290,9 +290,12 @@ impl Store {
         Ok(trimmed)
     }
 
-    /// Stores the latest `bridge_status` a bridge reported.
+    /// Stores the latest `bridge_status` a bridge reported, unless the bridge is gone.
     pub fn set_bridge_status(&self, bridge: Uuid, status: &[u8]) -> Result<(), StoreError> {
-        self.bridgeid_status.insert(bridge.as_bytes(), status)?;
+        let _guard = self.write_lock();
+        if self.bridgeid_bridge.contains_key(bridge.as_bytes())? {
+            self.bridgeid_status.insert(bridge.as_bytes(), status)?;
+        }
         Ok(())
     }
 
