@@ -95,6 +95,8 @@ pub struct Mux {
     pub max_pdu_age_seconds: u64,
     pub queue_retention_days: u64,
     pub websocket_ping_seconds: u64,
+    /// How long a write to a bridge's websocket may take before the socket is closed.
+    pub websocket_write_timeout_seconds: f64,
     /// Protocol 3 acknowledgement timeout before the first miss, and after it.
     pub websocket_ack_timeout_seconds: f64,
     pub websocket_ack_retry_timeout_seconds: f64,
@@ -184,6 +186,7 @@ impl Default for Mux {
             max_pdu_age_seconds: 180,
             queue_retention_days: 7,
             websocket_ping_seconds: 60,
+            websocket_write_timeout_seconds: 30.0,
             websocket_ack_timeout_seconds: 5.0,
             websocket_ack_retry_timeout_seconds: 30.0,
             push_retry_delay_seconds: 1.0,
@@ -324,14 +327,15 @@ impl Config {
             [
                 self.mux.websocket_ack_timeout_seconds,
                 self.mux.websocket_ack_retry_timeout_seconds,
+                self.mux.websocket_write_timeout_seconds,
                 self.mux.push_retry_delay_seconds,
                 self.mux.push_retry_max_delay_seconds,
             ]
             .iter()
             .all(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0),
             "mux.websocket_ack_timeout_seconds, websocket_ack_retry_timeout_seconds, \
-             push_retry_delay_seconds and push_retry_max_delay_seconds must be between 0 \
-             and 3600",
+             websocket_write_timeout_seconds, push_retry_delay_seconds and \
+             push_retry_max_delay_seconds must be between 0 and 3600",
         );
         check(
             self.mux.max_body_bytes >= 1024 && self.mux.max_management_body_bytes >= 1024,

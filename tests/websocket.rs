@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 const WA_ROOM: &str = "!o-Qzij4pVy-fGxdFgb8LDLJ5y9ykdPENMse-TF2O8zQ";
@@ -349,4 +350,97 @@ async fn a_push_key_does_not_undo_a_reprovisioning() {
         .root_get("/_matrix/asmux/appservice/alice/whatsapp")
         .await;
     assert_eq!(registration.body["url"], "http://10.0.0.9:29318");
+}
+
+/// A bridge that stops reading: its socket is closed after the write deadline, what it
+/// did not acknowledge stays queued, and neither another bridge nor shutdown waits on it.
+#[tokio::test]
+async fn a_bridge_that_stops_reading_holds_up_nothing() {
+    let hs = StubHomeserver::start().await;
+    // Acknowledgement timeouts far away: only the write deadline may end the socket.
+    let config = config_text_with(&hs.url(), 0, "max_pdu_age_seconds = 0")
+        .replace(
+            "websocket_ack_timeout_seconds = 0.3",
+            "websocket_ack_timeout_seconds = 60",
+        )
+        .replace(
+            "websocket_ack_retry_timeout_seconds = 0.4",
+            "websocket_write_timeout_seconds = 1",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let server = TestServer::start_in(dir).await;
+    let stalled = provision(&server, "alice", "whatsapp", json!({"push": false})).await;
+    let healthy = provision(&server, "alice", "telegram", json!({"push": false})).await;
+    let member = |bridge: &str, room: &str| {
+        json!({"type": "m.room.member", "room_id": room, "sender": "@alice:example.test",
+               "state_key": format!("@_alice_{bridge}_bot:example.test"), "event_id": format!("$join-{bridge}"),
+               "content": {"membership": "join"}})
+    };
+    let setup = json!({"events": [member("whatsapp", WA_ROOM), member("telegram", "!tg")]});
+    assert_eq!(hs_transaction(&server, "1", &setup).await.status, 200);
+    let mut tg = WsBridge::connect(&server, healthy["as_token"].as_str().unwrap(), 3).await;
+    tg.receive_events(1).await;
+
+    // Queued first, so that the first delivery holds far more than socket buffers.
+    let big: Vec<_> = (0..8)
+        .map(|i| json!({"type": "m.room.message", "room_id": WA_ROOM, "sender": "@bob:example.test",
+                        "event_id": format!("$big{i}"), "content": {"msgtype": "m.text", "body": "x".repeat(1 << 20)}}))
+        .collect();
+    assert_eq!(
+        hs_transaction(&server, "2", &json!({"events": big}))
+            .await
+            .status,
+        200
+    );
+    // A peer with a tiny receive buffer that never reads after the upgrade.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let mut request = format!(
+        "ws://{}/_matrix/client/unstable/fi.mau.as_sync",
+        server.addr
+    )
+    .into_client_request()
+    .unwrap();
+    let bearer = format!("Bearer {}", stalled["as_token"].as_str().unwrap());
+    request
+        .headers_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-mautrix-websocket-version", "3".parse().unwrap());
+    let (_not_reading, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap();
+
+    // The other bridge is served meanwhile.
+    let small = json!({"events": [{"type": "m.room.message", "room_id": "!tg", "sender": "@bob:example.test",
+                                   "event_id": "$small", "content": {"msgtype": "m.text", "body": "hi"}}]});
+    assert_eq!(hs_transaction(&server, "3", &small).await.status, 200);
+    assert_eq!(event_ids(&tg.receive_events(1).await), ["$small"]);
+
+    let mut status = serde_json::Value::Null;
+    for _ in 0..100 {
+        status = server
+            .root_get("/_matrix/asmux/appservice/alice/whatsapp/status")
+            .await
+            .body;
+        if status["connected"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status["connected"], false,
+        "the stalled socket was closed: {status}"
+    );
+    assert!(
+        status["queue_depth"].as_u64().unwrap() >= 1,
+        "still queued: {status}"
+    );
+    // Shutdown does not wait on the peer either.
+    tokio::time::timeout(Duration::from_secs(15), server.stop())
+        .await
+        .expect("shutdown finished");
 }

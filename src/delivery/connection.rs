@@ -34,6 +34,9 @@ impl std::fmt::Display for RequestError {
 
 type Pending = oneshot::Sender<Result<Value, Value>>;
 
+/// The close reason for a bridge that stopped reading.
+pub const STALLED_REASON: &str = r#"{"command":"disconnect","status":"write_timeout"}"#;
+
 /// A connected websocket bridge.
 pub struct Connection {
     pub bridge_id: Uuid,
@@ -46,6 +49,8 @@ pub struct Connection {
     pub connected_at_ms: u64,
     /// Frames for the writer task; bounded so a stuck bridge applies back-pressure.
     out: mpsc::Sender<Message>,
+    /// How long a frame may wait for room in `out`, and the writer for the socket.
+    pub write_timeout: Duration,
     next_id: AtomicU64,
     /// Requests from asmux waiting for the bridge's response, by id.
     pending: Mutex<HashMap<u64, Pending>>,
@@ -61,6 +66,7 @@ impl Connection {
         process_id: String,
         connected_at_ms: u64,
         out: mpsc::Sender<Message>,
+        write_timeout: Duration,
     ) -> Connection {
         Connection {
             bridge_id,
@@ -69,6 +75,7 @@ impl Connection {
             process_id,
             connected_at_ms,
             out,
+            write_timeout,
             next_id: AtomicU64::new(1),
             pending: Mutex::default(),
             closed: AtomicBool::new(false),
@@ -85,9 +92,27 @@ impl Connection {
         self.send_frame(Message::text(text)).await
     }
 
-    /// Queues a frame for the writer; false when the connection is gone.
+    /// Queues a frame for the writer; false when the connection is gone. A bridge that
+    /// stops reading fills the queue: after [`Connection::write_timeout`] without room
+    /// the connection is closed, so no caller waits on it for longer.
     pub async fn send_frame(&self, message: Message) -> bool {
-        !self.is_closed() && self.out.send(message).await.is_ok()
+        if self.is_closed() {
+            return false;
+        }
+        tokio::select! {
+            sent = self.out.send(message) => sent.is_ok(),
+            _ = self.wait_closed() => false,
+            _ = tokio::time::sleep(self.write_timeout) => {
+                self.close_stalled();
+                false
+            }
+        }
+    }
+
+    /// Closes a connection whose peer stopped reading.
+    pub fn close_stalled(&self) {
+        tracing::warn!(bridge = %self.bridge_id, "the bridge stopped reading its websocket, closing");
+        self.close(1011, STALLED_REASON);
     }
 
     /// Sends `{"command": command, "id": N, <fields>}` and waits for the response.

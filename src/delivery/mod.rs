@@ -47,6 +47,8 @@ pub struct Delivery {
     pub namespace: Namespace,
     pub max_pdu_age_ms: u64,
     pub ping_interval: Duration,
+    /// Deadline of every write to a bridge's websocket.
+    pub websocket_write_timeout: Duration,
     /// Protocol 3 acknowledgement timeouts: before the first miss, and after it.
     pub ack_timeouts: (Duration, Duration),
     /// The first and the longest pause between push attempts.
@@ -83,6 +85,9 @@ impl Delivery {
             namespace: config.namespace(),
             max_pdu_age_ms: config.mux.max_pdu_age_seconds * 1000,
             ping_interval: Duration::from_secs(config.mux.websocket_ping_seconds),
+            websocket_write_timeout: Duration::from_secs_f64(
+                config.mux.websocket_write_timeout_seconds,
+            ),
             ack_timeouts: (
                 Duration::from_secs_f64(config.mux.websocket_ack_timeout_seconds),
                 Duration::from_secs_f64(config.mux.websocket_ack_retry_timeout_seconds),

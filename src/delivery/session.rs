@@ -20,6 +20,8 @@ use crate::store::{now_ms, Bridge, PushKey};
 /// Frames waiting for the writer at most; a bridge that reads slower than this holds up
 /// its own deliveries, never the server.
 const OUTGOING_FRAMES: usize = 64;
+/// How long the writer may take to send the close frame once the session ends.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How long a disconnected bridge has to come back before it is reported unreachable.
 const UNREACHABLE_GRACE: Duration = Duration::from_secs(10);
 /// The close reason sent to a connection a newer one of the same bridge replaces.
@@ -70,16 +72,29 @@ async fn serve(
         process_id,
         now_ms(),
         out,
+        delivery.websocket_write_timeout,
     ));
 
-    let writer = tokio::spawn(async move {
-        while let Some(message) = outgoing.recv().await {
-            let closing = matches!(message, Message::Close(_));
-            if sink.send(message).await.is_err() || closing {
-                break;
+    // Every write has a deadline: a peer that stops reading (or a half-open connection)
+    // gets its socket closed instead of holding the writer forever.
+    let writer = tokio::spawn({
+        let conn = conn.clone();
+        async move {
+            while let Some(message) = outgoing.recv().await {
+                let closing = matches!(message, Message::Close(_));
+                match tokio::time::timeout(conn.write_timeout, sink.send(message)).await {
+                    Ok(Ok(())) if !closing => {}
+                    Ok(_) => break,
+                    Err(_) => {
+                        conn.close_stalled();
+                        // Dropping the sink drops the socket: no close handshake with a
+                        // peer that does not read.
+                        return;
+                    }
+                }
             }
+            let _ = tokio::time::timeout(conn.write_timeout, sink.close()).await;
         }
-        let _ = sink.close().await;
     });
 
     if let Some(old) = delivery.hub.insert(conn.clone()) {
@@ -149,7 +164,13 @@ async fn serve(
         conn.close(1000, "");
     }
     // Let the writer send the close frame, but never wait on a dead peer for long.
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    let mut writer = writer;
+    if tokio::time::timeout(CLOSE_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     tracing::info!("bridge disconnected");
     if !delivery.is_shutting_down() {
         report_if_still_gone(delivery, bridge);
