@@ -2,6 +2,8 @@
 //! and `appservice:` blocks (and the username template and double-puppet secret, which
 //! must match the namespace asmux gave the bridge). Printed by `asmux bridge config`.
 
+use serde_yaml_ng::Value;
+
 use crate::config::Config;
 use crate::registration::BridgeRegistration;
 
@@ -31,21 +33,95 @@ pub fn render(
         "{}_",
         config.namespace().bridge_localpart_prefix(owner, prefix)
     );
-    let block = Block {
-        homeserver: homeserver_url(config),
-        domain: &config.homeserver.domain,
-        registration,
-        push,
-        ghost_prefix,
-    };
-    match flavor {
-        Flavor::MautrixGo => Ok(block.mautrix_go()),
-        Flavor::MautrixPython if block.push.is_none() => Err(format!(
-            "{owner}/{prefix} is a websocket bridge, and mautrix-python bridges can only be \
-             pushed to: provision it with --address URL first"
-        )),
-        Flavor::MautrixPython => Ok(block.mautrix_python()),
+    let domain = config.homeserver.domain.as_str();
+    let mut homeserver = vec![
+        ("address", Value::from(homeserver_url(config))),
+        ("domain", domain.into()),
+        ("software", "standard".into()),
+    ];
+    let mut appservice = Vec::new();
+    if let Some(push) = &push {
+        appservice.extend([
+            ("address", Value::from(push.address.as_str())),
+            ("hostname", push.host.as_str().into()),
+            ("port", push.port.into()),
+        ]);
     }
+    appservice.push(("id", registration.id.as_str().into()));
+    let r = registration;
+    let document = match flavor {
+        Flavor::MautrixGo => {
+            homeserver.push(("websocket", push.is_none().into()));
+            if push.is_none() {
+                homeserver.push(("ping_interval_seconds", GO_PING_INTERVAL_SECONDS.into()));
+            }
+            appservice.extend([
+                (
+                    "bot",
+                    map([("username", r.sender_localpart.as_str().into())]),
+                ),
+                ("as_token", r.as_token.as_str().into()),
+                ("hs_token", r.hs_token.as_str().into()),
+                (
+                    "username_template",
+                    format!("{ghost_prefix}{{{{.}}}}").into(),
+                ),
+            ]);
+            // With the double-puppet registration the bridge acts as its owner with its
+            // own token; without it, only shared-secret login remains.
+            let secret = match config.double_puppet_token() {
+                Some(_) => format!("as_token:{}", r.as_token),
+                None => r.login_shared_secret.clone(),
+            };
+            map([
+                ("homeserver", map(homeserver)),
+                ("appservice", map(appservice)),
+                (
+                    "double_puppet",
+                    map([("secrets", map([(domain, secret.into())]))]),
+                ),
+            ])
+        }
+        Flavor::MautrixPython if push.is_none() => {
+            return Err(format!(
+                "{owner}/{prefix} is a websocket bridge, and mautrix-python bridges can only be \
+                 pushed to: provision it with --address URL first"
+            ))
+        }
+        Flavor::MautrixPython => {
+            appservice.extend([
+                ("bot_username", r.sender_localpart.as_str().into()),
+                ("as_token", r.as_token.as_str().into()),
+                ("hs_token", r.hs_token.as_str().into()),
+            ]);
+            let secrets = map([(domain, r.login_shared_secret.as_str().into())]);
+            map([
+                ("homeserver", map(homeserver)),
+                ("appservice", map(appservice)),
+                (
+                    "bridge",
+                    map([
+                        (
+                            "username_template",
+                            format!("{ghost_prefix}{{userid}}").into(),
+                        ),
+                        ("login_shared_secret_map", secrets),
+                    ]),
+                ),
+            ])
+        }
+    };
+    serde_yaml_ng::to_string(&document).map_err(|e| e.to_string())
+}
+
+/// A YAML mapping with its keys in the given order.
+fn map<'a>(entries: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
+    Value::Mapping(
+        entries
+            .into_iter()
+            .map(|(key, value)| (Value::from(key), value))
+            .collect(),
+    )
 }
 
 /// The URL bridges reach asmux at: the public address, else the one the homeserver uses.
@@ -89,87 +165,6 @@ fn push_listener(url: &str) -> Result<Option<PushListener>, String> {
             .to_owned(),
         port,
     }))
-}
-
-struct Block<'a> {
-    homeserver: &'a str,
-    domain: &'a str,
-    registration: &'a BridgeRegistration,
-    push: Option<PushListener>,
-    /// Localpart prefix of the bridge's ghosts, `{gp}{owner}_{prefix}_`.
-    ghost_prefix: String,
-}
-
-impl Block<'_> {
-    fn mautrix_go(&self) -> String {
-        let r = self.registration;
-        let transport = match self.push {
-            None => format!(
-                "    websocket: true\n    ping_interval_seconds: {GO_PING_INTERVAL_SECONDS}\n"
-            ),
-            Some(_) => "    websocket: false\n".to_owned(),
-        };
-        format!(
-            "{homeserver}{transport}appservice:\n{listener}    id: {id}\n    bot:\n        \
-             username: {bot}\n    as_token: {as_token}\n    hs_token: {hs_token}\n    \
-             username_template: {template}\ndouble_puppet:\n    secrets:\n        \
-             {domain}: {secret}\n",
-            homeserver = self.homeserver_lines(),
-            listener = self.listener_lines(),
-            id = quote(&r.id),
-            bot = quote(&r.sender_localpart),
-            as_token = quote(&r.as_token),
-            hs_token = quote(&r.hs_token),
-            template = quote(&format!("{}{{{{.}}}}", self.ghost_prefix)),
-            domain = quote(self.domain),
-            secret = quote(&r.login_shared_secret),
-        )
-    }
-
-    fn mautrix_python(&self) -> String {
-        let r = self.registration;
-        format!(
-            "{homeserver}appservice:\n{listener}    id: {id}\n    bot_username: {bot}\n    \
-             as_token: {as_token}\n    hs_token: {hs_token}\nbridge:\n    \
-             username_template: {template}\n    login_shared_secret_map:\n        \
-             {domain}: {secret}\n",
-            homeserver = self.homeserver_lines(),
-            listener = self.listener_lines(),
-            id = quote(&r.id),
-            bot = quote(&r.sender_localpart),
-            as_token = quote(&r.as_token),
-            hs_token = quote(&r.hs_token),
-            template = quote(&format!("{}{{userid}}", self.ghost_prefix)),
-            domain = quote(self.domain),
-            secret = quote(&r.login_shared_secret),
-        )
-    }
-
-    /// `homeserver:` and the keys both frameworks share.
-    fn homeserver_lines(&self) -> String {
-        format!(
-            "homeserver:\n    address: {}\n    domain: {}\n    software: standard\n",
-            quote(self.homeserver),
-            quote(self.domain)
-        )
-    }
-
-    /// Where a push bridge listens; nothing for a websocket bridge.
-    fn listener_lines(&self) -> String {
-        self.push.as_ref().map_or(String::new(), |push| {
-            format!(
-                "    address: {}\n    hostname: {}\n    port: {}\n",
-                quote(&push.address),
-                quote(&push.host),
-                push.port
-            )
-        })
-    }
-}
-
-/// A YAML double-quoted scalar (JSON string syntax is a subset of it).
-fn quote(s: &str) -> String {
-    serde_json::Value::from(s).to_string()
 }
 
 #[cfg(test)]
@@ -233,7 +228,25 @@ mod tests {
         assert_eq!(v["appservice"]["bot"]["username"], "_alice_wa_bot");
         assert_eq!(v["appservice"]["username_template"], "_alice_wa_{{.}}");
         assert!(v["appservice"]["port"].is_null(), "{text}");
+        // Without the double-puppet registration: the owner's login secret.
         assert_eq!(v["double_puppet"]["secrets"]["example.test"], "login");
+        let mut with_dp = config("");
+        with_dp.double_puppet.as_token = crate::secret::Secret::new("dp-as");
+        with_dp.double_puppet.hs_token = crate::secret::Secret::new("dp-hs");
+        let v = yaml(
+            &render(
+                Flavor::MautrixGo,
+                &with_dp,
+                "alice",
+                "wa",
+                &registration(""),
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            v["double_puppet"]["secrets"]["example.test"],
+            format!("as_token:{}", registration("").as_token)
+        );
     }
 
     #[test]

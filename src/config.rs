@@ -28,6 +28,8 @@ pub struct Config {
     #[serde(default)]
     pub appservice: Appservice,
     #[serde(default)]
+    pub double_puppet: DoublePuppet,
+    #[serde(default)]
     pub mux: Mux,
     #[serde(default)]
     pub metrics: Metrics,
@@ -79,6 +81,19 @@ pub struct NamespaceConfig {
     pub prefix: String,
     /// Whether the namespaces are registered as exclusive.
     pub exclusive: bool,
+}
+
+/// `[double_puppet]`: asmux's second registration, which pushes nothing and claims every
+/// local user non-exclusively. With its token asmux lets a bridge act as its own owner
+/// (automatic double puppeting of current mautrix-go bridges), never as anyone else.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DoublePuppet {
+    /// The registration's `id` and `sender_localpart`.
+    pub id: String,
+    pub sender_localpart: String,
+    pub as_token: Secret,
+    pub hs_token: Secret,
 }
 
 /// `[mux]`: multiplexer behaviour.
@@ -163,6 +178,17 @@ impl Default for Appservice {
             as_token: Secret::new(TOKEN_PLACEHOLDER),
             hs_token: Secret::new(TOKEN_PLACEHOLDER),
             namespace: NamespaceConfig::default(),
+        }
+    }
+}
+
+impl Default for DoublePuppet {
+    fn default() -> Self {
+        DoublePuppet {
+            id: "asmux-doublepuppet".into(),
+            sender_localpart: "asmux-doublepuppet".into(),
+            as_token: Secret::new(TOKEN_PLACEHOLDER),
+            hs_token: Secret::new(TOKEN_PLACEHOLDER),
         }
     }
 }
@@ -307,6 +333,16 @@ impl Config {
             "appservice.id must not be empty",
         );
         check(
+            !self.double_puppet.id.is_empty() && self.double_puppet.id != self.appservice.id,
+            "double_puppet.id must not be empty nor appservice.id",
+        );
+        check(
+            is_localpart(&self.double_puppet.sender_localpart)
+                && self.double_puppet.sender_localpart != self.appservice.bot_username,
+            "double_puppet.sender_localpart must be a valid Matrix localpart other than \
+             appservice.bot_username",
+        );
+        check(
             !self.appservice.namespace.prefix.is_empty()
                 && is_localpart(&self.appservice.namespace.prefix),
             "appservice.namespace.prefix must be a non-empty localpart prefix like _",
@@ -376,8 +412,7 @@ impl Config {
     /// domain still being the example's.
     pub fn serve_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        let placeholder = |s: &Secret| s.expose() == TOKEN_PLACEHOLDER || s.expose().is_empty();
-        if placeholder(&self.appservice.as_token) || placeholder(&self.appservice.hs_token) {
+        if is_placeholder(&self.appservice.as_token) || is_placeholder(&self.appservice.hs_token) {
             problems.push(
                 "appservice.as_token and hs_token are not set: run `asmux generate-registration` \
                  and add the registration file to the homeserver's app_service_config_files"
@@ -391,6 +426,12 @@ impl Config {
             ));
         }
         problems
+    }
+
+    /// The as_token of the double-puppet registration, when it was generated.
+    pub fn double_puppet_token(&self) -> Option<&Secret> {
+        let dp = &self.double_puppet;
+        (!is_placeholder(&dp.as_token) && !is_placeholder(&dp.hs_token)).then_some(&dp.as_token)
     }
 
     /// The data directory, resolved against the config file's directory.
@@ -429,6 +470,11 @@ impl Config {
     pub fn shared_secret_pending(&self) -> bool {
         self.mux.shared_secret.expose() == GENERATE
     }
+}
+
+/// Whether a token is still the example's placeholder (or empty).
+fn is_placeholder(token: &Secret) -> bool {
+    token.expose() == TOKEN_PLACEHOLDER || token.expose().is_empty()
 }
 
 /// Whether `s` is an absolute http:// or https:// URL.
@@ -485,6 +531,7 @@ mod tests {
             "[homeserver]",
             "[appservice]",
             "[appservice.namespace]",
+            "[double_puppet]",
             "[mux]",
             "[metrics]",
             "[logging]",

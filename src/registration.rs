@@ -73,6 +73,45 @@ impl<'a> AsmuxRegistration<'a> {
     }
 }
 
+/// asmux's second registration: no URL (the homeserver pushes nothing to it), every local
+/// user non-exclusively. Its token is how asmux lets a bridge act as its own owner.
+#[derive(Debug, Serialize)]
+pub struct DoublePuppetRegistration<'a> {
+    pub id: &'a str,
+    pub url: Option<&'a str>,
+    pub as_token: &'a str,
+    pub hs_token: &'a str,
+    pub sender_localpart: &'a str,
+    pub rate_limited: bool,
+    pub namespaces: Namespaces,
+}
+
+impl<'a> DoublePuppetRegistration<'a> {
+    pub fn new(config: &'a Config) -> Self {
+        let dp = &config.double_puppet;
+        DoublePuppetRegistration {
+            id: &dp.id,
+            url: None,
+            as_token: dp.as_token.expose(),
+            hs_token: dp.hs_token.expose(),
+            sender_localpart: &dp.sender_localpart,
+            rate_limited: false,
+            namespaces: Namespaces {
+                users: vec![NamespaceEntry {
+                    regex: config.namespace().server_regex('@'),
+                    exclusive: false,
+                }],
+                aliases: Vec::new(),
+            },
+        }
+    }
+
+    pub fn to_yaml(&self) -> String {
+        // Plain strings and bools always serialise.
+        serde_yaml_ng::to_string(self).unwrap_or_default()
+    }
+}
+
 /// What a bridge needs to talk to asmux: the registration the management API returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BridgeRegistration {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::config::{Config, EXAMPLE};
-use crate::registration::AsmuxRegistration;
+use crate::registration::{AsmuxRegistration, DoublePuppetRegistration};
 use crate::secret::{lowercase_alphanumeric, urlsafe_token};
 
 /// Registration files hold the homeserver's tokens; the group bit lets an operator hand
@@ -16,19 +16,22 @@ use crate::secret::{lowercase_alphanumeric, urlsafe_token};
 const REGISTRATION_MODE: u32 = 0o640;
 const CONFIG_MODE: u32 = 0o600;
 
-/// Generates asmux's appservice tokens (and the shared secret, if still `generate`),
-/// writes them into the config and writes the registration file. Returns the new config.
+/// The double-puppet registration's file, next to asmux's registration.
+pub fn double_puppet_registration_path(registration_path: &Path) -> PathBuf {
+    registration_path.with_file_name("doublepuppet.yaml")
+}
+
+/// Generates the tokens of asmux's two registrations (and the shared secret, if still
+/// `generate`), writes them into the config and writes both registration files (the
+/// double-puppet one beside `registration_path`). Returns the new config.
 pub fn generate_registration(config_path: &Path, registration_path: &Path) -> Result<Config> {
     let config = Config::load(config_path)?;
+    let token = || lowercase_alphanumeric(64).expose().to_owned();
     let mut edits = vec![
-        (
-            ["appservice", "as_token"],
-            lowercase_alphanumeric(64).expose().to_owned(),
-        ),
-        (
-            ["appservice", "hs_token"],
-            lowercase_alphanumeric(64).expose().to_owned(),
-        ),
+        (["appservice", "as_token"], token()),
+        (["appservice", "hs_token"], token()),
+        (["double_puppet", "as_token"], token()),
+        (["double_puppet", "hs_token"], token()),
     ];
     if config.shared_secret_pending() {
         edits.push((
@@ -42,11 +45,21 @@ pub fn generate_registration(config_path: &Path, registration_path: &Path) -> Re
     Ok(config)
 }
 
-/// Writes asmux's registration for the homeserver.
+/// Writes asmux's two registrations for the homeserver: its own at `path`, the
+/// double-puppet one beside it.
 pub fn write_registration(config: &Config, path: &Path) -> Result<()> {
-    let yaml = AsmuxRegistration::new(config).to_yaml();
-    write_atomically(path, yaml.as_bytes(), REGISTRATION_MODE)
-        .with_context(|| format!("cannot write registration {}", path.display()))
+    let files = [
+        (path.to_owned(), AsmuxRegistration::new(config).to_yaml()),
+        (
+            double_puppet_registration_path(path),
+            DoublePuppetRegistration::new(config).to_yaml(),
+        ),
+    ];
+    for (path, yaml) in files {
+        write_atomically(&path, yaml.as_bytes(), REGISTRATION_MODE)
+            .with_context(|| format!("cannot write registration {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Replaces `mux.shared_secret = "generate"` with a real secret in the file.
@@ -201,6 +214,28 @@ mod tests {
             assert_eq!(yaml[flag].as_bool(), Some(true), "{flag}");
         }
         assert_eq!(yaml["rate_limited"].as_bool(), Some(false));
+
+        // The double-puppet registration: no URL, every local user, not exclusive.
+        let dp_path = double_puppet_registration_path(&reg);
+        let dp: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(&dp_path).unwrap()).unwrap();
+        assert_eq!(dp["id"].as_str(), Some("asmux-doublepuppet"));
+        assert!(dp["url"].is_null(), "{dp:?}");
+        assert_eq!(
+            dp["as_token"].as_str(),
+            config.double_puppet_token().map(|t| t.expose())
+        );
+        assert_ne!(dp["as_token"], yaml["as_token"]);
+        assert_eq!(
+            dp["namespaces"]["users"][0]["regex"].as_str(),
+            Some(r"@.*:example\.test")
+        );
+        assert_eq!(
+            dp["namespaces"]["users"][0]["exclusive"].as_bool(),
+            Some(false)
+        );
+        let mode = std::fs::metadata(&dp_path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
     }
 
     #[test]

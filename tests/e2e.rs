@@ -71,7 +71,7 @@ report_stats: false
 signing_key_path: {d}/signing.key
 trusted_key_servers: []
 suppress_key_server_warning: true
-app_service_config_files: ["{registration}"]
+app_service_config_files: ["{registration}", "{double_puppet}"]
 experimental_features:
   msc2409_to_device_messages_enabled: true
   msc3202_transaction_extensions: true
@@ -84,7 +84,8 @@ rc_invites:
   per_user: {{per_second: 1000, burst_count: 1000}}
   per_issuer: {{per_second: 1000, burst_count: 1000}}
 "#,
-        registration = registration.display()
+        registration = registration.display(),
+        double_puppet = registration.with_file_name("doublepuppet.yaml").display(),
     );
     let path = dir.join("homeserver.yaml");
     std::fs::write(&path, config).unwrap();
@@ -889,6 +890,56 @@ async fn a_mautrix_go_style_bridge_pings_and_reconnects_by_itself() {
         "Synapse's alias query reached the bridge's router: {:?}",
         bridge.state.proxied.lock().unwrap()
     );
+    // Double puppeting as bridgev2 does it (`as_token:<bridge token>` and `user_id`): the
+    // bridge acts as its owner through asmux's double-puppet registration, and Alice sees
+    // the message as her own. Nobody else can be named.
+    let as_alice = |path: &str, user: &str| {
+        format!(
+            "{}/_matrix/client/v3/{path}?user_id={}",
+            stack.asmux,
+            user.replace('@', "%40").replace(':', "%3A")
+        )
+    };
+    let token = reg["as_token"].as_str();
+    let whoami = send(
+        "GET",
+        &as_alice("account/whoami", "@alice:example.test"),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(
+        whoami.body["user_id"], "@alice:example.test",
+        "{}",
+        whoami.text
+    );
+    let puppet_path = format!("rooms/{room_path}/send/m.room.message/dp1");
+    let body = json!({"msgtype": "m.text", "body": "sent by the bridge as alice"}).to_string();
+    let sent = send(
+        "PUT",
+        &as_alice(&puppet_path, "@alice:example.test"),
+        token,
+        Some(&body),
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{}", sent.text);
+    assert!(
+        user_sees(&hs, &alice, &room_id, |e| {
+            e["sender"] == "@alice:example.test"
+                && e["content"]["body"] == "sent by the bridge as alice"
+        })
+        .await,
+        "Alice does not see the double-puppeted message as hers"
+    );
+    real_user(&hs, "bob").await;
+    let refused = send(
+        "PUT",
+        &as_alice(&puppet_path, "@bob:example.test"),
+        token,
+        Some(&body),
+    )
+    .await;
+    refused.assert_error(403, "M_FORBIDDEN");
     // The management ping (what `status` tools use) reaches it through http_proxy and
     // reports the state it sent last; a `ping` command would have crashed it.
     bridge.send_bridge_status(

@@ -192,13 +192,15 @@ fn maintainer_scripts_install_upgrade_remove_and_purge() {
     let users = sandbox.ok("getent passwd asmux");
     assert!(users.contains(":/var/lib/asmux:"), "{users}");
     let modes = sandbox.ok(
-        "stat -c '%n %a %U:%G' /etc/asmux /etc/asmux/config.toml /etc/asmux/registration.yaml /var/lib/asmux",
+        "stat -c '%n %a %U:%G' /etc/asmux /etc/asmux/config.toml /etc/asmux/registration.yaml \
+         /etc/asmux/doublepuppet.yaml /var/lib/asmux",
     );
     assert_eq!(
         modes,
         "/etc/asmux 750 root:asmux\n\
          /etc/asmux/config.toml 640 root:asmux\n\
          /etc/asmux/registration.yaml 640 root:asmux\n\
+         /etc/asmux/doublepuppet.yaml 640 root:asmux\n\
          /var/lib/asmux 700 asmux:asmux\n"
     );
     let config = sandbox.ok("cat /etc/asmux/config.toml");
@@ -220,10 +222,10 @@ fn maintainer_scripts_install_upgrade_remove_and_purge() {
 
     // Reinstalling (as an upgrade does) keeps the operator's config byte for byte.
     sandbox.ok("echo '# edited by the operator' >> /etc/asmux/config.toml");
-    let before = sandbox.ok("sha256sum /etc/asmux/config.toml /etc/asmux/registration.yaml");
+    let before = sandbox.ok("sha256sum /etc/asmux/config.toml /etc/asmux/registration.yaml /etc/asmux/doublepuppet.yaml");
     sandbox.ok(&format!("dpkg -i {deb}"));
     assert_eq!(
-        sandbox.ok("sha256sum /etc/asmux/config.toml /etc/asmux/registration.yaml"),
+        sandbox.ok("sha256sum /etc/asmux/config.toml /etc/asmux/registration.yaml /etc/asmux/doublepuppet.yaml"),
         before
     );
 

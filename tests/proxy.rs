@@ -97,6 +97,11 @@ async fn bridge_tokens_are_swapped_and_confined() {
     for (user, message) in [
         (
             "@alice:example.test",
+            "Double puppeting is not set up on this asmux (run asmux generate-registration \
+             and load doublepuppet.yaml)",
+        ),
+        (
+            "@bob:example.test",
             "Application service cannot masquerade as this local user.",
         ),
         (
@@ -415,6 +420,53 @@ async fn dm_account_data() {
 
 fn token_owned(reg: &Value) -> String {
     token(reg).to_owned()
+}
+
+/// Current mautrix-go bridges double-puppet with `as_token:<their token>` and
+/// `?user_id=@owner`: asmux forwards that with its double-puppet registration's token,
+/// for the bridge's own owner only.
+#[tokio::test]
+async fn a_bridge_acts_as_its_owner_through_the_double_puppet_registration() {
+    let (_hs, server, reg) =
+        setup("\n[double_puppet]\nas_token = \"dp-as-token\"\nhs_token = \"dp-hs-token\"").await;
+    let url = server.url("/_matrix/client/v3/rooms/!r:example.test/send/m.room.message/t1");
+    let reply = send(
+        "PUT",
+        &format!("{url}?user_id=%40alice%3Aexample.test"),
+        Some(token(&reg)),
+        Some(r#"{"msgtype":"m.text","body":"as alice"}"#),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["headers"]["authorization"], "Bearer dp-as-token");
+    assert_eq!(
+        query_of(&reply.body),
+        [("user_id".to_owned(), "@alice:example.test".to_owned())]
+    );
+    // Its ghosts still go with asmux's own token.
+    let ghost = send(
+        "PUT",
+        &format!("{url}?user_id=%40_alice_whatsapp_1%3Aexample.test"),
+        Some(token(&reg)),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(
+        ghost.body["headers"]["authorization"],
+        format!("Bearer {AS_TOKEN}")
+    );
+    // Any other local user, or another bridge's owner, stays refused.
+    provision(&server, "bob", "signal", json!({"push": false})).await;
+    for user in ["%40bob%3Aexample.test", "%40carol%3Aexample.test"] {
+        send(
+            "PUT",
+            &format!("{url}?user_id={user}"),
+            Some(token(&reg)),
+            Some("{}"),
+        )
+        .await
+        .assert_error(403, "M_FORBIDDEN");
+    }
 }
 
 #[tokio::test]

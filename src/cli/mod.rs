@@ -198,9 +198,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::GenerateRegistration { registration } => {
             setup::generate_registration(&config_path, &registration)?;
             println!(
-                "Wrote new tokens to {} and the registration to {}.",
+                "Wrote new tokens to {} and the registrations to {} and {}.",
                 config_path.display(),
-                registration.display()
+                registration.display(),
+                setup::double_puppet_registration_path(&registration).display()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -301,10 +302,12 @@ fn serve(config_path: &Path, args: ServeArgs) -> Result<ExitCode> {
 fn print_first_run(config: &Path, registration: &Path) {
     let registration =
         std::fs::canonicalize(registration).unwrap_or_else(|_| registration.to_owned());
+    let double_puppet = setup::double_puppet_registration_path(&registration);
     eprintln!(
-        "Wrote a new configuration to {} and the homeserver registration to {}.\n\
+        "Wrote a new configuration to {} and the homeserver registrations to {} and {}.\n\
          Check homeserver.domain and homeserver.address in the config, then add to Synapse's homeserver.yaml:\n\n\
          \x20 app_service_config_files:\n\
+         \x20   - {}\n\
          \x20   - {}\n\
          \x20 experimental_features:\n\
          \x20   msc2409_to_device_messages_enabled: true\n\
@@ -312,7 +315,9 @@ fn print_first_run(config: &Path, registration: &Path) {
          and restart Synapse. The management API secret is mux.shared_secret in the config.\n",
         config.display(),
         registration.display(),
+        double_puppet.display(),
         registration.display(),
+        double_puppet.display(),
     );
 }
 

@@ -55,6 +55,11 @@ impl Namespace {
         )
     }
 
+    /// The regex of every ID with `sigil` on the server (the double-puppet registration's).
+    pub fn server_regex(&self, sigil: char) -> String {
+        format!("{sigil}.*:{}", regex_escape(&self.server))
+    }
+
     /// The regex of one bridge's namespace for `sigil`.
     pub fn bridge_regex(&self, sigil: char, owner: &str, prefix: &str) -> String {
         format!(

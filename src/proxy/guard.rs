@@ -5,8 +5,17 @@ use crate::error::Error;
 use crate::matrix::Namespace;
 use crate::store::Bridge;
 
+/// Whom a bridge may act as.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Masquerade {
+    /// A user in its own namespace (its bot, its ghosts).
+    Namespace,
+    /// Its owner: double puppeting.
+    Owner,
+}
+
 /// Checks a `user_id` the bridge wants to act as.
-pub fn masquerade(ns: &Namespace, bridge: &Bridge, user_id: &str) -> Result<(), Error> {
+pub fn masquerade(ns: &Namespace, bridge: &Bridge, user_id: &str) -> Result<Masquerade, Error> {
     let on_server = user_id
         .rsplit_once(':')
         .is_some_and(|(_, server)| server == ns.server);
@@ -15,12 +24,15 @@ pub fn masquerade(ns: &Namespace, bridge: &Bridge, user_id: &str) -> Result<(), 
             "Application service cannot masquerade as user on external homeserver.".into(),
         ));
     }
+    if user_id == ns.user_id(&bridge.owner) {
+        return Ok(Masquerade::Owner);
+    }
     if !ns.in_bridge(user_id, &bridge.owner, &bridge.prefix) {
         return Err(Error::Forbidden(
             "Application service cannot masquerade as this local user.".into(),
         ));
     }
-    Ok(())
+    Ok(Masquerade::Namespace)
 }
 
 /// Checks a localpart or full user ID the bridge registers or logs in.
@@ -72,10 +84,19 @@ mod tests {
     fn masquerading() {
         let ns = Namespace::new("_", "example.test");
         let b = bridge();
-        assert!(masquerade(&ns, &b, "@_alice_whatsapp_bot:example.test").is_ok());
-        assert!(masquerade(&ns, &b, "@_alice_whatsapp_123:example.test").is_ok());
+        for own in [
+            "@_alice_whatsapp_bot:example.test",
+            "@_alice_whatsapp_123:example.test",
+        ] {
+            assert_eq!(masquerade(&ns, &b, own).unwrap(), Masquerade::Namespace);
+        }
+        assert_eq!(
+            masquerade(&ns, &b, "@alice:example.test").unwrap(),
+            Masquerade::Owner
+        );
         for other in [
-            "@alice:example.test",
+            "@bob:example.test",
+            "@_bob_whatsapp_bot:example.test",
             "@_alice_whatsapp2_123:example.test",
             "@_bob_whatsapp_123:example.test",
             "@_alice_whatsapp:example.test",

@@ -27,6 +27,7 @@ use crate::matrix::Namespace;
 use crate::metrics::{endpoint, RequestLabels};
 use crate::secret::Secret;
 use crate::store::{Bridge, Store};
+use guard::Masquerade;
 
 /// Largest request or response body read into memory for the endpoints asmux rewrites.
 pub const MAX_REWRITE_BODY: usize = 1024 * 1024;
@@ -68,6 +69,8 @@ pub struct Proxy {
     /// Homeserver base URL without a trailing slash.
     base: String,
     as_token: Secret,
+    /// The double-puppet registration's token, when it is set up.
+    double_puppet_token: Option<Secret>,
     namespace: Namespace,
     login_shared_secret: Option<Secret>,
     /// SHA-512 of an owner's Matrix token -> user ID, for the DM endpoint.
@@ -102,6 +105,7 @@ impl Proxy {
             client,
             base: config.homeserver.address.trim_end_matches('/').to_owned(),
             as_token: config.appservice.as_token.clone(),
+            double_puppet_token: config.double_puppet_token().cloned(),
             namespace: config.namespace(),
             login_shared_secret: config.homeserver.login_shared_secret.clone(),
             whoami: moka::future::Cache::builder()
@@ -156,17 +160,31 @@ impl Proxy {
         if let Some(bridge) = &bridge {
             rewrite_query = true;
             pairs.retain(|(k, _)| k != "access_token");
-            match pairs.iter().find(|(k, _)| k == "user_id") {
-                Some((_, user_id)) => guard::masquerade(&self.namespace, bridge, user_id)?,
-                None => pairs.push(("user_id".into(), self.bot_id(bridge))),
-            }
+            let token = match pairs.iter().find(|(k, _)| k == "user_id") {
+                Some((_, user_id)) => match guard::masquerade(&self.namespace, bridge, user_id)? {
+                    Masquerade::Namespace => &self.as_token,
+                    // Only the double-puppet registration may name users outside
+                    // asmux's namespace; the guard allows the bridge's own owner.
+                    Masquerade::Owner => self.double_puppet_token.as_ref().ok_or_else(|| {
+                        Error::Forbidden(
+                            "Double puppeting is not set up on this asmux (run asmux \
+                             generate-registration and load doublepuppet.yaml)"
+                                .into(),
+                        )
+                    })?,
+                },
+                None => {
+                    pairs.push(("user_id".into(), self.bot_id(bridge)));
+                    &self.as_token
+                }
+            };
             if decoded.ends_with("/batch_send") {
                 pairs.push((
                     ALSO_ALLOW_USER.into(),
                     self.namespace.user_id(&bridge.owner),
                 ));
             }
-            headers.insert(header::AUTHORIZATION, bearer(self.as_token.expose())?);
+            headers.insert(header::AUTHORIZATION, bearer(token.expose())?);
             headers.insert(
                 HeaderName::from_static("x-beeper-bridge"),
                 HeaderValue::from_str(&bridge.name()).map_err(|_| Error::Internal)?,
