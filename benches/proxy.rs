@@ -75,8 +75,8 @@ async fn bench(duration: Duration) {
         &config,
         format!(
             "[homeserver]\naddress = \"http://{hs_addr}\"\ndomain = \"bench.test\"\n\
-             [appservice]\nport = {asmux_port}\nas_token = \"bench-as\"\nhs_token = \"bench-hs\"\n\
-             [mux]\nshared_secret = \"{SECRET}\"\n[logging]\nlevel = \"warn\"\n"
+             [appservice]\nas_token = \"bench-as\"\nhs_token = \"bench-hs\"\n\
+             [mux]\nport = {asmux_port}\nshared_secret = \"{SECRET}\"\n[logging]\nlevel = \"warn\"\n"
         ),
     )
     .unwrap();

@@ -260,8 +260,8 @@ impl Server {
             &path,
             format!(
                 "[homeserver]\naddress = \"http://127.0.0.1:9\"\ndomain = \"{DOMAIN}\"\ntimeout_seconds = 1\n\
-                 [appservice]\nport = {port}\nas_token = \"bench-as\"\nhs_token = \"{HS_TOKEN}\"\n\
-                 [mux]\ndata_dir = \"{}\"\nshared_secret = \"bench-shared-secret-0123456789\"\nmax_pdu_age_seconds = 0\n\
+                 [appservice]\nas_token = \"bench-as\"\nhs_token = \"{HS_TOKEN}\"\n\
+                 [mux]\nport = {port}\ndata_dir = \"{}\"\nshared_secret = \"bench-shared-secret-0123456789\"\nmax_pdu_age_seconds = 0\n\
                  [logging]\nlevel = \"warn\"\n",
                 data.display()
             ),

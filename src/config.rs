@@ -15,6 +15,9 @@ use crate::secret::Secret;
 pub const TOKEN_PLACEHOLDER: &str = "This value is generated when generating the registration";
 /// `mux.shared_secret` value that asks asmux to generate the secret on first start.
 pub const GENERATE: &str = "generate";
+/// Where the server listens unless `mux.hostname`/`mux.port` say otherwise.
+const DEFAULT_HOSTNAME: &str = "127.0.0.1";
+const DEFAULT_PORT: u16 = 29326;
 /// The example domain that must be replaced before the server may start.
 pub const EXAMPLE_DOMAIN: &str = "example.com";
 /// The configuration a package or `serve` writes when there is none, with every key documented.
@@ -62,9 +65,9 @@ pub struct Homeserver {
 pub struct Appservice {
     /// URL the homeserver uses to reach asmux (the registration's `url`).
     pub address: String,
-    /// Address and port the server listens on.
-    pub hostname: String,
-    pub port: u16,
+    /// Deprecated: the listener is `mux.hostname`/`mux.port`, as in mautrix-asmux.
+    pub hostname: Option<String>,
+    pub port: Option<u16>,
     /// The registration's `id` and `sender_localpart`.
     pub id: String,
     pub bot_username: String,
@@ -100,6 +103,9 @@ pub struct DoublePuppet {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Mux {
+    /// Address and port the server listens on (where mautrix-asmux reads them).
+    pub hostname: Option<String>,
+    pub port: Option<u16>,
     /// The sled database directory; relative to the config file's directory.
     pub data_dir: PathBuf,
     /// Root secret of the management API; `generate` creates one on first start.
@@ -171,8 +177,8 @@ impl Default for Appservice {
     fn default() -> Self {
         Appservice {
             address: "http://localhost:29326".into(),
-            hostname: "127.0.0.1".into(),
-            port: 29326,
+            hostname: None,
+            port: None,
             id: "asmux".into(),
             bot_username: "asmuxbot".into(),
             as_token: Secret::new(TOKEN_PLACEHOLDER),
@@ -205,6 +211,8 @@ impl Default for NamespaceConfig {
 impl Default for Mux {
     fn default() -> Self {
         Mux {
+            hostname: None,
+            port: None,
             data_dir: PathBuf::from("data"),
             shared_secret: Secret::new(GENERATE),
             public_address: String::new(),
@@ -321,8 +329,8 @@ impl Config {
             "appservice.address must be an http:// or https:// URL",
         );
         check(
-            self.appservice.hostname.parse::<IpAddr>().is_ok(),
-            "appservice.hostname must be an IP address to listen on, like 127.0.0.1 or ::",
+            self.listen_hostname().parse::<IpAddr>().is_ok(),
+            "mux.hostname must be an IP address to listen on, like 127.0.0.1 or ::",
         );
         check(
             is_localpart(&self.appservice.bot_username),
@@ -447,15 +455,60 @@ impl Config {
         }
     }
 
-    /// The address the server listens on.
+    /// The address the server listens on: `mux.hostname`/`mux.port`, else the deprecated
+    /// `appservice.hostname`/`appservice.port`, else 127.0.0.1:29326.
     pub fn listen_addr(&self) -> SocketAddr {
         // Validated in `problems`; the fallback only guards a config built by hand.
         let ip = self
-            .appservice
-            .hostname
+            .listen_hostname()
             .parse()
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        SocketAddr::new(ip, self.appservice.port)
+        let port = self
+            .mux
+            .port
+            .or(self.appservice.port)
+            .unwrap_or(DEFAULT_PORT);
+        SocketAddr::new(ip, port)
+    }
+
+    fn listen_hostname(&self) -> &str {
+        self.mux
+            .hostname
+            .as_deref()
+            .or(self.appservice.hostname.as_deref())
+            .unwrap_or(DEFAULT_HOSTNAME)
+    }
+
+    /// What is valid but should change: deprecated keys.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (old, new, set_old, set_new) in [
+            (
+                "hostname",
+                "hostname",
+                self.appservice.hostname.is_some(),
+                self.mux.hostname.is_some(),
+            ),
+            (
+                "port",
+                "port",
+                self.appservice.port.is_some(),
+                self.mux.port.is_some(),
+            ),
+        ] {
+            if set_old {
+                let effect = if set_new {
+                    "ignored, since"
+                } else {
+                    "read for now, but"
+                };
+                warnings.push(format!(
+                    "appservice.{old} is deprecated and {effect} the listener is set in [mux] as \
+                     mux.{new} (where mautrix-asmux has it): move it there"
+                ));
+            }
+        }
+        warnings
     }
 
     /// asmux's namespace on the homeserver.
@@ -511,7 +564,8 @@ mod tests {
     #[test]
     fn minimal_config_gets_defaults() {
         let c = parse(MINIMAL).unwrap();
-        assert_eq!(c.appservice.port, 29326);
+        assert_eq!(c.listen_addr(), "127.0.0.1:29326".parse().unwrap());
+        assert!(c.warnings().is_empty());
         assert_eq!(c.appservice.namespace.prefix, "_");
         assert!(c.appservice.namespace.exclusive);
         assert_eq!(c.mux.event_filter, EventFilter::All);
@@ -544,6 +598,36 @@ mod tests {
     }
 
     #[test]
+    fn the_listener_is_read_where_mautrix_asmux_has_it() {
+        let c = parse(&format!(
+            "{MINIMAL}[mux]\nhostname = \"0.0.0.0\"\nport = 29400\n"
+        ))
+        .unwrap();
+        assert_eq!(c.listen_addr(), "0.0.0.0:29400".parse().unwrap());
+        assert!(c.warnings().is_empty());
+        // The old place still works, with a warning; [mux] wins when both are set.
+        let old = parse(&format!("{MINIMAL}[appservice]\nport = 29500\n")).unwrap();
+        assert_eq!(old.listen_addr().port(), 29500);
+        assert!(
+            old.warnings()[0].contains("appservice.port is deprecated"),
+            "{:?}",
+            old.warnings()
+        );
+        let both = parse(&format!(
+            "{MINIMAL}[appservice]\nport = 29500\n[mux]\nport = 29400\n"
+        ))
+        .unwrap();
+        assert_eq!(both.listen_addr().port(), 29400);
+        assert!(
+            both.warnings()[0].contains("ignored"),
+            "{:?}",
+            both.warnings()
+        );
+        let bad = parse(&format!("{MINIMAL}[mux]\nhostname = \"localhost\"\n")).unwrap_err();
+        assert!(bad.to_string().contains("mux.hostname"), "{bad}");
+    }
+
+    #[test]
     fn unknown_keys_are_named_with_their_line() {
         let err = parse(&format!("{MINIMAL}[mux]\ndata_dri = \"x\"\n")).unwrap_err();
         let msg = err.to_string();
@@ -563,7 +647,7 @@ mod tests {
     #[test]
     fn every_problem_is_listed() {
         let err = parse(
-            "[homeserver]\naddress = \"ftp://x\"\ndomain = \"\"\n[appservice]\nhostname = \"localhost\"\n[mux]\nshared_secret = \"short\"\n",
+            "[homeserver]\naddress = \"ftp://x\"\ndomain = \"\"\n[mux]\nhostname = \"localhost\"\nshared_secret = \"short\"\n",
         )
         .unwrap_err();
         assert_eq!(err.problems.len(), 4, "{err}");

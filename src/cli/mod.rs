@@ -279,6 +279,9 @@ fn serve(config_path: &Path, args: ServeArgs) -> Result<ExitCode> {
     }
     let config = setup::ensure_shared_secret(config)?;
     init_logging(&config, false);
+    for warning in config.warnings() {
+        tracing::warn!("{}: {warning}", config_path.display());
+    }
     let store = Arc::new(Store::open(&config.data_dir())?);
     runtime()?.block_on(async move {
         let signal = shutdown::on_signal().context("cannot install signal handlers")?;
@@ -323,6 +326,9 @@ fn print_first_run(config: &Path, registration: &Path) {
 
 fn check_config(path: &Path) -> Result<ExitCode> {
     let config = Config::load(path)?;
+    for warning in config.warnings() {
+        println!("{}: warning: {warning}", path.display());
+    }
     let problems = config.serve_problems();
     if problems.is_empty() {
         println!("{}: OK", path.display());

@@ -232,11 +232,11 @@ domain = "{DOMAIN}"
 timeout_seconds = 5
 
 [appservice]
-port = {port}
 as_token = "{AS_TOKEN}"
 hs_token = "{HS_TOKEN}"
 
 [mux]
+port = {port}
 data_dir = "data"
 shared_secret = "{SHARED_SECRET}"
 max_management_body_bytes = 65536
