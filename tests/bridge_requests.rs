@@ -170,6 +170,22 @@ async fn websocket_bridge_states_and_exec() {
 
     // A bridge with handlers of its own for exec commands.
     let mut ws = WsBridge::connect(&server, token, 3).await;
+    // One without an http_proxy handler answers the ping with an error whose data has
+    // no `code`, as mautrix-go's errors do: alive all the same.
+    let pinging = tokio::spawn({
+        let url = server.url("/_matrix/asmux/appservice/alice/whatsapp/ping");
+        async move { send("POST", &url, Some(SHARED_SECRET), None).await }
+    });
+    let request = ws.next_json().await;
+    assert_eq!(request["command"], "http_proxy");
+    ws.send_json(&json!({"command": "error", "id": request["id"], "data": {"message": "unknown request type"}}))
+        .await;
+    let state = pinging.await.unwrap().body;
+    assert_eq!(state["bridgeState"]["state_event"], "RUNNING", "{state}");
+    assert_eq!(
+        state["remoteState"]["4915"]["state_event"], "CONNECTED",
+        "{state}"
+    );
     // Exec goes over the socket; the bridge's answer or error comes back.
     for (answer, status) in [("response", 200), ("error", 400)] {
         let execing = tokio::spawn({
