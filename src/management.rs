@@ -245,8 +245,13 @@ impl Management {
                     .map_err(store_error)?
                     .ok_or_else(|| self.not_found(caller))?;
                 self.flush().await?;
-                // A new address or mode may unblock queued deliveries at once.
-                self.delivery.restart(updated.id);
+                // A new address or mode may unblock queued deliveries at once; a push
+                // worker may be pausing between attempts at the old address.
+                if updated.push {
+                    self.delivery.restart(updated.id);
+                } else {
+                    self.delivery.wake(updated.id);
+                }
                 updated
             } else {
                 existing

@@ -333,6 +333,7 @@ async fn a_push_key_does_not_undo_a_reprovisioning() {
     let mut ws = WsBridge::connect(&server, &token, 3).await;
     let txn = ws.next_json().await;
     ws.ack(&txn).await;
+    wait_queue_empty(&server, "alice/whatsapp").await;
     provision(
         &server,
         "alice",
