@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use asmux::app::{run, AppState};
 use asmux::config::Config;
 use asmux::http_client::{full_body, HttpClient};
+use asmux::server::run;
+use asmux::service::Services;
 use asmux::store::Store;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -54,10 +55,10 @@ async fn bench(transactions: usize, concurrency: usize) {
     .unwrap();
     let config = Config::load(&config_path).unwrap();
     let store = Arc::new(Store::open(&config.data_dir()).unwrap());
-    let state = AppState::new(config, store).unwrap();
-    let listener = asmux::app::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let services = Services::new(config, store).unwrap();
+    let listener = asmux::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(run(listener, state, std::future::pending()));
+    tokio::spawn(run(listener, services, std::future::pending()));
     let base = format!("http://{addr}");
     let client = HttpClient::new().unwrap();
 

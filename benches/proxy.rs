@@ -154,7 +154,7 @@ async fn bench(duration: Duration) {
 /// The smallest homeserver that answers a send.
 async fn stub_homeserver() -> SocketAddr {
     let route = warp::any().map(|| warp::reply::json(&json!({"event_id": "$bench"})));
-    let listener = asmux::app::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = asmux::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(warp::serve(route).incoming(listener).run());
     addr

@@ -321,8 +321,8 @@ impl Config {
             "homeserver.domain must be a server name like matrix.example.org",
         );
         check(
-            self.homeserver.timeout_seconds > 0,
-            "homeserver.timeout_seconds must be at least 1",
+            (1..=3600).contains(&self.homeserver.timeout_seconds),
+            "homeserver.timeout_seconds must be between 1 and 3600",
         );
         check(
             is_http_url(&self.appservice.address),
@@ -364,8 +364,13 @@ impl Config {
             "mux.shared_secret must be \"generate\" or at least 16 characters",
         );
         check(
-            self.mux.websocket_ping_seconds > 0,
-            "mux.websocket_ping_seconds must be at least 1",
+            (1..=86_400).contains(&self.mux.websocket_ping_seconds),
+            "mux.websocket_ping_seconds must be between 1 and 86400",
+        );
+        check(
+            self.mux.queue_retention_days <= 3650 && self.mux.max_pdu_age_seconds <= 315_360_000,
+            "mux.queue_retention_days must be at most 3650 and mux.max_pdu_age_seconds at most \
+             315360000 (ten years)",
         );
         check(
             [
@@ -440,6 +445,11 @@ impl Config {
     pub fn double_puppet_token(&self) -> Option<&Secret> {
         let dp = &self.double_puppet;
         (!is_placeholder(&dp.as_token) && !is_placeholder(&dp.hs_token)).then_some(&dp.as_token)
+    }
+
+    /// How long queued transactions are kept (zero: forever).
+    pub fn queue_retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.mux.queue_retention_days.saturating_mul(24 * 3600))
     }
 
     /// The data directory, resolved against the config file's directory.

@@ -6,6 +6,9 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 
 use serde_json::json;
+
+use crate::http_client::BodyError;
+use crate::store::StoreError;
 use warp::http::StatusCode;
 use warp::reject::Rejection;
 use warp::reply::{Reply, Response};
@@ -103,6 +106,22 @@ impl Error {
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Error {
         tracing::error!(error = %err, "{context}");
         Error::Internal
+    }
+}
+
+/// A store failure is logged where it happens and answered as the opaque 500.
+impl From<StoreError> for Error {
+    fn from(err: StoreError) -> Error {
+        Error::internal("store failure", err)
+    }
+}
+
+impl From<BodyError> for Error {
+    fn from(err: BodyError) -> Error {
+        match err {
+            BodyError::TooLarge => Error::TooLarge,
+            BodyError::Unreadable => Error::BadRequest("Unreadable request body".into()),
+        }
     }
 }
 

@@ -92,11 +92,9 @@ impl HttpClient {
                 .await
                 .map_err(|e| RequestError::Connect(error_chain(&e)))?;
             let (parts, body) = response.into_parts();
-            let body = http_body_util::Limited::new(body, MAX_JSON_RESPONSE_BYTES)
-                .collect()
+            let body = collect_limited(body, MAX_JSON_RESPONSE_BYTES)
                 .await
-                .map_err(|_| RequestError::Body)?
-                .to_bytes();
+                .map_err(|_| RequestError::Body)?;
             Ok(BufferedResponse {
                 status: parts.status,
                 headers: parts.headers,
@@ -107,6 +105,35 @@ impl HttpClient {
             .await
             .map_err(|_| RequestError::Timeout)?
     }
+}
+
+/// Why a body could not be read whole.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("body over the size limit")]
+    TooLarge,
+    #[error("body unreadable")]
+    Unreadable,
+}
+
+/// Reads `body` into memory, refusing it as soon as it passes `limit` bytes. (Not
+/// `http_body_util::Limited`: over a body whose error is already boxed, its futures are
+/// ones rustc cannot prove `Send`, which warp handlers must be.)
+pub async fn collect_limited<B>(mut body: B, limit: usize) -> Result<Bytes, BodyError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| BodyError::Unreadable)?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(BodyError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
 }
 
 /// A request body from bytes in memory.

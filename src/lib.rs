@@ -2,42 +2,35 @@
 //! asmux provisions bridges behind it at run time.
 //!
 //! # Layout
+//! From the top down; a module imports only from modules below it.
 //! - [`cli`]: the command line (`serve`, `generate-registration`, `bridge ...`).
-//! - [`config`]: the TOML configuration, defaults and validation.
-//! - [`setup`]: files written for the operator: first config, tokens, registration.
-//! - [`app`]: shared state and the server's accept loop; [`shutdown`]: signals.
-//! - [`api`]: warp filters for each HTTP surface; [`error`]: Matrix errors and the one
-//!   rejection handler.
-//! - [`management`]: provisioning bridges and users (behind the management API and CLI).
-//! - [`homeserver`]: requests asmux makes to the homeserver for itself;
-//!   [`http_client`]: the pooled outgoing HTTP client.
-//! - [`registration`]: asmux's and the bridges' registration documents.
+//! - [`server`]: the running server: accept loop, metrics listener, flushing, maintenance,
+//!   signals ([`server::shutdown`]) and systemd ([`server::systemd`]).
+//! - [`api`]: warp filters for each HTTP surface, translating HTTP to service calls.
+//! - [`service`]: the core, one module per service (intake, routing, delivery, proxy,
+//!   management, bridge requests, reporting, homeserver), held by [`service::Services`].
+//! - [`operator`]: the documents asmux writes: first config, registrations, the config
+//!   blocks of a bridge.
+//! - [`error`]: the Matrix error every request path answers with.
 //! - [`store`]: the sled database (the only module that knows sled) and its caches.
-//! - [`matrix`]: bridge names and namespaces; [`secret`]: tokens and comparisons.
+//! - [`matrix`]: bridge names and namespaces, transactions, event fields.
 //!
-//! Imports flow one way: api -> management -> store -> matrix.
+//! Foundations any module may use, which import none of the above but [`matrix`]:
+//! [`config`] (the TOML configuration), [`secret`] (tokens and comparisons),
+//! [`http_client`] (the pooled outgoing client), [`metrics`] (Prometheus), [`sync`]
+//! (locks).
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod app;
-pub mod bridge_config;
-pub mod bridge_requests;
 pub mod cli;
 pub mod config;
-pub mod delivery;
 pub mod error;
-pub mod homeserver;
 pub mod http_client;
-pub mod intake;
-pub mod management;
 pub mod matrix;
 pub mod metrics;
-pub mod proxy;
-pub mod registration;
-pub mod reporting;
-pub mod routing;
+pub mod operator;
 pub mod secret;
-pub mod setup;
-pub mod shutdown;
+pub mod server;
+pub mod service;
 pub mod store;
-pub mod systemd;
+pub mod sync;

@@ -1,17 +1,11 @@
 //! Prometheus metrics on `metrics.listen`: the original's counters, queue gauges computed
 //! at scrape time, and process metrics read from /proc.
 
-use std::sync::Arc;
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-
-use uuid::Uuid;
-
-use crate::store::{now_ms, Bridge, Store};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabels {
@@ -136,11 +130,22 @@ impl Default for Metrics {
     }
 }
 
-pub fn bridge_labels(bridge: &Bridge) -> BridgeLabels {
-    BridgeLabels {
-        owner: bridge.owner.clone(),
-        bridge: bridge.prefix.clone(),
+impl BridgeLabels {
+    pub fn new(owner: &str, prefix: &str) -> BridgeLabels {
+        BridgeLabels {
+            owner: owner.to_owned(),
+            bridge: prefix.to_owned(),
+        }
     }
+}
+
+/// One bridge's gauges, read at scrape time.
+pub struct BridgeSample {
+    pub labels: BridgeLabels,
+    pub queue_depth: u64,
+    pub oldest_queued_age_seconds: u64,
+    /// Unix seconds; 0 when reachable.
+    pub unreachable_since_seconds: u64,
 }
 
 /// A path with its identifiers replaced by `{}`, so that labels stay few:
@@ -165,30 +170,21 @@ pub fn endpoint(path: &str) -> String {
 }
 
 impl Metrics {
-    /// The text exposition, with per-bridge gauges and process metrics read now.
-    /// `unreachable_since` answers, for a bridge, the unix ms since when it cannot be
-    /// reached.
-    pub fn render(
-        &self,
-        store: &Arc<Store>,
-        unreachable_since: impl Fn(Uuid) -> Option<u64>,
-    ) -> String {
+    /// The text exposition, with the per-bridge gauges from `bridges` and process metrics
+    /// read now.
+    pub fn render(&self, bridges: &[BridgeSample]) -> String {
         self.queue_depth.clear();
         self.queue_oldest_age.clear();
         self.unreachable_since.clear();
-        if let Ok(bridges) = store.bridges(None) {
-            let now = now_ms();
-            for bridge in bridges {
-                let labels = bridge_labels(&bridge);
-                if let Ok((depth, oldest)) = store.queue_stats(bridge.id) {
-                    self.queue_depth.get_or_create(&labels).set(depth as i64);
-                    let age = oldest.map_or(0, |t| now.saturating_sub(t) / 1000);
-                    self.queue_oldest_age.get_or_create(&labels).set(age as i64);
-                }
-                let since = unreachable_since(bridge.id).map_or(0, |t| t / 1000);
-                self.unreachable_since
-                    .get_or_create(&labels)
-                    .set(since as i64);
+        for sample in bridges {
+            let gauges = [
+                (&self.queue_depth, sample.queue_depth),
+                (&self.queue_oldest_age, sample.oldest_queued_age_seconds),
+                (&self.unreachable_since, sample.unreachable_since_seconds),
+            ];
+            for (family, value) in gauges {
+                let value = i64::try_from(value).unwrap_or(i64::MAX);
+                family.get_or_create(&sample.labels).set(value);
             }
         }
         let mut out = String::new();
@@ -208,7 +204,6 @@ impl Metrics {
 /// Resident memory, CPU time, open files and start time of this process, from /proc.
 fn process_metrics() -> String {
     let mut out = String::new();
-    let page = 4096.0;
     let ticks = 100.0;
     if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
         // Fields after the parenthesised command name, which may contain spaces.
@@ -223,10 +218,8 @@ fn process_metrics() -> String {
                 .unwrap_or(0.0)
         };
         let cpu = (field(11) + field(12)) / ticks;
-        let rss = field(21) * page;
         out.push_str(&format!(
-            "# HELP process_cpu_seconds Total user and system CPU time.\n# TYPE process_cpu_seconds counter\nprocess_cpu_seconds_total {cpu}\n\
-             # HELP process_resident_memory_bytes Resident memory size.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}\n"
+            "# HELP process_cpu_seconds Total user and system CPU time.\n# TYPE process_cpu_seconds counter\nprocess_cpu_seconds_total {cpu}\n"
         ));
         if let Ok(uptime) = std::fs::read_to_string("/proc/uptime") {
             let boot = uptime
@@ -234,11 +227,29 @@ fn process_metrics() -> String {
                 .next()
                 .and_then(|u| u.parse::<f64>().ok())
                 .unwrap_or(0.0);
-            let started = now_ms() as f64 / 1000.0 - boot + field(19) / ticks;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            let started = now - boot + field(19) / ticks;
             out.push_str(&format!(
                 "# HELP process_start_time_seconds Start time of the process since the epoch.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {started:.0}\n"
             ));
         }
+    }
+    // VmRSS is in kB whatever the page size (16 KiB on some ARM kernels).
+    if let Some(rss) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+    {
+        out.push_str(&format!(
+            "# HELP process_resident_memory_bytes Resident memory size.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n",
+            rss * 1024
+        ));
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         out.push_str(&format!(

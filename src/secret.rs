@@ -3,7 +3,8 @@
 use std::fmt;
 
 use data_encoding::BASE64URL_NOPAD;
-use rand::{distributions::Alphanumeric, Rng, RngCore};
+use rand::distr::Alphanumeric;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -38,13 +39,13 @@ impl fmt::Debug for Secret {
 /// `n` bytes of entropy as unpadded URL-safe base64 (48 bytes -> 64 characters).
 pub fn urlsafe_token(entropy_bytes: usize) -> Secret {
     let mut bytes = vec![0u8; entropy_bytes];
-    rand::thread_rng().fill_bytes(&mut bytes);
+    rand::rng().fill(bytes.as_mut_slice());
     Secret(BASE64URL_NOPAD.encode(&bytes))
 }
 
 /// `len` characters of `[a-z0-9]`, the alphabet of asmux's own registration tokens.
 pub fn lowercase_alphanumeric(len: usize) -> Secret {
-    let token = rand::thread_rng()
+    let token = rand::rng()
         .sample_iter(&Alphanumeric)
         .map(|b| (b as char).to_ascii_lowercase())
         .take(len)
@@ -55,6 +56,24 @@ pub fn lowercase_alphanumeric(len: usize) -> Secret {
 /// Compares without leaking, through timing, how long the common prefix is.
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+/// The token of an `Authorization` header value `Bearer <token>`.
+pub fn bearer(header: &str) -> Option<&str> {
+    header.strip_prefix("Bearer ").filter(|t| !t.is_empty())
+}
+
+/// The token a request presents: `Authorization: Bearer`, else the `access_token` query
+/// parameter (which homeservers with legacy authorization and some clients use).
+pub fn presented_token(authorization: Option<&str>, query: &str) -> Option<String> {
+    authorization
+        .and_then(bearer)
+        .map(str::to_owned)
+        .or_else(|| {
+            form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "access_token")
+                .map(|(_, v)| v.into_owned())
+        })
 }
 
 /// SHA-256 of a token: the key under which token indexes and caches store it, so that a

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use rand::Rng;
 use serde_json::json;
 
 const ROOM: &str = "!crash-room";
@@ -89,7 +88,7 @@ async fn sigkill_under_load_loses_no_acknowledged_event() {
                 }
             }
         });
-        let delay = rand::thread_rng().gen_range(100..600);
+        let delay = rand::random_range(100..600);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         process.kill9();
         let _ = driver.await;

@@ -284,7 +284,7 @@ async fn login_passwords_are_converted_with_the_shared_secret() {
         use hmac::{Hmac, Mac};
         let mut mac = Hmac::<sha2::Sha512>::new_from_slice(key.as_bytes()).unwrap();
         mac.update(user.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        data_encoding::HEXLOWER.encode(&mac.finalize().into_bytes())
     };
     let login = server.url("/_matrix/client/r0/login");
     for user in ["@_alice_whatsapp_491:example.test", "@alice:example.test"] {

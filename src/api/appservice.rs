@@ -5,29 +5,30 @@ use std::sync::Arc;
 use bytes::Bytes;
 use warp::{Filter, Rejection, Reply};
 
-use super::{authorization, body, query_param, raw_query, with_state, Response, Segment};
-use crate::app::AppState;
-use crate::bridge_requests::{self, Query};
+use super::{authorization, body, raw_query, with_services, Response, Segment};
 use crate::error::Error;
-use crate::intake::Accepted;
 use crate::matrix::{HomeserverTransaction, TransactionError};
+use crate::secret::presented_token;
+use crate::service::bridge_requests::{self, Query};
+use crate::service::intake::Accepted;
+use crate::service::Services;
 use warp::http::StatusCode;
 
 pub fn routes(
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = state.config.mux.max_body_bytes;
+    let limit = services.config.mux.max_body_bytes;
     let transaction = warp::path!("_matrix" / "app" / "v1" / "transactions" / Segment)
         .or(warp::path!("transactions" / Segment))
         .unify()
         .and(warp::put())
-        .and(homeserver_auth(state.clone()))
+        .and(homeserver_auth(services.clone()))
         .and(body::limited(limit))
-        .and(with_state(state.clone()))
+        .and(with_services(services.clone()))
         .and_then(transaction);
     let ping = warp::path!("_matrix" / "app" / "v1" / "ping")
         .and(warp::post())
-        .and(homeserver_auth(state.clone()))
+        .and(homeserver_auth(services.clone()))
         .map(|| warp::reply::json(&serde_json::json!({})).into_response());
     // Synapse escapes IDs with Python's `quote`, which leaves `/` as it is: an alias like
     // `#chat/1:server` arrives as several path segments.
@@ -45,8 +46,8 @@ pub fn routes(
         .or(alias)
         .unify()
         .and(warp::get())
-        .and(homeserver_auth(state.clone()))
-        .and(with_state(state.clone()))
+        .and(homeserver_auth(services.clone()))
+        .and(with_services(services.clone()))
         .and_then(query);
     transaction.or(ping).unify().or(query).unify()
 }
@@ -59,12 +60,12 @@ enum QueryKind {
 /// # `GET /_matrix/app/v1/users/{userId}` and `GET /_matrix/app/v1/rooms/{alias}`
 ///
 /// Asked of the bridge that owns the namespace; 404 `{}` when none can answer.
-async fn query(kind: QueryKind, state: Arc<AppState>) -> Result<Response, Rejection> {
+async fn query(kind: QueryKind, services: Arc<Services>) -> Result<Response, Rejection> {
     let query = match &kind {
         QueryKind::User(id) => Query::User(id),
         QueryKind::Alias(alias) => Query::Alias(alias),
     };
-    let (status, body) = bridge_requests::query(&state.delivery, query)
+    let (status, body) = bridge_requests::query(&services.delivery, query)
         .await
         .unwrap_or((404, serde_json::json!({})));
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -77,13 +78,13 @@ async fn query(kind: QueryKind, state: Arc<AppState>) -> Result<Response, Reject
 async fn transaction(
     Segment(txn_id): Segment,
     body: Bytes,
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> Result<Response, Rejection> {
     let txn = HomeserverTransaction::parse(&body).map_err(|e| match e {
         TransactionError::NotJson => Error::NotJson(e.to_string()),
         TransactionError::BadJson(msg) => Error::BadJson(msg),
     })?;
-    Ok(match state.intake.accept(&txn_id, txn).await? {
+    Ok(match services.intake.accept(&txn_id, txn).await? {
         Accepted::Duplicate => warp::reply::json(&serde_json::json!({})).into_response(),
         Accepted::Processed(sent_to) => warp::reply::json(&sent_to).into_response(),
     })
@@ -100,19 +101,17 @@ fn decoded_tail() -> impl Filter<Extract = (String,), Error = Rejection> + Clone
 }
 
 /// Accepts the homeserver's hs_token from `Authorization: Bearer` or `?access_token=`.
-fn homeserver_auth(state: Arc<AppState>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+fn homeserver_auth(
+    services: Arc<Services>,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone {
     authorization()
         .and(raw_query())
         .and_then(move |header: Option<String>, query: String| {
-            let state = state.clone();
+            let services = services.clone();
             async move {
-                let token = header
-                    .as_deref()
-                    .and_then(|h| h.strip_prefix("Bearer "))
-                    .map(str::to_owned)
-                    .or_else(|| query_param(&query, "access_token"));
+                let token = presented_token(header.as_deref(), &query);
                 match token {
-                    Some(t) if state.config.appservice.hs_token.matches(&t) => Ok(()),
+                    Some(t) if services.config.appservice.hs_token.matches(&t) => Ok(()),
                     _ => Err(warp::reject::custom(Error::BadHomeserverToken)),
                 }
             }

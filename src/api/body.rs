@@ -1,13 +1,17 @@
 //! Reading request bodies with a size limit, whether or not a Content-Length was sent.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use futures_util::TryStreamExt;
+use http_body::Frame;
+use http_body_util::StreamBody;
 use serde::de::DeserializeOwned;
 use warp::{Filter, Rejection};
 
 use crate::error::Error;
+use crate::http_client::collect_limited;
 
-/// The whole body, refused with 413 `M_TOO_LARGE` past `limit` bytes.
+/// The whole body, refused with 413 `M_TOO_LARGE` past `limit` bytes: at once when the
+/// Content-Length says so, else as soon as that many bytes arrived.
 pub fn limited(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
@@ -16,25 +20,17 @@ pub fn limited(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection>
 
 async fn read(
     declared: Option<u64>,
-    stream: impl futures_util::Stream<Item = Result<impl Buf, warp::Error>>,
+    stream: impl futures_util::Stream<Item = Result<impl Buf, warp::Error>> + Send,
     limit: u64,
 ) -> Result<Bytes, Rejection> {
     if declared.is_some_and(|n| n > limit) {
         return Err(warp::reject::custom(Error::TooLarge));
     }
-    let mut body = BytesMut::new();
-    let mut stream = std::pin::pin!(stream);
-    while let Some(chunk) = stream
-        .try_next()
+    let frames = stream.map_ok(|mut chunk| Frame::data(chunk.copy_to_bytes(chunk.remaining())));
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    collect_limited(StreamBody::new(Box::pin(frames)), limit)
         .await
-        .map_err(|_| warp::reject::custom(Error::BadRequest("Unreadable request body".into())))?
-    {
-        if body.len() as u64 + chunk.remaining() as u64 > limit {
-            return Err(warp::reject::custom(Error::TooLarge));
-        }
-        body.put(chunk);
-    }
-    Ok(body.freeze())
+        .map_err(|e| warp::reject::custom(Error::from(e)))
 }
 
 /// Parses a JSON body; an empty body reads as `{}`, anything unparsable is 400

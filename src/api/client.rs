@@ -9,13 +9,13 @@ use http_body_util::BodyExt;
 use warp::http::HeaderMap;
 use warp::{Filter, Rejection, Reply};
 
-use super::{raw_query, with_state, Response};
-use crate::app::AppState;
+use super::{raw_query, with_services, Response};
 use crate::http_client::BoxError;
-use crate::proxy::ProxyRequest;
+use crate::service::proxy::ProxyRequest;
+use crate::service::Services;
 
 pub fn routes(
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path("_matrix")
         .and(warp::path("client").or(warp::path("media")).unify())
@@ -24,7 +24,7 @@ pub fn routes(
         .and(raw_query())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .and(with_state(state))
+        .and(with_services(services))
         .and_then(proxy)
 }
 
@@ -35,7 +35,7 @@ async fn proxy(
     query: String,
     headers: HeaderMap,
     body: impl Stream<Item = Result<impl Buf, warp::Error>> + Send + Sync + 'static,
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> Result<Response, Rejection> {
     let body = BodyExt::boxed(http_body_util::StreamBody::new(body.map(|chunk| {
         chunk
@@ -49,7 +49,7 @@ async fn proxy(
         headers,
         body,
     };
-    let response = state.proxy.handle(request).await?;
+    let response = services.proxy.handle(request).await?;
     let (parts, body) = response.into_parts();
     let mut reply =
         warp::reply::stream(body.into_data_stream().map(|r| r.map_err(io_error))).into_response();

@@ -8,13 +8,13 @@ use bytes::Bytes;
 use warp::http::{HeaderValue, Method, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
-use super::{authorization, body, query_param, raw_query, with_state, Response, Segment};
-use crate::app::AppState;
+use super::{authorization, body, query_param, raw_query, with_services, Response, Segment};
 use crate::error::handle_rejection;
-use crate::management::{BridgeRef, Caller, ProvisionRequest};
+use crate::service::management::{BridgeRef, Caller, ProvisionRequest};
+use crate::service::Services;
 
 pub fn routes(
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     // Matched without a method rejection, so that other methods on unknown paths stay 404.
     let options = warp::method().and_then(|method: Method| async move {
@@ -25,11 +25,11 @@ pub fn routes(
         }
     });
     let mxauth = warp::path("mxauth").and(
-        exec_route(state.clone())
-            .or(surface(state.clone(), matrix_caller(state.clone())))
+        exec_route(services.clone())
+            .or(surface(services.clone(), matrix_caller(services.clone())))
             .unify(),
     );
-    let bearer = surface(state.clone(), bearer_caller(state));
+    let bearer = surface(services.clone(), bearer_caller(services));
     warp::path!("_matrix" / "asmux" / ..)
         .and(
             options
@@ -45,13 +45,13 @@ pub fn routes(
 
 /// The management routes, authenticated by `caller` (checked after the path matched).
 fn surface<C>(
-    state: Arc<AppState>,
+    services: Arc<Services>,
     caller: C,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone
 where
     C: Filter<Extract = (Caller,), Error = Rejection> + Clone + Send + Sync + 'static,
 {
-    let limit = state.config.mux.max_management_body_bytes;
+    let limit = services.config.mux.max_management_body_bytes;
     let by_id = warp::path!("appservice" / Segment)
         .and_then(|Segment(id)| async move { BridgeRef::id(&id).map_err(warp::reject::custom) });
     let by_name = warp::path!("appservice" / Segment / Segment).and_then(
@@ -65,47 +65,47 @@ where
         .and(warp::put())
         .and(caller.clone())
         .and(body::limited(limit))
-        .and(with_state(state.clone()))
+        .and(with_services(services.clone()))
         .and_then(provision);
     let get = bridge
         .and(warp::get())
         .and(caller.clone())
-        .and(with_state(state.clone()))
+        .and(with_services(services.clone()))
         .and_then(get_bridge);
     let delete = bridge
         .and(warp::delete())
         .and(caller.clone())
-        .and(with_state(state.clone()))
+        .and(with_services(services.clone()))
         .and_then(delete_bridge);
     let ping = bridge_action("ping")
         .and(warp::post())
         .and(caller.clone())
-        .and(with_state(state.clone()))
+        .and(with_services(services.clone()))
         .and_then(ping_bridge);
     let clear_queue = bridge_action("queue")
         .and(warp::delete())
         .and(caller.clone())
-        .and(with_state(state.clone()))
+        .and(with_services(services.clone()))
         .and_then(clear_queue);
     let status = bridge_action("status")
         .and(warp::get())
         .and(caller.clone())
-        .and(with_state(state.clone()))
+        .and(with_services(services.clone()))
         .and_then(bridge_status);
     let backup = warp::path!("admin" / "backup")
         .and(warp::get())
         .and(caller.clone())
-        .and(with_state(state.clone()))
+        .and(with_services(services.clone()))
         .and_then(backup);
     let statuses = warp::path!("appservices" / "status")
         .and(warp::get())
         .and(caller.clone())
-        .and(with_state(state.clone()))
+        .and(with_services(services.clone()))
         .and_then(bridge_statuses);
     let list = warp::path!("appservices")
         .and(warp::get())
         .and(caller.clone())
-        .and(with_state(state.clone()))
+        .and(with_services(services.clone()))
         .and_then(list_bridges);
     let user = warp::path!("user" / Segment)
         .and(
@@ -116,12 +116,12 @@ where
         )
         .and(raw_query())
         .and(caller.clone())
-        .and(with_state(state.clone()))
+        .and(with_services(services.clone()))
         .and_then(get_user);
     let room = warp::path!("room" / Segment)
         .and(warp::delete())
         .and(caller)
-        .and(with_state(state))
+        .and(with_services(services))
         .and_then(delete_room);
 
     provision
@@ -149,9 +149,9 @@ where
 
 /// Mxauth only: `POST /_matrix/asmux/mxauth/appservice/.../exec/{command}`.
 fn exec_route(
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = state.config.mux.max_management_body_bytes;
+    let limit = services.config.mux.max_management_body_bytes;
     let target = warp::path!("appservice" / Segment / "exec" / Segment)
         .and_then(|Segment(id), Segment(command)| async move {
             BridgeRef::id(&id)
@@ -171,9 +171,9 @@ fn exec_route(
         .untuple_one();
     target
         .and(warp::post())
-        .and(matrix_caller(state.clone()))
+        .and(matrix_caller(services.clone()))
         .and(body::limited(limit))
-        .and(with_state(state))
+        .and(with_services(services))
         .and_then(exec)
 }
 
@@ -198,12 +198,12 @@ fn bridge_action(
 }
 
 fn bearer_caller(
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
     authorization().and_then(move |header: Option<String>| {
-        let state = state.clone();
+        let services = services.clone();
         async move {
-            state
+            services
                 .management
                 .caller_from_bearer(header.as_deref())
                 .map_err(warp::reject::custom)
@@ -212,12 +212,12 @@ fn bearer_caller(
 }
 
 fn matrix_caller(
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
     authorization().and_then(move |header: Option<String>| {
-        let state = state.clone();
+        let services = services.clone();
         async move {
-            state
+            services
                 .management
                 .caller_from_matrix_token(header.as_deref())
                 .await
@@ -231,10 +231,10 @@ async fn provision(
     target: BridgeRef,
     caller: Caller,
     body: Bytes,
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> Result<Response, Rejection> {
     let request: ProvisionRequest = body::parse_json(&body)?;
-    let (registration, created) = state
+    let (registration, created) = services
         .management
         .provision(&caller, &target, request)
         .await?;
@@ -250,9 +250,9 @@ async fn provision(
 async fn get_bridge(
     target: BridgeRef,
     caller: Caller,
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> Result<Response, Rejection> {
-    let registration = state.management.registration(&caller, &target)?;
+    let registration = services.management.registration(&caller, &target)?;
     Ok(json(&registration, StatusCode::OK))
 }
 
@@ -260,9 +260,9 @@ async fn get_bridge(
 async fn delete_bridge(
     target: BridgeRef,
     caller: Caller,
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> Result<Response, Rejection> {
-    state.management.delete(&caller, &target).await?;
+    services.management.delete(&caller, &target).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -270,9 +270,9 @@ async fn delete_bridge(
 async fn ping_bridge(
     target: BridgeRef,
     caller: Caller,
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> Result<Response, Rejection> {
-    let bridge_state = state.management.ping(&caller, &target).await?;
+    let bridge_state = services.management.ping(&caller, &target).await?;
     Ok(json(&bridge_state, StatusCode::OK))
 }
 
@@ -280,9 +280,9 @@ async fn ping_bridge(
 async fn bridge_status(
     target: BridgeRef,
     caller: Caller,
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> Result<Response, Rejection> {
-    let status = state.management.status(&caller, &target)?;
+    let status = services.management.status(&caller, &target)?;
     Ok(json(&status, StatusCode::OK))
 }
 
@@ -292,9 +292,9 @@ async fn bridge_status(
 async fn clear_queue(
     target: BridgeRef,
     caller: Caller,
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> Result<Response, Rejection> {
-    let dropped = state.management.clear_queue(&caller, &target).await?;
+    let dropped = services.management.clear_queue(&caller, &target).await?;
     Ok(json(
         &serde_json::json!({ "dropped": dropped }),
         StatusCode::OK,
@@ -307,10 +307,10 @@ async fn exec(
     command: String,
     caller: Caller,
     body: Bytes,
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> Result<Response, Rejection> {
     let body: serde_json::Value = body::parse_json(&body)?;
-    let (status, data) = state
+    let (status, data) = services
         .management
         .exec(&caller, &target, &command, body)
         .await?;
@@ -321,8 +321,8 @@ async fn exec(
 /// # `GET /_matrix/asmux/admin/backup`
 ///
 /// Streams a single-file backup of the whole database (root only).
-async fn backup(caller: Caller, state: Arc<AppState>) -> Result<Response, Rejection> {
-    let chunks = state.management.backup(&caller)?;
+async fn backup(caller: Caller, services: Arc<Services>) -> Result<Response, Rejection> {
+    let chunks = services.management.backup(&caller)?;
     let stream =
         futures_util::stream::unfold(
             chunks,
@@ -341,8 +341,8 @@ async fn backup(caller: Caller, state: Arc<AppState>) -> Result<Response, Reject
 }
 
 /// # `GET /_matrix/asmux/appservices`
-async fn list_bridges(caller: Caller, state: Arc<AppState>) -> Result<Response, Rejection> {
-    let bridges = state.management.list(&caller)?;
+async fn list_bridges(caller: Caller, services: Arc<Services>) -> Result<Response, Rejection> {
+    let bridges = services.management.list(&caller)?;
     Ok(json(
         &serde_json::json!({ "appservices": bridges }),
         StatusCode::OK,
@@ -350,8 +350,8 @@ async fn list_bridges(caller: Caller, state: Arc<AppState>) -> Result<Response, 
 }
 
 /// # `GET /_matrix/asmux/appservices/status`
-async fn bridge_statuses(caller: Caller, state: Arc<AppState>) -> Result<Response, Rejection> {
-    let bridges = state.management.statuses(&caller)?;
+async fn bridge_statuses(caller: Caller, services: Arc<Services>) -> Result<Response, Rejection> {
+    let bridges = services.management.statuses(&caller)?;
     Ok(json(
         &serde_json::json!({ "bridges": bridges }),
         StatusCode::OK,
@@ -364,7 +364,7 @@ async fn get_user(
     put: bool,
     query: String,
     caller: Caller,
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> Result<Response, Rejection> {
     let create = put
         || query_param(&query, "create").is_some_and(|v| {
@@ -373,7 +373,7 @@ async fn get_user(
                 "1" | "true" | "t" | "y" | "yes"
             )
         });
-    let user = state.management.user(&caller, &id, create).await?;
+    let user = services.management.user(&caller, &id, create).await?;
     Ok(json(&user, StatusCode::OK))
 }
 
@@ -381,9 +381,9 @@ async fn get_user(
 async fn delete_room(
     Segment(room_id): Segment,
     caller: Caller,
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> Result<Response, Rejection> {
-    state.management.delete_room(&caller, &room_id).await?;
+    services.management.delete_room(&caller, &room_id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

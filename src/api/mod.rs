@@ -13,32 +13,32 @@ use std::sync::Arc;
 
 use warp::{Filter, Rejection};
 
-use crate::app::AppState;
 use crate::error::handle_rejection;
+use crate::service::Services;
 
 pub use warp::reply::Response;
 pub use websocket::PendingUpgrade;
 
 /// Every route asmux serves, with the one rejection handler.
 pub fn routes(
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    appservice::routes(state.clone())
-        .or(websocket::routes(state.clone()))
+    appservice::routes(services.clone())
+        .or(websocket::routes(services.clone()))
         .unify()
-        .or(management::routes(state.clone()))
+        .or(management::routes(services.clone()))
         .unify()
-        .or(client::routes(state))
+        .or(client::routes(services))
         .unify()
         .recover(handle_rejection)
         .unify()
 }
 
-/// Injects the shared state into a handler.
-fn with_state(
-    state: Arc<AppState>,
-) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {
-    warp::any().map(move || state.clone())
+/// Injects the shared services into a handler.
+fn with_services(
+    services: Arc<Services>,
+) -> impl Filter<Extract = (Arc<Services>,), Error = Infallible> + Clone {
+    warp::any().map(move || services.clone())
 }
 
 /// The `Authorization` header, if any.

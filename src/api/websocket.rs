@@ -11,11 +11,11 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
-use super::{authorization, with_state, Response};
-use crate::app::AppState;
-use crate::delivery::session;
+use super::{authorization, with_services, Response};
 use crate::error::{handle_rejection, Error};
-use crate::management::bearer_token;
+use crate::service::delivery::session;
+use crate::service::management::bearer_token;
+use crate::service::Services;
 
 /// Largest frame a bridge may send: responses, states, checkpoints and proxied HTTP
 /// answers, never media.
@@ -43,7 +43,7 @@ impl PendingUpgrade {
     }
 
     fn take(&self) -> Option<hyper::upgrade::OnUpgrade> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+        crate::sync::lock(&self.0).take()
     }
 }
 
@@ -54,7 +54,7 @@ struct Handshake {
 }
 
 pub fn routes(
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let session = authorization()
         .and(warp::header::optional::<String>("x-mautrix-process-id"))
@@ -62,7 +62,7 @@ pub fn routes(
             "x-mautrix-websocket-version",
         ))
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
-        .and(with_state(state))
+        .and(with_services(services))
         .and_then(check)
         .and(handshake())
         .map(upgrade);
@@ -74,7 +74,7 @@ pub fn routes(
 }
 
 struct Accepted {
-    state: Arc<AppState>,
+    services: Arc<Services>,
     bridge: Arc<crate::store::Bridge>,
     protocol: u8,
     process_id: String,
@@ -87,9 +87,9 @@ async fn check(
     process_id: Option<String>,
     version: Option<String>,
     protocols: Option<String>,
-    state: Arc<AppState>,
+    services: Arc<Services>,
 ) -> Result<Accepted, Rejection> {
-    if state.delivery.is_shutting_down() {
+    if services.delivery.is_shutting_down() {
         return Err(warp::reject::custom(Error::Custom {
             status: StatusCode::SERVICE_UNAVAILABLE,
             errcode: "COM.BEEPER.SHUTTING_DOWN",
@@ -97,10 +97,10 @@ async fn check(
         }));
     }
     let token = bearer_token(auth.as_deref())?;
-    let bridge = state
+    let bridge = services
         .store
         .bridge_by_token(token)
-        .map_err(crate::management::store_error)?
+        .map_err(Error::from)?
         .ok_or(Error::UnknownToken("Invalid access token"))?;
     if bridge.push {
         return Err(warp::reject::custom(Error::Custom {
@@ -114,7 +114,7 @@ async fn check(
         .unwrap_or(1)
         .clamp(1, 3);
     Ok(Accepted {
-        state,
+        services,
         bridge,
         protocol,
         process_id: process_id.unwrap_or_else(|| "unidentified".into()),
@@ -156,13 +156,13 @@ fn handshake() -> impl Filter<Extract = (Handshake,), Error = Rejection> + Clone
 /// # `GET /_matrix/client/unstable/fi.mau.as_sync`
 fn upgrade(accepted: Accepted, handshake: Handshake) -> Response {
     let Accepted {
-        state,
+        services,
         bridge,
         protocol,
         process_id,
         subprotocol,
     } = accepted;
-    let delivery = state.delivery.clone();
+    let delivery = services.delivery.clone();
     tokio::spawn(async move {
         let upgraded = match handshake.upgrade.await {
             Ok(upgraded) => upgraded,

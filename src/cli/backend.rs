@@ -9,20 +9,22 @@ use anyhow::{anyhow, Context, Result};
 use http::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::bridge_requests::BridgeStatus;
 use crate::config::Config;
-use crate::delivery::Delivery;
 use crate::error::Error;
-use crate::homeserver::Homeserver;
 use crate::http_client::{full_body, HttpClient};
-use crate::management::{BridgeRef, BridgeSummary, Caller, Management, ProvisionRequest};
-use crate::registration::BridgeRegistration;
+use crate::operator::registration::BridgeRegistration;
 use crate::secret::Secret;
+use crate::service::bridge_requests::BridgeStatus;
+use crate::service::delivery::Delivery;
+use crate::service::homeserver::Homeserver;
+use crate::service::management::{BridgeRef, BridgeSummary, Caller, Management, ProvisionRequest};
 use crate::store::{Store, StoreError};
 
 /// The management API is local; anything slower than this is a hung server.
 const REMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
+// One per command run: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Backend {
     Local(Management),
     Remote {

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::bridge_config;
 use crate::config::{Config, LogFormat};
-use crate::management::{BridgeRef, ProvisionRequest};
-use crate::registration::BridgeRegistration;
+use crate::operator::bridge_config;
+use crate::operator::registration::BridgeRegistration;
+use crate::operator::setup;
+use crate::server::{shutdown, systemd};
+use crate::service::management::{BridgeRef, ProvisionRequest};
 use crate::store::Store;
-use crate::{setup, shutdown, systemd};
 use backend::Backend;
 
 /// The config file used when `-c` is not given and it exists.
@@ -287,17 +288,17 @@ fn serve(config_path: &Path, args: ServeArgs) -> Result<ExitCode> {
         let signal = shutdown::on_signal().context("cannot install signal handlers")?;
         let addr = config.listen_addr();
         let listener =
-            crate::app::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-        let state = crate::app::AppState::new(config, store)?;
+            crate::server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+        let services = crate::service::Services::new(config, store)?;
         systemd::notify_ready();
         if let Some(interval) = systemd::watchdog_interval() {
-            tokio::spawn(systemd::watchdog(interval, state.store.clone()));
+            tokio::spawn(systemd::watchdog(interval, services.store.clone()));
         }
         let stop = async {
             signal.await;
             systemd::notify_stopping();
         };
-        crate::app::run(listener, state, stop).await
+        crate::server::run(listener, services, stop).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::backend::Backend;
-use crate::bridge_requests::BridgeStatus;
 use crate::config::Config;
+use crate::service::bridge_requests::BridgeStatus;
 use crate::store::now_ms;
 
 pub async fn print(config: &Config, json: bool) -> Result<ExitCode> {

@@ -31,7 +31,7 @@ where
         if let Some(hit) = self.cache.get(key) {
             return Ok(Some(hit));
         }
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = crate::sync::lock(lock);
         if let Some(hit) = self.cache.get(key) {
             return Ok(Some(hit));
         }

@@ -210,11 +210,8 @@ impl Store {
     }
 
     fn write_lock(&self) -> MutexGuard<'_, ()> {
-        // A panic while holding the guard cannot leave a half-written record (sled writes
-        // are atomic), so a poisoned lock is still safe to use.
-        self.lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        // Sled writes are atomic: a panic under the lock leaves no half-written record.
+        crate::sync::lock(&self.lock)
     }
 }
 
@@ -279,12 +276,10 @@ mod tests {
     fn second_open_reports_the_lock() {
         let tmp = tempfile::tempdir().unwrap();
         let _first = Store::open(tmp.path()).unwrap();
-        // sled's lock is per process through fcntl on some systems; only check the
-        // message when it is refused.
         match Store::open(tmp.path()) {
             Err(StoreError::Locked(p)) => assert_eq!(p, tmp.path()),
             Err(other) => panic!("unexpected error {other}"),
-            Ok(_) => {}
+            Ok(_) => panic!("a second store opened the same directory"),
         }
     }
 

@@ -9,9 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use asmux::app::{run, AppState};
 use asmux::config::Config;
 use asmux::http_client::{full_body, HttpClient};
+use asmux::server::run;
+use asmux::service::Services;
 use asmux::store::Store;
 use serde_json::Value;
 use tempfile::TempDir;
@@ -279,11 +280,11 @@ impl TestServer {
     pub async fn start_in(dir: TempDir) -> TestServer {
         let config = Config::load(&dir.path().join("config.toml")).unwrap();
         let store = Arc::new(open_store(&config.data_dir()));
-        let state = AppState::new(config, store).unwrap();
-        let listener = asmux::app::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let services = Services::new(config, store).unwrap();
+        let listener = asmux::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
-        let handle = tokio::spawn(run(listener, state, async {
+        let handle = tokio::spawn(run(listener, services, async {
             let _ = rx.await;
         }));
         TestServer {
@@ -317,7 +318,7 @@ impl TestServer {
     pub async fn stop(mut self) -> TempDir {
         self.shutdown.take().unwrap().send(()).unwrap();
         self.handle.take().unwrap().await.unwrap().unwrap();
-        // The state (and with it the sled lock) is dropped with the server task.
+        // The services (and with them the sled lock) are dropped with the server task.
         self.dir
     }
 

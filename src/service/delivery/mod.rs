@@ -20,9 +20,10 @@ use crate::config::Config;
 use crate::http_client::HttpClient;
 use crate::matrix::Namespace;
 use crate::metrics::Metrics;
-use crate::reporting::Reporter;
 use crate::secret::lowercase_alphanumeric;
+use crate::service::reporting::Reporter;
 use crate::store::{now_ms, Store};
+use crate::sync::lock;
 use hub::Hub;
 
 /// Characters of the random part of delivery txn_ids: 62 bits of entropy.
@@ -83,7 +84,7 @@ impl Delivery {
             hub: Hub::default(),
             client: client.clone(),
             namespace: config.namespace(),
-            max_pdu_age_ms: config.mux.max_pdu_age_seconds * 1000,
+            max_pdu_age_ms: config.mux.max_pdu_age_seconds.saturating_mul(1000),
             ping_interval: Duration::from_secs(config.mux.websocket_ping_seconds),
             websocket_write_timeout: Duration::from_secs_f64(
                 config.mux.websocket_write_timeout_seconds,
@@ -220,10 +221,4 @@ impl Delivery {
             tracing::warn!("deliveries still running at the shutdown deadline; they stay queued");
         }
     }
-}
-
-/// Locks a map of plain values: a panic elsewhere cannot leave one half-changed, so a
-/// poisoned lock is still safe to use.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

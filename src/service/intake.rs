@@ -9,13 +9,12 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::delivery::Delivery;
 use crate::error::Error;
-use crate::management::store_error;
 use crate::matrix::HomeserverTransaction;
 use crate::metrics::{BridgeTypeLabels, DropLabels, Metrics, TypeLabels};
-use crate::reporting::Checkpoint;
-use crate::routing::Router;
+use crate::service::delivery::Delivery;
+use crate::service::reporting::Checkpoint;
+use crate::service::routing::Router;
 use crate::store::{now_ms, Store, TransactionCommit, TxnRecord};
 
 /// The 200 body of a processed transaction.
@@ -72,14 +71,11 @@ impl Intake {
         let order = self.order.lock().await;
         // Routing writes nothing, so it may run before the retry check: it reads every
         // event once and collects the PDU event IDs the check needs.
-        let routed = self
-            .router
-            .route(txn_id, &txn, self.store.as_ref())
-            .map_err(store_error)?;
+        let routed = self.router.route(txn_id, &txn, self.store.as_ref())?;
         if self.is_retry(txn_id, &txn, &routed.event_ids)? {
             tracing::debug!(txn_id, "transaction already processed");
             // Its first attempt may have been answered 500 after a failed flush.
-            self.store.flush().await.map_err(store_error)?;
+            self.store.flush().await?;
             return Ok(Accepted::Duplicate);
         }
         self.count(&routed);
@@ -127,7 +123,7 @@ impl Intake {
         }))
     }
 
-    fn count(&self, routed: &crate::routing::Routed) {
+    fn count(&self, routed: &crate::service::routing::Routed) {
         for (kind, reason) in &routed.dropped {
             let labels = DropLabels {
                 r#type: kind.clone(),
@@ -166,11 +162,7 @@ impl Intake {
         if !txn.to_device.is_empty() {
             return Ok(false);
         }
-        let Some(previous) = self
-            .store
-            .processed_transaction(txn_id)
-            .map_err(store_error)?
-        else {
+        let Some(previous) = self.store.processed_transaction(txn_id)? else {
             return Ok(false);
         };
         Ok(event_ids.len() == txn.events.len()

@@ -8,10 +8,10 @@ use data_encoding::BASE64_NOPAD;
 use percent_encoding::utf8_percent_encode;
 use serde_json::{json, Value};
 
-use crate::delivery::connection::RequestError;
-use crate::delivery::Delivery;
 use crate::error::Error;
 use crate::http_client::{full_body, RequestError as HttpError, URL_COMPONENT};
+use crate::service::delivery::connection::RequestError;
+use crate::service::delivery::Delivery;
 use crate::store::{now_ms, Bridge};
 
 /// How long a bridge state ping may take.
@@ -373,14 +373,10 @@ pub async fn query(delivery: &Delivery, query: Query<'_>) -> Option<(u16, Value)
 /// `GET /appservice/.../status`: what asmux knows of the bridge's delivery.
 pub fn status(delivery: &Delivery, bridge: &Bridge) -> Result<BridgeStatus, Error> {
     let conn = delivery.hub.get(bridge.id);
-    let (queue_depth, oldest_queued) = delivery
-        .store
-        .queue_stats(bridge.id)
-        .map_err(crate::management::store_error)?;
+    let (queue_depth, oldest_queued) = delivery.store.queue_stats(bridge.id)?;
     let bridge_state = delivery
         .store
-        .bridge_status(bridge.id)
-        .map_err(crate::management::store_error)?
+        .bridge_status(bridge.id)?
         .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok());
     Ok(BridgeStatus {
         id: bridge.id,

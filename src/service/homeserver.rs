@@ -7,7 +7,12 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::http_client::{full_body, HttpClient, RequestError};
-use crate::secret::Secret;
+use crate::secret::{token_digest, Secret};
+
+/// How long the user of an access token is remembered.
+const WHOAMI_TTL: Duration = Duration::from_secs(300);
+/// Access tokens remembered at most.
+const WHOAMI_CAPACITY: u64 = 10_000;
 
 /// The homeserver, as seen by asmux's own appservice user.
 pub struct Homeserver {
@@ -16,6 +21,8 @@ pub struct Homeserver {
     base: String,
     as_token: Secret,
     timeout: Duration,
+    /// SHA-256 of an access token -> its user ID, as the homeserver said.
+    users: moka::future::Cache<[u8; 32], String>,
 }
 
 /// Why the homeserver gave no usable answer.
@@ -34,7 +41,25 @@ impl Homeserver {
             base: config.homeserver.address.trim_end_matches('/').to_owned(),
             as_token: config.appservice.as_token.clone(),
             timeout: Duration::from_secs(config.homeserver.timeout_seconds),
+            users: moka::future::Cache::builder()
+                .max_capacity(WHOAMI_CAPACITY)
+                .time_to_live(WHOAMI_TTL)
+                .build(),
         }
+    }
+
+    /// [`Homeserver::whoami`], remembered for a few minutes: the management API's Matrix
+    /// callers and the DM endpoint's owners present the same tokens again and again.
+    pub async fn user_of(&self, access_token: &str) -> Result<Option<String>, HomeserverError> {
+        let key = token_digest(access_token);
+        if let Some(user_id) = self.users.get(&key).await {
+            return Ok(Some(user_id));
+        }
+        let user_id = self.whoami(access_token).await?;
+        if let Some(user_id) = &user_id {
+            self.users.insert(key, user_id.clone()).await;
+        }
+        Ok(user_id)
     }
 
     /// The user ID an access token belongs to; `None` when the homeserver refuses it.

@@ -16,16 +16,15 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
-use crate::bridge_requests::{self, PingFailure};
 use crate::config::Config;
-use crate::delivery::Delivery;
 use crate::error::Error;
-use crate::homeserver::Homeserver;
-use crate::http_client::{full_body, Body, BoxError, HttpClient};
-use crate::management::store_error;
+use crate::http_client::{collect_limited, full_body, Body, BoxError, HttpClient};
 use crate::matrix::Namespace;
 use crate::metrics::{endpoint, RequestLabels};
-use crate::secret::Secret;
+use crate::secret::{presented_token, Secret};
+use crate::service::bridge_requests::{self, PingFailure};
+use crate::service::delivery::Delivery;
+use crate::service::homeserver::Homeserver;
 use crate::store::{Bridge, Store};
 use guard::Masquerade;
 
@@ -73,8 +72,6 @@ pub struct Proxy {
     double_puppet_token: Option<Secret>,
     namespace: Namespace,
     login_shared_secret: Option<Secret>,
-    /// SHA-512 of an owner's Matrix token -> user ID, for the DM endpoint.
-    whoami: moka::future::Cache<Vec<u8>, String>,
     /// One lock per user whose `m.direct` the DM endpoint rewrites.
     dm_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -108,10 +105,6 @@ impl Proxy {
             double_puppet_token: config.double_puppet_token().cloned(),
             namespace: config.namespace(),
             login_shared_secret: config.homeserver.login_shared_secret.clone(),
-            whoami: moka::future::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(std::time::Duration::from_secs(300))
-                .build(),
             dm_locks: Mutex::default(),
         }
     }
@@ -184,7 +177,7 @@ impl Proxy {
                     self.namespace.user_id(&bridge.owner),
                 ));
             }
-            headers.insert(header::AUTHORIZATION, bearer(token.expose())?);
+            headers.insert(header::AUTHORIZATION, bearer_header(token.expose())?);
             headers.insert(
                 HeaderName::from_static("x-beeper-bridge"),
                 HeaderValue::from_str(&bridge.name()).map_err(|_| Error::Internal)?,
@@ -236,21 +229,15 @@ impl Proxy {
     /// The bridge whose token the request carries, `None` for any other token. A token
     /// that starts like a bridge token (`{uuid}-`) must belong to one.
     fn bridge_of(&self, req: &ProxyRequest) -> Result<Option<Arc<Bridge>>, Error> {
-        let token = req
+        let authorization = req
             .headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_owned)
-            .or_else(|| {
-                form_urlencoded::parse(req.query.as_bytes())
-                    .find(|(k, _)| k == "access_token")
-                    .map(|(_, v)| v.into_owned())
-            });
+            .and_then(|v| v.to_str().ok());
+        let token = presented_token(authorization, &req.query);
         let Some(token) = token.filter(|t| is_bridge_token(t)) else {
             return Ok(None);
         };
-        match self.store.bridge_by_token(&token).map_err(store_error)? {
+        match self.store.bridge_by_token(&token)? {
             Some(bridge) => Ok(Some(bridge)),
             None => Err(Error::UnknownToken("Invalid access token")),
         }
@@ -322,8 +309,7 @@ impl Proxy {
         let owner = match self.namespace.parse('@', &user_id) {
             Some(u) => self
                 .store
-                .bridge_by_name(u.owner, u.prefix)
-                .map_err(store_error)?
+                .bridge_by_name(u.owner, u.prefix)?
                 .map(|b| b.owner.clone()),
             None => user_id
                 .strip_prefix('@')
@@ -383,10 +369,8 @@ impl Proxy {
             .ok()
             .and_then(|v| v.get("room_id").and_then(Value::as_str).map(str::to_owned))
         {
-            self.store
-                .add_room_owner(&room_id, bridge.id)
-                .map_err(store_error)?;
-            self.store.flush().await.map_err(store_error)?;
+            self.store.add_room_owner(&room_id, bridge.id)?;
+            self.store.flush().await?;
         }
         Ok(http::Response::from_parts(parts, full_body(body)))
     }
@@ -515,23 +499,13 @@ fn box_error(e: hyper::Error) -> BoxError {
     Box::new(e)
 }
 
-fn bearer(token: &str) -> Result<HeaderValue, Error> {
+fn bearer_header(token: &str) -> Result<HeaderValue, Error> {
     HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Error::Internal)
 }
 
 /// Reads a body of at most [`MAX_REWRITE_BODY`] bytes.
-async fn read_limited(mut body: Body) -> Result<Bytes, Error> {
-    let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| Error::BadRequest("Unreadable body".into()))?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > MAX_REWRITE_BODY {
-                return Err(Error::TooLarge);
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(buf.freeze())
+async fn read_limited(body: Body) -> Result<Bytes, Error> {
+    Ok(collect_limited(body, MAX_REWRITE_BODY).await?)
 }
 
 fn json_response(status: StatusCode, value: &Value) -> ProxyResponse {

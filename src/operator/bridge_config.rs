@@ -5,7 +5,7 @@
 use serde_yaml_ng::Value;
 
 use crate::config::Config;
-use crate::registration::BridgeRegistration;
+use crate::operator::registration::BridgeRegistration;
 
 /// Which framework the bridge is built on; their config layouts differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -170,7 +170,7 @@ fn push_listener(url: &str) -> Result<Option<PushListener>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registration::{AsmuxExtras, Namespaces};
+    use crate::operator::registration::{AsmuxExtras, Namespaces};
 
     fn config(public: &str) -> Config {
         let mut config = Config::parse(

@@ -1,5 +1,8 @@
-//! The running server: shared state, the accept loop, background maintenance and the
-//! orderly shutdown.
+//! The running server: the accept loop around the HTTP surfaces, the metrics listener,
+//! background flushing and maintenance, and the orderly shutdown.
+
+pub mod shutdown;
+pub mod systemd;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,14 +12,8 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use warp::Filter;
 
-use crate::config::Config;
-use crate::delivery::Delivery;
-use crate::homeserver::Homeserver;
-use crate::http_client::HttpClient;
-use crate::intake::Intake;
-use crate::management::Management;
-use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::metrics::{BridgeLabels, BridgeSample};
+use crate::service::Services;
 use crate::store::{now_ms, Store};
 
 /// How long deliveries in flight may take to finish once shutdown begins.
@@ -29,47 +26,6 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Processed transaction IDs are remembered at least this long and at least this many.
 const PROCESSED_TXN_RETENTION: Duration = Duration::from_secs(24 * 3600);
 const PROCESSED_TXN_KEEP: usize = 10_000;
-
-/// Everything a request handler may need, shared by every connection.
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub store: Arc<Store>,
-    pub homeserver: Arc<Homeserver>,
-    pub management: Management,
-    pub delivery: Arc<Delivery>,
-    pub intake: Intake,
-    pub proxy: Proxy,
-    pub metrics: Arc<Metrics>,
-}
-
-impl AppState {
-    pub fn new(config: Config, store: Arc<Store>) -> Result<Arc<AppState>> {
-        let client = HttpClient::new().context("cannot load TLS root certificates")?;
-        let homeserver = Arc::new(Homeserver::new(&config, client.clone()));
-        let metrics = Arc::new(Metrics::default());
-        let delivery = Delivery::new(&config, store.clone(), client.clone(), metrics.clone());
-        let proxy = Proxy::new(
-            &config,
-            store.clone(),
-            delivery.clone(),
-            homeserver.clone(),
-            client,
-        );
-        let management =
-            Management::new(&config, store.clone(), homeserver.clone(), delivery.clone());
-        let intake = Intake::new(&config, store.clone(), delivery.clone(), metrics.clone());
-        Ok(Arc::new(AppState {
-            config: Arc::new(config),
-            store,
-            homeserver,
-            management,
-            delivery,
-            intake,
-            proxy,
-            metrics,
-        }))
-    }
-}
 
 /// Binds the server's listener. Accepted connections inherit `TCP_NODELAY` from it on
 /// Linux: websocket frames and small answers then leave at once instead of waiting for
@@ -90,22 +46,22 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// requests and deliveries in flight finish, and flushes the store.
 pub async fn run(
     listener: TcpListener,
-    state: Arc<AppState>,
+    services: Arc<Services>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }
-    state.delivery.start_queued();
-    let metrics_server = serve_metrics(&state)?;
-    let maintenance = tokio::spawn(maintain(state.clone()));
-    let flusher = tokio::spawn(flush_periodically(state.store.clone()));
-    let delivery = state.delivery.clone();
+    services.delivery.start_queued();
+    let metrics_server = serve_metrics(&services)?;
+    let maintenance = tokio::spawn(maintain(services.clone()));
+    let flusher = tokio::spawn(flush_periodically(services.store.clone()));
+    let delivery = services.delivery.clone();
     let stop = async move {
         shutdown.await;
         delivery.shutdown(SHUTDOWN_DEADLINE).await;
     };
-    serve(listener, state.clone(), stop).await;
+    serve(listener, services.clone(), stop).await;
     // Wait for the background tasks to be gone: they hold the store, and the data
     // directory stays locked until the last holder drops it.
     for task in [Some(maintenance), Some(flusher), metrics_server]
@@ -115,7 +71,7 @@ pub async fn run(
         task.abort();
         let _ = task.await;
     }
-    state.store.flush().await.context("final flush failed")?;
+    services.store.flush().await.context("final flush failed")?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -123,9 +79,9 @@ pub async fn run(
 /// Accepts connections until `stop` completes, then waits for the requests in flight.
 /// As `warp::serve` does, except that each request's pending upgrade is handed to the
 /// websocket filter (see [`crate::api::PendingUpgrade`]).
-async fn serve(listener: TcpListener, state: Arc<AppState>, stop: impl Future<Output = ()>) {
+async fn serve(listener: TcpListener, services: Arc<Services>, stop: impl Future<Output = ()>) {
     let routes =
-        hyper_util::service::TowerToHyperService::new(warp::service(crate::api::routes(state)));
+        hyper_util::service::TowerToHyperService::new(warp::service(crate::api::routes(services)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
     loop {
@@ -166,11 +122,11 @@ async fn serve(listener: TcpListener, state: Arc<AppState>, stop: impl Future<Ou
 }
 
 /// Starts the Prometheus listener when `metrics.enabled`.
-fn serve_metrics(state: &Arc<AppState>) -> Result<Option<tokio::task::JoinHandle<()>>> {
-    if !state.config.metrics.enabled {
+fn serve_metrics(services: &Arc<Services>) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    if !services.config.metrics.enabled {
         return Ok(None);
     }
-    let addr: std::net::SocketAddr = state
+    let addr: std::net::SocketAddr = services
         .config
         .metrics
         .listen
@@ -178,12 +134,10 @@ fn serve_metrics(state: &Arc<AppState>) -> Result<Option<tokio::task::JoinHandle
         .context("metrics.listen is not an address")?;
     let listener = bind(addr).with_context(|| format!("cannot listen on {addr} for metrics"))?;
     tracing::info!(%addr, "serving metrics");
-    let state = state.clone();
+    let services = services.clone();
     let route = warp::path!("metrics").and(warp::get()).map(move || {
         warp::reply::with_header(
-            state
-                .metrics
-                .render(&state.store, |id| state.delivery.unreachable_since(id)),
+            services.metrics.render(&bridge_samples(&services)),
             "content-type",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )
@@ -191,6 +145,30 @@ fn serve_metrics(state: &Arc<AppState>) -> Result<Option<tokio::task::JoinHandle
     Ok(Some(tokio::spawn(
         warp::serve(route).incoming(listener).run(),
     )))
+}
+
+/// The per-bridge gauges of every bridge, read now.
+fn bridge_samples(services: &Services) -> Vec<BridgeSample> {
+    let now = now_ms();
+    let bridges = services.store.bridges(None).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot list bridges for the metrics");
+        Vec::new()
+    });
+    bridges
+        .iter()
+        .map(|bridge| {
+            let (queue_depth, oldest) = services.store.queue_stats(bridge.id).unwrap_or_default();
+            BridgeSample {
+                labels: BridgeLabels::new(&bridge.owner, &bridge.prefix),
+                queue_depth,
+                oldest_queued_age_seconds: oldest.map_or(0, |t| now.saturating_sub(t) / 1000),
+                unreachable_since_seconds: services
+                    .delivery
+                    .unreachable_since(bridge.id)
+                    .map_or(0, |t| t / 1000),
+            }
+        })
+        .collect()
 }
 
 /// Flushes what was written without an explicit flush; cheap when nothing is dirty.
@@ -205,14 +183,14 @@ async fn flush_periodically(store: Arc<Store>) {
 }
 
 /// Trims queues past `mux.queue_retention_days` and forgets old processed transactions.
-async fn maintain(state: Arc<AppState>) {
-    let retention = Duration::from_secs(state.config.mux.queue_retention_days * 24 * 3600);
+async fn maintain(services: Arc<Services>) {
+    let retention = services.config.queue_retention();
     let mut interval = tokio::time::interval(MAINTENANCE_INTERVAL);
     loop {
         interval.tick().await;
         let now = now_ms();
-        let store = state.store.clone();
-        let reporter = state.delivery.reporter.clone();
+        let store = services.store.clone();
+        let reporter = services.delivery.reporter.clone();
         let result = tokio::task::spawn_blocking(move || {
             let queued = if retention.is_zero() {
                 0

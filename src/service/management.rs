@@ -5,23 +5,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use data_encoding::BASE32_NOPAD;
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::bridge_requests::{self, BridgeStatus};
 use crate::config::{is_http_url, Config};
-use crate::delivery::Delivery;
 use crate::error::Error;
-use crate::homeserver::Homeserver;
 use crate::matrix::{is_valid_name, Namespace};
-use crate::registration::BridgeRegistration;
-use crate::secret::{token_digest, urlsafe_token, Secret};
-use crate::store::{Bridge, ConfigPassword, Store, StoreError, User};
+use crate::operator::registration::BridgeRegistration;
+use crate::secret::{bearer, urlsafe_token, Secret};
+use crate::service::bridge_requests::{self, BridgeStatus};
+use crate::service::delivery::Delivery;
+use crate::service::homeserver::Homeserver;
+use crate::store::{Bridge, ConfigPassword, Store, User};
 
-/// How long a resolved Matrix access token is trusted without asking the homeserver again.
-const WHOAMI_TTL: Duration = Duration::from_secs(300);
 /// Bounds and default of a config password's lifetime, in seconds.
 const CONFIG_PASSWORD_LIFETIME: (u64, u64, u64) = (30, 300, 3600);
 
@@ -110,8 +107,6 @@ pub struct Management {
     exclusive: bool,
     shared_secret: Secret,
     delivery: Arc<Delivery>,
-    /// SHA-256 of a Matrix access token -> its user ID, as the homeserver said.
-    whoami: moka::future::Cache<[u8; 32], String>,
 }
 
 impl Management {
@@ -128,10 +123,6 @@ impl Management {
             namespace: config.namespace(),
             exclusive: config.appservice.namespace.exclusive,
             shared_secret: config.mux.shared_secret.clone(),
-            whoami: moka::future::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(WHOAMI_TTL)
-                .build(),
         }
     }
 
@@ -146,7 +137,7 @@ impl Management {
         if self.shared_secret.matches(token) {
             return Ok(Caller::Root);
         }
-        match self.store.user_by_api_token(token).map_err(store_error)? {
+        match self.store.user_by_api_token(token)? {
             Some(user) => Ok(Caller::User(user)),
             None => Err(Error::UnknownToken("Invalid authorization token")),
         }
@@ -156,25 +147,21 @@ impl Management {
     /// who has a record here.
     pub async fn caller_from_matrix_token(&self, header: Option<&str>) -> Result<Caller, Error> {
         let token = bearer_token(header)?;
-        let key = token_digest(token);
-        let user_id = match self.whoami.get(&key).await {
-            Some(user_id) => user_id,
-            None => {
-                let resolved = self.homeserver.whoami(token).await.map_err(|e| {
-                    tracing::warn!(error = %e, "whoami failed");
-                    Error::BadGateway
-                })?;
-                let user_id = resolved.ok_or(Error::UnknownToken("Invalid authorization token"))?;
-                self.whoami.insert(key, user_id.clone()).await;
-                user_id
-            }
-        };
+        let user_id = self
+            .homeserver
+            .user_of(token)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "whoami failed");
+                Error::BadGateway
+            })?
+            .ok_or(Error::UnknownToken("Invalid authorization token"))?;
         let localpart = user_id
             .strip_prefix('@')
             .and_then(|rest| rest.strip_suffix(self.namespace.server.as_str()))
             .and_then(|rest| rest.strip_suffix(':'));
         let user = match localpart {
-            Some(localpart) => self.store.user(localpart).map_err(store_error)?,
+            Some(localpart) => self.store.user(localpart)?,
             None => None,
         };
         user.map(Caller::User).ok_or(Error::Forbidden(
@@ -241,8 +228,7 @@ impl Management {
                         if stored.is_some() {
                             bridge.config_password = stored;
                         }
-                    })
-                    .map_err(store_error)?
+                    })?
                     .ok_or_else(|| self.not_found(caller))?;
                 self.flush().await?;
                 // A new address or mode may unblock queued deliveries at once; a push
@@ -264,7 +250,7 @@ impl Management {
             return Err(self.not_found(caller));
         };
         let owner_user = match caller {
-            Caller::Root => self.store.create_user(owner).map_err(store_error)?,
+            Caller::Root => self.store.create_user(owner)?,
             Caller::User(user) => user.clone(),
         };
         let bridge = Bridge {
@@ -280,7 +266,7 @@ impl Management {
             config_password: password.as_ref().map(|(_, stored)| stored.clone()),
             created_at: now().as_millis() as u64,
         };
-        let (bridge, created) = self.store.insert_bridge(bridge).map_err(store_error)?;
+        let (bridge, created) = self.store.insert_bridge(bridge)?;
         self.flush().await?;
         if created {
             tracing::info!(bridge = %bridge.name(), id = %bridge.id, push = bridge.push, "provisioned bridge");
@@ -309,7 +295,7 @@ impl Management {
     /// `DELETE /appservice/...`: removes the bridge, its queue and its rooms.
     pub async fn delete(&self, caller: &Caller, target: &BridgeRef) -> Result<Arc<Bridge>, Error> {
         let bridge = self.visible(caller, target)?;
-        self.store.delete_bridge(bridge.id).map_err(store_error)?;
+        self.store.delete_bridge(bridge.id)?;
         self.delivery.forget(bridge.id);
         self.flush().await?;
         tracing::info!(bridge = %bridge.name(), id = %bridge.id, "deleted bridge");
@@ -321,12 +307,9 @@ impl Management {
     pub async fn clear_queue(&self, caller: &Caller, target: &BridgeRef) -> Result<u64, Error> {
         let bridge = self.visible(caller, target)?;
         let reporter = &self.delivery.reporter;
-        let dropped = self
-            .store
-            .clear_queue(bridge.id, |body| {
-                reporter.dropped(&bridge, body, "queue cleared by the operator")
-            })
-            .map_err(store_error)?;
+        let dropped = self.store.clear_queue(bridge.id, |body| {
+            reporter.dropped(&bridge, body, "queue cleared by the operator")
+        })?;
         self.flush().await?;
         // The worker may be pausing between attempts at what was just dropped.
         self.delivery.restart(bridge.id);
@@ -368,7 +351,7 @@ impl Management {
             Caller::Root => None,
             Caller::User(user) => Some(user.id.as_str()),
         };
-        let bridges = self.store.bridges(owner).map_err(store_error)?;
+        let bridges = self.store.bridges(owner)?;
         bridges
             .iter()
             .map(|b| bridge_requests::status(&self.delivery, b))
@@ -381,7 +364,7 @@ impl Management {
             Caller::Root => None,
             Caller::User(user) => Some(user.id.as_str()),
         };
-        let bridges = self.store.bridges(owner).map_err(store_error)?;
+        let bridges = self.store.bridges(owner)?;
         Ok(bridges
             .iter()
             .map(|b| BridgeSummary {
@@ -408,7 +391,7 @@ impl Management {
                         "User ID must match [a-z0-9=.-]{1,32}".into(),
                     ));
                 }
-                let (user, created) = self.store.get_or_create_user(id).map_err(store_error)?;
+                let (user, created) = self.store.get_or_create_user(id)?;
                 if created {
                     self.flush().await?;
                     tracing::info!(user = %id, "created user");
@@ -417,8 +400,7 @@ impl Management {
             }
             Caller::Root => self
                 .store
-                .user(id)
-                .map_err(store_error)?
+                .user(id)?
                 .ok_or(Error::NotFound("User not found."))?,
         };
         Ok(UserRecord {
@@ -433,7 +415,7 @@ impl Management {
         if !matches!(caller, Caller::Root) {
             return Err(Error::Unauthorized("Only the root user can delete rooms"));
         }
-        self.store.mark_room_deleted(room_id).map_err(store_error)?;
+        self.store.mark_room_deleted(room_id)?;
         self.flush().await
     }
 
@@ -474,8 +456,7 @@ impl Management {
                 }
                 self.store.bridge_by_name(owner, prefix)
             }
-        }
-        .map_err(store_error)?;
+        }?;
         match (caller, bridge) {
             (Caller::User(user), Some(b)) if b.owner != user.id => Err(self.not_found(caller)),
             (_, bridge) => Ok(bridge),
@@ -503,15 +484,14 @@ impl Management {
     ) -> Result<BridgeRegistration, Error> {
         let owner = self
             .store
-            .user(&bridge.owner)
-            .map_err(store_error)?
+            .user(&bridge.owner)?
             .ok_or_else(|| Error::internal("bridge without owner", &bridge.owner))?;
         let registration = BridgeRegistration::new(bridge, &owner, &self.namespace, self.exclusive);
         Ok(with_password(registration, password, lifetime))
     }
 
     async fn flush(&self) -> Result<(), Error> {
-        self.store.flush().await.map_err(store_error)
+        self.store.flush().await.map_err(Error::from)
     }
 }
 
@@ -530,7 +510,7 @@ fn with_password(
 /// A one-time config download password: shown once, stored as SHA-256.
 fn new_config_password(lifetime: u64) -> (String, ConfigPassword) {
     let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
+    rand::Rng::fill(&mut rand::rng(), &mut bytes);
     let plain = BASE32_NOPAD.encode(&bytes);
     let stored = ConfigPassword {
         sha256: Sha256::digest(plain.as_bytes()).into(),
@@ -542,14 +522,7 @@ fn new_config_password(lifetime: u64) -> (String, ConfigPassword) {
 /// `Bearer <token>` from an `Authorization` header, with the spec's auth errors.
 pub fn bearer_token(header: Option<&str>) -> Result<&str, Error> {
     let header = header.ok_or(Error::MissingToken("Missing authorization header"))?;
-    header
-        .strip_prefix("Bearer ")
-        .filter(|t| !t.is_empty())
-        .ok_or(Error::UnknownToken("Invalid authorization header"))
-}
-
-pub(crate) fn store_error(err: StoreError) -> Error {
-    Error::internal("store failure", err)
+    bearer(header).ok_or(Error::UnknownToken("Invalid authorization header"))
 }
 
 fn now() -> Duration {

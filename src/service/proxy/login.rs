@@ -14,7 +14,7 @@ pub fn password(key: &str, user_id: &str) -> String {
     // HMAC accepts keys of any length.
     let mut mac = Hmac::<Sha512>::new_from_slice(key.as_bytes()).expect("any key length");
     mac.update(user_id.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    data_encoding::HEXLOWER.encode(&mac.finalize().into_bytes())
 }
 
 /// The user a password login or auth object names: `identifier.user` (`m.id.user`) or the

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::config::{Config, EXAMPLE};
-use crate::registration::{AsmuxRegistration, DoublePuppetRegistration};
+use crate::operator::registration::{AsmuxRegistration, DoublePuppetRegistration};
 use crate::secret::{lowercase_alphanumeric, urlsafe_token};
 
 /// Registration files hold the homeserver's tokens; the group bit lets an operator hand

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use http::{header, Method, StatusCode};
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha512};
 
 use super::{json_response, read_limited, Proxy, ProxyRequest, ProxyResponse};
 use crate::error::Error;
-use crate::management::{bearer_token, store_error};
+use crate::secret::bearer;
+use crate::service::management::bearer_token;
 
 pub fn is_dms_path(path: &str) -> bool {
     matches!(
@@ -29,12 +29,11 @@ impl Proxy {
         };
         let owner_token = bearer_token(header_value(header::AUTHORIZATION.as_str()))?.to_owned();
         let bridge_token = header_value("x-asmux-auth")
-            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).to_owned())
+            .map(|v| bearer(v).unwrap_or(v).to_owned())
             .ok_or(Error::MissingToken("Missing X-Asmux-Auth header"))?;
         let bridge = self
             .store
-            .bridge_by_token(&bridge_token)
-            .map_err(store_error)?
+            .bridge_by_token(&bridge_token)?
             .ok_or(Error::UnknownToken("Invalid X-Asmux-Auth token"))?;
         let owner_id = self.namespace.user_id(&bridge.owner);
         if self.resolve(&owner_token).await? != owner_id {
@@ -84,24 +83,20 @@ impl Proxy {
         Ok(json_response(StatusCode::OK, &json!({})))
     }
 
-    /// The user ID of an access token, cached by its SHA-512.
+    /// The user ID of an access token.
     async fn resolve(&self, token: &str) -> Result<String, Error> {
-        let key = Sha512::digest(token.as_bytes()).to_vec();
-        if let Some(user_id) = self.whoami.get(&key).await {
-            return Ok(user_id);
-        }
-        let user_id = self
-            .homeserver
-            .whoami(token)
+        self.homeserver
+            .user_of(token)
             .await
-            .map_err(|_| Error::BadGateway)?
-            .ok_or(Error::UnknownToken("Invalid access token"))?;
-        self.whoami.insert(key, user_id.clone()).await;
-        Ok(user_id)
+            .map_err(|e| {
+                tracing::warn!(error = %e, "whoami failed");
+                Error::BadGateway
+            })?
+            .ok_or(Error::UnknownToken("Invalid access token"))
     }
 
     fn dm_lock(&self, user_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.dm_locks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut locks = crate::sync::lock(&self.dm_locks);
         // Idle locks are dropped so the map stays as small as the set of active users.
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);
         locks.entry(user_id.to_owned()).or_default().clone()

@@ -12,8 +12,8 @@ use super::connection::RequestError;
 use super::http_push::{push, Backoff};
 use super::Delivery;
 use crate::matrix::{BridgeTransaction, EventMeta};
-use crate::metrics::bridge_labels;
-use crate::reporting::Checkpoint;
+use crate::metrics::BridgeLabels;
+use crate::service::reporting::Checkpoint;
 use crate::store::{now_ms, Bridge, InFlight, QueuedEntry};
 
 /// Queued sub-transactions merged into one delivery at most.
@@ -127,7 +127,7 @@ pub async fn run(delivery: Arc<Delivery>, id: Uuid, wake: Arc<tokio::sync::Notif
                 _ => &delivery.metrics.failed_events,
             };
             counter
-                .get_or_create(&bridge_labels(&bridge))
+                .get_or_create(&BridgeLabels::new(&bridge.owner, &bridge.prefix))
                 .inc_by(events);
             delivery.note_delivered(id);
             Some(outcome)

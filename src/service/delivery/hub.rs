@@ -15,7 +15,7 @@ pub struct Hub {
 
 impl Hub {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Connection>>> {
-        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.connections)
     }
 
     /// Makes `conn` the bridge's connection; returns the one it replaces.

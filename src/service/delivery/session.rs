@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::connection::{with_header, Connection};
 use super::Delivery;
-use crate::metrics::bridge_labels;
+use crate::metrics::BridgeLabels;
 use crate::store::{now_ms, Bridge, PushKey};
 
 /// Frames waiting for the writer at most; a bridge that reads slower than this holds up
@@ -109,7 +109,7 @@ async fn serve(
     let connected = delivery
         .metrics
         .connected_websockets
-        .get_or_create(&bridge_labels(&bridge))
+        .get_or_create(&BridgeLabels::new(&bridge.owner, &bridge.prefix))
         .clone();
     connected.inc();
     delivery.note_reachable(bridge.id);
