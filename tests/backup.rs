@@ -14,7 +14,7 @@ fn event(n: usize) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_backup_restores_everything() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
     let ws = provision(&server, "alice", "whatsapp", json!({"push": false})).await;
     let push = provision(
@@ -160,7 +160,7 @@ async fn online_backup_restores_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_backup_goes_through_the_running_server() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dir.path().join("config.toml");

@@ -1,13 +1,11 @@
 //! Requests asmux makes of bridges: state pings, exec commands, homeserver queries.
 
 mod common;
-#[path = "e2e/mautrix_go_client.rs"]
-mod mautrix_go_client;
 
 use std::time::Duration;
 
+use common::mautrix_go::GoBridge;
 use common::*;
-use mautrix_go_client::GoBridge;
 use serde_json::{json, Value};
 
 const STATE: &str = "/_matrix/app/com.beeper.bridge_state";
@@ -26,9 +24,9 @@ async fn ping(server: &TestServer, bridge: &str) -> Value {
 
 #[tokio::test]
 async fn push_bridge_states() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
-    let bridge = Scripted::start().await;
+    let bridge = Stub::bridge().await;
     let reg = provision(&server, "alice", "signal", json!({"address": bridge.url()})).await;
 
     // A modern bridge answers with its GlobalBridgeState: passed on.
@@ -93,7 +91,7 @@ async fn push_bridge_states() {
 
 #[tokio::test]
 async fn websocket_bridge_states_and_exec() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
     let reg = provision(&server, "alice", "whatsapp", json!({"push": false})).await;
     let token = reg["as_token"].as_str().unwrap();
@@ -234,9 +232,9 @@ async fn websocket_bridge_states_and_exec() {
 
 #[tokio::test]
 async fn homeserver_queries_reach_the_owning_bridge() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
-    let push = Scripted::start().await;
+    let push = Stub::bridge().await;
     provision(&server, "alice", "signal", json!({"address": push.url()})).await;
     let ws_reg = provision(&server, "alice", "whatsapp", json!({"push": false})).await;
 
@@ -332,8 +330,8 @@ async fn homeserver_queries_reach_the_owning_bridge() {
 
 #[tokio::test]
 async fn reporting_endpoints_receive_checkpoints_and_states() {
-    let hs = StubHomeserver::start().await;
-    let sink = Scripted::start().await;
+    let hs = Stub::homeserver().await;
+    let sink = Stub::bridge().await;
     let extra = format!(
         "max_pdu_age_seconds = 0\nmessage_send_checkpoint_endpoint = \"{0}\"\nremote_status_endpoint = \"{0}/remote\"",
         sink.url()
@@ -388,7 +386,7 @@ async fn reporting_endpoints_receive_checkpoints_and_states() {
 
     // A push bridge that is down: WILL_RETRY for each failed attempt, PERM_FAILURE only
     // when the events are dropped (here by the operator).
-    let down = PushBridge::start(usize::MAX).await;
+    let down = Stub::failing_bridge(usize::MAX).await;
     provision(&server, "alice", "signal", json!({"address": down.url()})).await;
     let room = "!signal-room";
     let setup = json!({"events": [
@@ -398,7 +396,7 @@ async fn reporting_endpoints_receive_checkpoints_and_states() {
          "content": {"msgtype": "m.text", "body": "hello"}}]});
     hs_transaction(&server, "3", &setup).await;
     let signal_path = "/bridgebox/alice/bridge/signal/send_message_metrics";
-    let statuses = |sink: &Scripted| -> Vec<(String, String, u64)> {
+    let statuses = |sink: &Stub| -> Vec<(String, String, u64)> {
         sink.requests_to(signal_path)
             .iter()
             .flat_map(|r| {

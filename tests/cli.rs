@@ -11,11 +11,11 @@ struct Setup {
     dir: tempfile::TempDir,
     config: PathBuf,
     port: u16,
-    hs: StubHomeserver,
+    hs: Stub,
 }
 
 async fn setup() -> Setup {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dir.path().join("config.toml");

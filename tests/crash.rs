@@ -35,7 +35,7 @@ async fn collect(addr: std::net::SocketAddr, token: String, seen: Arc<Mutex<Hash
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_no_acknowledged_event() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dir.path().join("config.toml");

@@ -5,8 +5,6 @@
 //! `scripts/test` installs Synapse into `target/e2e-venv` first.
 
 mod common;
-#[path = "e2e/mautrix_go_client.rs"]
-mod mautrix_go_client;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -218,16 +216,38 @@ struct Stack {
     hs: String,
     asmux: String,
     asmux_port: u16,
+    /// asmux's Prometheus endpoint.
+    metrics: String,
     config: PathBuf,
     _synapse: Synapse,
 }
 
 impl Stack {
+    /// The value of the sample `series` (name and labels) on asmux's metrics, 0 when absent.
+    async fn metric(&self, series: &str) -> f64 {
+        let text = send("GET", &self.metrics, None, None).await.text;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits (bounded) until `series` reaches `at_least`.
+    async fn wait_metric(&self, series: &str, at_least: f64) {
+        for _ in 0..300 {
+            if self.metric(series).await >= at_least {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{series} never reached {at_least}");
+    }
+
     async fn start() -> Stack {
         let dir = tempfile::tempdir().unwrap();
-        let (hs_port, asmux_port) = (free_port(), free_port());
+        let (hs_port, asmux_port, metrics_port) = (free_port(), free_port(), free_port());
         let hs = format!("http://127.0.0.1:{hs_port}");
         let asmux = format!("http://127.0.0.1:{asmux_port}");
+        let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
         let config = dir.path().join("config.toml");
         // Push retries every 0.1 to 0.3 s: the ten attempts after which the original
         // gave up take under 3 s.
@@ -241,7 +261,8 @@ impl Stack {
                 &format!("[appservice]\naddress = \"{asmux}\"\n"),
             )
             .replace(&format!("as_token = \"{AS_TOKEN}\"\n"), "")
-            .replace(&format!("hs_token = \"{HS_TOKEN}\"\n"), "");
+            .replace(&format!("hs_token = \"{HS_TOKEN}\"\n"), "")
+            + &format!("[metrics]\nenabled = true\nlisten = \"127.0.0.1:{metrics_port}\"\n");
         std::fs::write(&config, text).unwrap();
         let registration = dir.path().join("registration.yaml");
         cli_ok(
@@ -259,6 +280,7 @@ impl Stack {
             hs,
             asmux,
             asmux_port,
+            metrics,
             config,
             _synapse: synapse,
         }
@@ -814,9 +836,12 @@ async fn a_mautrix_python_push_bridge_works_unchanged() {
     )
     .await;
     assert_eq!(deleted.status, 204);
+    let dropped = r#"asmux_dropped_events_total{type="m.room.message",reason="unowned_room"}"#;
+    let before = stack.metric(dropped).await;
     say("sent after the deletion", "p2").await;
     say("and another", "p3").await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Both reached asmux (and went nowhere) before the bridge's file is read.
+    stack.wait_metric(dropped, before + 2.0).await;
     let seen = std::fs::read_to_string(&events).unwrap();
     assert!(
         !seen.contains("sent after the deletion"),
@@ -833,7 +858,7 @@ async fn a_mautrix_go_style_bridge_pings_and_reconnects_by_itself() {
     let alice = real_user(&hs, "alice").await;
     let reg = cli_create_websocket_bridge(&config, "alice", "telegram");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{asmux_port}").parse().unwrap();
-    let mut bridge = mautrix_go_client::GoBridge::start(
+    let mut bridge = common::mautrix_go::GoBridge::start(
         addr,
         reg["as_token"].as_str().unwrap(),
         reg["hs_token"].as_str().unwrap(),

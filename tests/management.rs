@@ -25,7 +25,7 @@ async fn user_token(server: &TestServer, user: &str) -> String {
 
 #[tokio::test]
 async fn provisioning_returns_the_exact_registration() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
 
     let created = provision(&server, WA, SHARED_SECRET, r#"{"push": false}"#).await;
@@ -96,7 +96,7 @@ async fn provisioning_returns_the_exact_registration() {
 
 #[tokio::test]
 async fn updates_change_address_and_push_only_when_given() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
     let first = provision(
         &server,
@@ -144,7 +144,7 @@ async fn updates_change_address_and_push_only_when_given() {
 
 #[tokio::test]
 async fn config_password_is_generated_on_request() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
     let reply = provision(
         &server,
@@ -169,7 +169,7 @@ async fn config_password_is_generated_on_request() {
 
 #[tokio::test]
 async fn authentication_matrix() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
     let alice = user_token(&server, "alice").await;
     let bob = user_token(&server, "bob").await;
@@ -284,7 +284,7 @@ async fn authentication_matrix() {
 
 #[tokio::test]
 async fn mxauth_resolves_matrix_tokens_through_whoami() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
     user_token(&server, "alice").await;
     provision(&server, WA, SHARED_SECRET, "{}").await;
@@ -325,7 +325,7 @@ async fn mxauth_resolves_matrix_tokens_through_whoami() {
 
 #[tokio::test]
 async fn invalid_names_and_uuids() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
     let owner = provision(
         &server,
@@ -376,7 +376,7 @@ async fn invalid_names_and_uuids() {
 
 #[tokio::test]
 async fn user_records() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
     let url = |q: &str| server.url(&format!("/_matrix/asmux/user/dave{q}"));
     let missing = send("GET", &url(""), Some(SHARED_SECRET), None).await;
@@ -416,7 +416,7 @@ async fn user_records() {
 
 #[tokio::test]
 async fn cors_and_options() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
     for path in [
         "/_matrix/asmux/user/alice",
@@ -443,7 +443,7 @@ async fn cors_and_options() {
 
 #[tokio::test]
 async fn data_survives_restart() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
     let created = provision(&server, WA, SHARED_SECRET, r#"{"push": false}"#).await;
     let user = server.root_get("/_matrix/asmux/user/alice").await;
@@ -489,7 +489,7 @@ async fn homeserver_down_does_not_fail_provisioning() {
 
 #[tokio::test]
 async fn bodies_are_limited() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
     // The test config allows 64 KiB of management body.
     let big = format!(r#"{{"address": "http://x/{}"}}"#, "a".repeat(70_000));

@@ -7,7 +7,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn metrics_count_events_sockets_and_requests() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let port = free_port();
     let extra = format!(
         "max_pdu_age_seconds = 0\n[metrics]\nenabled = true\nlisten = \"127.0.0.1:{port}\""

@@ -6,8 +6,8 @@ use common::*;
 use serde_json::{json, Value};
 
 /// A server with the bridge alice/whatsapp (websocket); returns its token.
-async fn setup(extra: &str) -> (StubHomeserver, TestServer, Value) {
-    let hs = StubHomeserver::start().await;
+async fn setup(extra: &str) -> (Stub, TestServer, Value) {
+    let hs = Stub::homeserver().await;
     let server = TestServer::start_with(&hs, &format!("max_pdu_age_seconds = 0\n{extra}")).await;
     let reg = provision(&server, "alice", "whatsapp", json!({"push": false})).await;
     (hs, server, reg)
@@ -521,7 +521,7 @@ async fn msc2659_pings_are_answered_by_asmux() {
     .assert_error(403, "M_FORBIDDEN");
 
     // Push bridges: ok, bad status, unreachable, no URL; the unstable path too.
-    let bridge = Scripted::start().await;
+    let bridge = Stub::bridge().await;
     let push = provision(&server, "alice", "signal", json!({"address": bridge.url()})).await;
     let pid = push["id"].as_str().unwrap();
     bridge.answer("/_matrix/app/v1/ping", 200, "{}");
@@ -557,9 +557,7 @@ async fn msc2659_pings_are_answered_by_asmux() {
         .assert_error(400, "M_URL_NOT_SET");
     // Never forwarded to the homeserver.
     assert!(hs
-        .requests
-        .lock()
-        .unwrap()
+        .requests()
         .iter()
         .all(|r| !r.path.contains("/appservice/")));
 }

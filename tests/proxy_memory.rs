@@ -26,7 +26,7 @@ fn status_kb(pid: u32, field: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_without_buffering() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dir.path().join("config.toml");

@@ -48,7 +48,7 @@ fn bodies() -> Vec<Vec<u8>> {
 
 #[tokio::test]
 async fn garbage_gets_json_errors_and_never_breaks_the_server() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
     let long_path = format!("/_matrix/asmux/appservice/{}/x", "a".repeat(10_000));
     let mut paths: Vec<&str> = PATHS.to_vec();
@@ -90,7 +90,7 @@ async fn garbage_gets_json_errors_and_never_breaks_the_server() {
 
 #[tokio::test]
 async fn homeserver_ping_requires_the_hs_token() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
     let url = server.url("/_matrix/app/v1/ping");
     let body = Some(r#"{"transaction_id": "t1"}"#);

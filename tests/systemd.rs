@@ -55,7 +55,7 @@ async fn notifies_ready_watchdog_and_stopping() {
     use std::os::unix::net::UnixDatagram;
     use std::time::{Duration, Instant};
 
-    let hs = common::StubHomeserver::start().await;
+    let hs = common::Stub::homeserver().await;
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let config = dir.path().join("config.toml");

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::{json, Value};
 
@@ -31,14 +29,14 @@ fn now_ms() -> u64 {
 
 /// Two websocket bridges, alice/whatsapp and alice/telegram, owning the fixtures' rooms.
 struct Two {
-    _hs: StubHomeserver,
+    _hs: Stub,
     server: TestServer,
     wa: Value,
     tg: Value,
 }
 
 async fn two_bridges(extra: &str) -> Two {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start_with(&hs, extra).await;
     let wa = provision(&server, "alice", "whatsapp", json!({"push": false})).await;
     let tg = provision(&server, "alice", "telegram", json!({"push": false})).await;
@@ -76,16 +74,26 @@ async fn next_txn(ws: &mut WsBridge) -> Value {
     frame
 }
 
-async fn nothing_more(ws: &mut WsBridge) {
-    match ws.next_event(Duration::from_millis(300)).await {
-        WsEvent::Timeout => {}
-        other => panic!("expected nothing, got {other:?}"),
-    }
+/// Asserts the bridge `alice/{prefix}` got nothing more: a marker (its bot joining a new
+/// room) sent now is the very next thing it receives. Deliveries keep their order, so
+/// anything queued for it before the marker would come first (or in the same frame).
+async fn nothing_more(server: &TestServer, ws: &mut WsBridge, prefix: &str) {
+    let marker = format!("$marker-{}", uuid::Uuid::new_v4());
+    let room = format!("!{}", &marker[1..]);
+    let bot = format!("@_alice_{prefix}_bot:example.test");
+    let txn = json!({"events": [member(&room, &bot, &marker)]});
+    assert_eq!(hs_transaction(server, &marker, &txn).await.status, 200);
+    let frame = next_txn(ws).await;
+    assert_eq!(
+        event_ids(frame["events"].as_array().unwrap()),
+        [marker],
+        "nothing else was sent to alice/{prefix}"
+    );
 }
 
 #[tokio::test]
 async fn auth_and_malformed_transactions() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start_with(&hs, "max_body_bytes = 4096").await;
     let url = |p: &str| server.url(p);
     let body = Some(r#"{"events": []}"#);
@@ -169,7 +177,7 @@ async fn fixtures_route_to_the_right_bridges() {
     );
     let frame = next_txn(&mut wa).await;
     assert_eq!(frame["events"], fixture("b1-text-message.json")["events"]);
-    nothing_more(&mut tg).await;
+    nothing_more(&two.server, &mut tg, "telegram").await;
 
     // Typing arrives under both ephemeral keys; it is delivered once.
     hs_transaction(&two.server, "d1", &fixture("d1-typing.json")).await;
@@ -213,7 +221,7 @@ async fn fixtures_route_to_the_right_bridges() {
 
     // Device lists go to every bridge that can receive anything: websocket bridges,
     // connected or not, and push bridges (mautrix-python reads them from pushes).
-    let push = PushBridge::start(0).await;
+    let push = Stub::bridge().await;
     let signal = provision(
         &two.server,
         "alice",
@@ -242,7 +250,10 @@ async fn fixtures_route_to_the_right_bridges() {
         fixture("g1-device-list-changed-real-user.json")["org.matrix.msc3202.device_lists"].clone();
     assert_eq!(next_txn(&mut wa).await["device_lists"], lists);
     assert_eq!(next_txn(&mut tg).await["device_lists"], lists);
-    assert_eq!(push.wait_for(1).await[0].body["device_lists"], lists);
+    assert_eq!(
+        push.wait_for_transactions(1).await[0].body["device_lists"],
+        lists
+    );
     let mut slack = WsBridge::connect(&two.server, offline["as_token"].as_str().unwrap(), 3).await;
     assert_eq!(next_txn(&mut slack).await["device_lists"], lists);
 
@@ -259,7 +270,7 @@ async fn fixtures_route_to_the_right_bridges() {
         frame["device_one_time_keys_count"][GHOST]["MNPTKOCBTF"]["signed_curve25519"],
         3
     );
-    nothing_more(&mut tg).await;
+    nothing_more(&two.server, &mut tg, "telegram").await;
 }
 
 #[tokio::test]
@@ -287,7 +298,7 @@ async fn retried_and_reused_transaction_ids() {
     )
     .await;
     assert_eq!((retry.status, retry.body.clone()), (200, json!({})));
-    nothing_more(&mut wa).await;
+    nothing_more(&two.server, &mut wa, "whatsapp").await;
 
     // A to-device transaction, and its emptied retry.
     assert_eq!(
@@ -309,7 +320,7 @@ async fn retried_and_reused_transaction_ids() {
     )
     .await;
     assert_eq!(retry.body, json!({}));
-    nothing_more(&mut wa).await;
+    nothing_more(&two.server, &mut wa, "whatsapp").await;
 
     // A to-device event under a known id is never a duplicate.
     let again = hs_transaction(
@@ -346,7 +357,7 @@ async fn retried_and_reused_transaction_ids() {
     assert_eq!(next_txn(&mut wa).await["events"], l["events"]);
     // While the same events again under the same id, even after the restart, are not.
     assert_eq!(hs_transaction(&server, "1", &l).await.body, json!({}));
-    nothing_more(&mut wa).await;
+    nothing_more(&server, &mut wa, "whatsapp").await;
 }
 
 #[tokio::test]
@@ -380,7 +391,7 @@ async fn multi_owner_deleted_rooms_and_redactions() {
     )
     .await;
     assert_eq!(event_ids(&tg.receive_events(1).await), ["$tg-only"]);
-    nothing_more(&mut wa).await;
+    nothing_more(&two.server, &mut wa, "whatsapp").await;
 
     // A deleted room drops everything.
     let del = send(
@@ -393,8 +404,8 @@ async fn multi_owner_deleted_rooms_and_redactions() {
     assert_eq!(del.status, 204);
     let reply = hs_transaction(&two.server, "gone", &json!({"events": [event(WA_ROOM, "@bob:example.test", "$gone", 1), member(WA_ROOM, "@_alice_whatsapp_x:example.test", "$gone2")]})).await;
     assert_eq!(reply.body["com.beeper.asmux.sent_to"], json!({}));
-    nothing_more(&mut wa).await;
-    nothing_more(&mut tg).await;
+    nothing_more(&two.server, &mut wa, "whatsapp").await;
+    nothing_more(&two.server, &mut tg, "telegram").await;
 
     // Events of rooms nobody owns are dropped.
     let reply = hs_transaction(
@@ -482,18 +493,15 @@ async fn offline_queue_survives_restart_and_arrives_merged_in_order() {
     expected.extend((0..25).map(|i| format!("$e{i}")));
     assert_eq!(ids, expected);
     assert_eq!(frames, 3, "26 queued transactions go out as 10 + 10 + 6");
-    nothing_more(&mut wa).await;
-    let status = server
-        .root_get("/_matrix/asmux/appservice/alice/whatsapp/status")
-        .await;
-    assert_eq!(status.body["queue_depth"], 0);
+    nothing_more(&server, &mut wa, "whatsapp").await;
+    wait_queue_empty(&server, "alice/whatsapp").await;
 }
 
 #[tokio::test]
 async fn push_delivery_retries_in_order_until_the_bridge_answers() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
-    let bridge = PushBridge::start(3).await;
+    let bridge = Stub::failing_bridge(3).await;
     let reg = provision(&server, "alice", "signal", json!({"address": bridge.url()})).await;
     let room_setup = json!({"events": [member(WA_ROOM, "@_alice_signal_bot:example.test", "$s0")]});
     let reply = hs_transaction(&server, "1", &room_setup).await;
@@ -502,9 +510,9 @@ async fn push_delivery_retries_in_order_until_the_bridge_answers() {
         "ok"
     );
     // Three failures, then success: four attempts of the same transaction.
-    let got = bridge.wait_for(4).await;
-    assert!(got.iter().all(|p| p.txn_id == got[0].txn_id), "{got:?}");
-    assert_ne!(got[0].txn_id, "1", "asmux's own delivery id");
+    let got = bridge.wait_for_transactions(4).await;
+    assert!(got.iter().all(|p| p.txn_id() == got[0].txn_id()), "{got:?}");
+    assert_ne!(got[0].txn_id().unwrap(), "1", "asmux's own delivery id");
     let hs_token = reg["hs_token"].as_str().unwrap();
     assert_eq!(
         got[0].authorization.as_deref(),
@@ -531,9 +539,11 @@ async fn push_delivery_retries_in_order_until_the_bridge_answers() {
     let to_device = json!({"events": [], "de.sorunome.msc2409.to_device": [
         {"type": "m.x", "sender": "@alice:example.test", "to_user_id": "@_alice_signal_g:example.test", "to_device_id": "D", "content": {}}]});
     hs_transaction(&server, "3", &to_device).await;
-    let failing = bridge.wait_for(4 + 30).await;
+    let failing = bridge.wait_for_transactions(4 + 30).await;
     assert!(
-        failing[4..].iter().all(|p| p.txn_id == failing[4].txn_id),
+        failing[4..]
+            .iter()
+            .all(|p| p.txn_id() == failing[4].txn_id()),
         "every retry is the same delivery"
     );
     let status = server
@@ -561,10 +571,8 @@ async fn push_delivery_retries_in_order_until_the_bridge_answers() {
     wait_queue_empty(&server, "alice/signal").await;
     // Each delivery once (its retries carry the same body).
     let mut seen = std::collections::HashSet::new();
-    let received = bridge.received();
-    let delivered = received[4..]
-        .iter()
-        .filter(|p| seen.insert(p.txn_id.clone()));
+    let received = bridge.transactions();
+    let delivered = received[4..].iter().filter(|p| seen.insert(p.txn_id()));
     let mut events = Vec::new();
     let mut to_device_seen = false;
     for push in delivered {
@@ -581,9 +589,9 @@ async fn push_delivery_retries_in_order_until_the_bridge_answers() {
 
 #[tokio::test]
 async fn an_operator_can_drop_a_queue_on_purpose() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
-    let bridge = PushBridge::start(usize::MAX).await;
+    let bridge = Stub::failing_bridge(usize::MAX).await;
     provision(&server, "alice", "signal", json!({"address": bridge.url()})).await;
     let room_setup = json!({"events": [member(WA_ROOM, "@_alice_signal_bot:example.test", "$s0")]});
     hs_transaction(&server, "1", &room_setup).await;
@@ -593,7 +601,7 @@ async fn an_operator_can_drop_a_queue_on_purpose() {
         &json!({"events": [event(WA_ROOM, "@bob:example.test", "$s1", 1)]}),
     )
     .await;
-    bridge.wait_for(3).await;
+    bridge.wait_for_transactions(3).await;
     let url = server.url("/_matrix/asmux/appservice/alice/signal/queue");
     let cleared = send("DELETE", &url, Some(SHARED_SECRET), None).await;
     assert_eq!(cleared.status, 200, "{}", cleared.text);
@@ -604,7 +612,7 @@ async fn an_operator_can_drop_a_queue_on_purpose() {
     assert_eq!(status.body["queue_depth"], 0);
     // The worker stopped pushing what was dropped. The next transaction is the first
     // thing the bridge gets after the clear, under a new id.
-    let before = bridge.received().len();
+    let before = bridge.transactions().len();
     bridge
         .failures
         .store(0, std::sync::atomic::Ordering::SeqCst);
@@ -614,7 +622,7 @@ async fn an_operator_can_drop_a_queue_on_purpose() {
         &json!({"events": [event(WA_ROOM, "@bob:example.test", "$s2", 1)]}),
     )
     .await;
-    let got = bridge.wait_for(before + 1).await;
+    let got = bridge.wait_for_transactions(before + 1).await;
     let after: Vec<_> = got[before..]
         .iter()
         .flat_map(|p| event_ids(p.body["events"].as_array().unwrap()))
@@ -627,7 +635,7 @@ async fn an_operator_can_drop_a_queue_on_purpose() {
 
 #[tokio::test]
 async fn push_bridge_without_address_gets_nothing_queued() {
-    let hs = StubHomeserver::start().await;
+    let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
     let reg = provision(&server, "alice", "signal", json!({})).await;
     let reply = hs_transaction(

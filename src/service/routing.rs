@@ -338,3 +338,166 @@ impl Context<'_> {
         meta
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::bridges::test_bridge;
+
+    /// Rooms and bridges in memory.
+    #[derive(Default)]
+    struct FakeView {
+        rooms: HashMap<String, Arc<Room>>,
+        bridges: Vec<Arc<Bridge>>,
+    }
+
+    impl FakeView {
+        fn with_bridge(mut self, bridge: Bridge) -> Self {
+            self.bridges.push(Arc::new(bridge));
+            self
+        }
+
+        fn with_room(mut self, room_id: &str, owners: &[Uuid], deleted: bool) -> Self {
+            let room = Room {
+                owners: owners.to_vec(),
+                deleted,
+            };
+            self.rooms.insert(room_id.into(), Arc::new(room));
+            self
+        }
+
+        fn id(&self, prefix: &str) -> Uuid {
+            self.bridges.iter().find(|b| b.prefix == prefix).unwrap().id
+        }
+    }
+
+    impl RoutingView for FakeView {
+        fn room(&self, room_id: &str) -> Result<Option<Arc<Room>>, StoreError> {
+            Ok(self.rooms.get(room_id).cloned())
+        }
+        fn bridge(&self, id: Uuid) -> Result<Option<Arc<Bridge>>, StoreError> {
+            Ok(self.bridges.iter().find(|b| b.id == id).cloned())
+        }
+        fn bridge_by_name(
+            &self,
+            owner: &str,
+            prefix: &str,
+        ) -> Result<Option<Arc<Bridge>>, StoreError> {
+            let found = self
+                .bridges
+                .iter()
+                .find(|b| b.owner == owner && b.prefix == prefix);
+            Ok(found.cloned())
+        }
+        fn bridges(&self) -> Result<Vec<Arc<Bridge>>, StoreError> {
+            Ok(self.bridges.clone())
+        }
+    }
+
+    fn router() -> Router {
+        Router {
+            namespace: Namespace::new("_", "example.test"),
+            filter: EventFilter::All,
+        }
+    }
+
+    fn route(view: &FakeView, txn: serde_json::Value) -> Routed {
+        let txn = HomeserverTransaction::parse(txn.to_string().as_bytes()).unwrap();
+        router().route("1", &txn, view).unwrap()
+    }
+
+    fn ids(events: &[Raw]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| EventMeta::parse(e).unwrap().event_id.unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_bridge_users_membership_makes_its_bridge_an_owner() {
+        let view = FakeView::default().with_bridge(test_bridge("alice", "whatsapp"));
+        let wa = view.id("whatsapp");
+        let routed = route(
+            &view,
+            serde_json::json!({"events": [
+                {"type": "m.room.message", "room_id": "!new", "event_id": "$before", "content": {"body": "x"}},
+                {"type": "m.room.member", "room_id": "!new", "event_id": "$invite",
+                 "state_key": "@_alice_whatsapp_bot:example.test", "content": {"membership": "invite"}},
+                {"type": "m.room.message", "room_id": "!new", "event_id": "$after", "content": {"body": "y"}},
+            ]}),
+        );
+        assert_eq!(routed.new_room_owners, [("!new".to_owned(), wa)]);
+        assert_eq!(ids(&routed.transactions[&wa].events), ["$invite", "$after"]);
+        assert_eq!(
+            routed.dropped,
+            [("m.room.message".into(), DropReason::UnownedRoom)]
+        );
+        assert_eq!(routed.event_ids, ["$before", "$invite", "$after"]);
+    }
+
+    #[test]
+    fn deleted_rooms_and_redacted_messages_are_dropped() {
+        let view = FakeView::default().with_bridge(test_bridge("alice", "whatsapp"));
+        let wa = view.id("whatsapp");
+        let view = view
+            .with_room("!gone", &[wa], true)
+            .with_room("!live", &[wa], false);
+        let routed = route(
+            &view,
+            serde_json::json!({"events": [
+                {"type": "m.room.message", "room_id": "!gone", "event_id": "$1", "content": {"body": "x"}},
+                {"type": "m.room.message", "room_id": "!live", "event_id": "$2", "content": {}},
+                {"type": "m.room.topic", "room_id": "!live", "event_id": "$3", "state_key": "", "content": {}},
+            ]}),
+        );
+        let reasons: Vec<DropReason> = routed.dropped.iter().map(|(_, r)| *r).collect();
+        assert_eq!(reasons, [DropReason::DeletedRoom, DropReason::Redacted]);
+        assert_eq!(ids(&routed.transactions[&wa].events), ["$3"]);
+    }
+
+    #[test]
+    fn device_lists_reach_every_bridge_that_can_receive() {
+        let mut push = test_bridge("alice", "signal");
+        push.push = true;
+        push.address = "http://127.0.0.1:1".into();
+        let mut unaddressed = test_bridge("alice", "sms");
+        unaddressed.push = true;
+        let view = FakeView::default()
+            .with_bridge(test_bridge("alice", "whatsapp"))
+            .with_bridge(push)
+            .with_bridge(unaddressed);
+        let routed = route(
+            &view,
+            serde_json::json!({"events": [], "device_lists": {"changed": ["@bob:example.test"]}}),
+        );
+        let mut got: Vec<Uuid> = routed.transactions.keys().copied().collect();
+        let mut expected = vec![view.id("whatsapp"), view.id("signal")];
+        got.sort();
+        expected.sort();
+        assert_eq!(got, expected);
+        for txn in routed.transactions.values() {
+            assert_eq!(txn.device_lists.changed, ["@bob:example.test"]);
+        }
+    }
+
+    #[test]
+    fn to_device_events_and_key_counts_follow_the_user_namespace() {
+        let view = FakeView::default()
+            .with_bridge(test_bridge("alice", "whatsapp"))
+            .with_bridge(test_bridge("alice", "telegram"));
+        let routed = route(
+            &view,
+            serde_json::json!({"events": [],
+                "to_device": [
+                    {"type": "m.x", "sender": "@a:example.test", "to_user_id": "@_alice_telegram_1:example.test", "content": {}},
+                    {"type": "m.x", "sender": "@a:example.test", "to_user_id": "@nobody:example.test", "content": {}}],
+                "device_one_time_keys_count": {"@_alice_whatsapp_2:example.test": {"D": {"signed_curve25519": 3}}}}),
+        );
+        assert_eq!(routed.transactions[&view.id("telegram")].to_device.len(), 1);
+        let wa = &routed.transactions[&view.id("whatsapp")];
+        assert!(wa
+            .device_one_time_keys_count
+            .contains_key("@_alice_whatsapp_2:example.test"));
+        assert_eq!(routed.dropped, [("m.x".into(), DropReason::UnknownUser)]);
+    }
+}
