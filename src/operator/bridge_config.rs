@@ -34,7 +34,7 @@ pub fn render(
         config.namespace().bridge_localpart_prefix(owner, prefix)
     );
     let domain = config.homeserver.domain.as_str();
-    let mut homeserver = vec![
+    let homeserver = vec![
         ("address", Value::from(homeserver_url(config))),
         ("domain", domain.into()),
         ("software", "standard".into()),
@@ -48,39 +48,16 @@ pub fn render(
         ]);
     }
     appservice.push(("id", registration.id.as_str().into()));
-    let r = registration;
+    let blocks = Blocks {
+        homeserver,
+        appservice,
+        domain,
+        ghost_prefix,
+        registration,
+    };
     let document = match flavor {
         Flavor::MautrixGo => {
-            homeserver.push(("websocket", push.is_none().into()));
-            if push.is_none() {
-                homeserver.push(("ping_interval_seconds", GO_PING_INTERVAL_SECONDS.into()));
-            }
-            appservice.extend([
-                (
-                    "bot",
-                    map([("username", r.sender_localpart.as_str().into())]),
-                ),
-                ("as_token", r.as_token.as_str().into()),
-                ("hs_token", r.hs_token.as_str().into()),
-                (
-                    "username_template",
-                    format!("{ghost_prefix}{{{{.}}}}").into(),
-                ),
-            ]);
-            // With the double-puppet registration the bridge acts as its owner with its
-            // own token; without it, only shared-secret login remains.
-            let secret = match config.double_puppet_token() {
-                Some(_) => format!("as_token:{}", r.as_token),
-                None => r.login_shared_secret.clone(),
-            };
-            map([
-                ("homeserver", map(homeserver)),
-                ("appservice", map(appservice)),
-                (
-                    "double_puppet",
-                    map([("secrets", map([(domain, secret.into())]))]),
-                ),
-            ])
+            blocks.mautrix_go(push.is_none(), config.double_puppet_token().is_some())
         }
         Flavor::MautrixPython if push.is_none() => {
             return Err(format!(
@@ -88,30 +65,81 @@ pub fn render(
                  pushed to: provision it with --address URL first"
             ))
         }
-        Flavor::MautrixPython => {
-            appservice.extend([
-                ("bot_username", r.sender_localpart.as_str().into()),
-                ("as_token", r.as_token.as_str().into()),
-                ("hs_token", r.hs_token.as_str().into()),
-            ]);
-            let secrets = map([(domain, r.login_shared_secret.as_str().into())]);
-            map([
-                ("homeserver", map(homeserver)),
-                ("appservice", map(appservice)),
-                (
-                    "bridge",
-                    map([
-                        (
-                            "username_template",
-                            format!("{ghost_prefix}{{userid}}").into(),
-                        ),
-                        ("login_shared_secret_map", secrets),
-                    ]),
-                ),
-            ])
-        }
+        Flavor::MautrixPython => blocks.mautrix_python(),
     };
     serde_yaml_ng::to_string(&document).map_err(|e| e.to_string())
+}
+
+/// The keys both frameworks share, before each adds its own.
+struct Blocks<'a> {
+    homeserver: Vec<(&'a str, Value)>,
+    appservice: Vec<(&'a str, Value)>,
+    domain: &'a str,
+    /// Localpart prefix of the bridge's ghosts, `{gp}{owner}_{prefix}_`.
+    ghost_prefix: String,
+    registration: &'a BridgeRegistration,
+}
+
+impl Blocks<'_> {
+    fn mautrix_go(mut self, websocket: bool, double_puppet: bool) -> Value {
+        let r = self.registration;
+        self.homeserver.push(("websocket", websocket.into()));
+        if websocket {
+            self.homeserver
+                .push(("ping_interval_seconds", GO_PING_INTERVAL_SECONDS.into()));
+        }
+        self.appservice.extend([
+            (
+                "bot",
+                map([("username", r.sender_localpart.as_str().into())]),
+            ),
+            ("as_token", r.as_token.as_str().into()),
+            ("hs_token", r.hs_token.as_str().into()),
+            (
+                "username_template",
+                format!("{}{{{{.}}}}", self.ghost_prefix).into(),
+            ),
+        ]);
+        // With the double-puppet registration the bridge acts as its owner with its own
+        // token; without it, only shared-secret login remains.
+        let secret = if double_puppet {
+            format!("as_token:{}", r.as_token)
+        } else {
+            r.login_shared_secret.clone()
+        };
+        map([
+            ("homeserver", map(self.homeserver)),
+            ("appservice", map(self.appservice)),
+            (
+                "double_puppet",
+                map([("secrets", map([(self.domain, secret.into())]))]),
+            ),
+        ])
+    }
+
+    fn mautrix_python(mut self) -> Value {
+        let r = self.registration;
+        self.appservice.extend([
+            ("bot_username", r.sender_localpart.as_str().into()),
+            ("as_token", r.as_token.as_str().into()),
+            ("hs_token", r.hs_token.as_str().into()),
+        ]);
+        let secrets = map([(self.domain, r.login_shared_secret.as_str().into())]);
+        map([
+            ("homeserver", map(self.homeserver)),
+            ("appservice", map(self.appservice)),
+            (
+                "bridge",
+                map([
+                    (
+                        "username_template",
+                        format!("{}{{userid}}", self.ghost_prefix).into(),
+                    ),
+                    ("login_shared_secret_map", secrets),
+                ]),
+            ),
+        ])
+    }
 }
 
 /// A YAML mapping with its keys in the given order.

@@ -208,40 +208,8 @@ impl Management {
             .then(|| new_config_password(lifetime));
 
         if let Some(existing) = self.find(caller, target)? {
-            let changes = request
-                .address
-                .as_ref()
-                .is_some_and(|a| *a != existing.address)
-                || request.push.is_some_and(|p| p != existing.push)
-                || password.is_some();
-            let bridge = if changes {
-                let stored = password.as_ref().map(|(_, stored)| stored.clone());
-                let updated = self
-                    .store
-                    .modify_bridge(existing.id, |bridge| {
-                        if let Some(address) = request.address {
-                            bridge.address = address;
-                        }
-                        if let Some(push) = request.push {
-                            bridge.push = push;
-                        }
-                        if stored.is_some() {
-                            bridge.config_password = stored;
-                        }
-                    })?
-                    .ok_or_else(|| self.not_found(caller))?;
-                self.flush().await?;
-                // A new address or mode may unblock queued deliveries at once; a push
-                // worker may be pausing between attempts at the old address.
-                if updated.push {
-                    self.delivery.restart(updated.id);
-                } else {
-                    self.delivery.wake(updated.id);
-                }
-                updated
-            } else {
-                existing
-            };
+            let stored = password.as_ref().map(|(_, stored)| stored.clone());
+            let bridge = self.update(caller, existing, request, stored).await?;
             let registration = self.registration_of(&bridge, password, lifetime)?;
             return Ok((registration, false));
         }
@@ -280,6 +248,49 @@ impl Management {
         let registration =
             BridgeRegistration::new(&bridge, &owner_user, &self.namespace, self.exclusive);
         Ok((with_password(registration, password, lifetime), created))
+    }
+
+    /// Changes what a provisioning request changes on an existing bridge: its address,
+    /// its mode, its config password. The current record is changed, not `existing`.
+    async fn update(
+        &self,
+        caller: &Caller,
+        existing: Arc<Bridge>,
+        request: ProvisionRequest,
+        password: Option<ConfigPassword>,
+    ) -> Result<Arc<Bridge>, Error> {
+        let changes = request
+            .address
+            .as_ref()
+            .is_some_and(|a| *a != existing.address)
+            || request.push.is_some_and(|p| p != existing.push)
+            || password.is_some();
+        if !changes {
+            return Ok(existing);
+        }
+        let updated = self
+            .store
+            .modify_bridge(existing.id, |bridge| {
+                if let Some(address) = request.address {
+                    bridge.address = address;
+                }
+                if let Some(push) = request.push {
+                    bridge.push = push;
+                }
+                if password.is_some() {
+                    bridge.config_password = password;
+                }
+            })?
+            .ok_or_else(|| self.not_found(caller))?;
+        self.flush().await?;
+        // A new address or mode may unblock queued deliveries at once; a push worker may
+        // be pausing between attempts at the old address.
+        if updated.push {
+            self.delivery.restart(updated.id);
+        } else {
+            self.delivery.wake(updated.id);
+        }
+        Ok(updated)
     }
 
     /// `GET /appservice/...`.

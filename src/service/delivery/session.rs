@@ -63,8 +63,8 @@ async fn serve(
     protocol: u8,
     process_id: String,
 ) {
-    let (mut sink, mut stream) = socket.split();
-    let (out, mut outgoing) = mpsc::channel::<Message>(OUTGOING_FRAMES);
+    let (sink, mut stream) = socket.split();
+    let (out, outgoing) = mpsc::channel::<Message>(OUTGOING_FRAMES);
     let conn = Arc::new(Connection::new(
         bridge.id,
         delivery.next_serial(),
@@ -75,27 +75,7 @@ async fn serve(
         delivery.websocket_write_timeout,
     ));
 
-    // Every write has a deadline: a peer that stops reading (or a half-open connection)
-    // gets its socket closed instead of holding the writer forever.
-    let writer = tokio::spawn({
-        let conn = conn.clone();
-        async move {
-            while let Some(message) = outgoing.recv().await {
-                let closing = matches!(message, Message::Close(_));
-                match tokio::time::timeout(conn.write_timeout, sink.send(message)).await {
-                    Ok(Ok(())) if !closing => {}
-                    Ok(_) => break,
-                    Err(_) => {
-                        conn.close_stalled();
-                        // Dropping the sink drops the socket: no close handshake with a
-                        // peer that does not read.
-                        return;
-                    }
-                }
-            }
-            let _ = tokio::time::timeout(conn.write_timeout, sink.close()).await;
-        }
-    });
+    let writer = tokio::spawn(write(sink, outgoing, conn.clone()));
 
     if let Some(old) = delivery.hub.insert(conn.clone()) {
         tracing::info!(old_serial = old.serial, "replacing the older connection");
@@ -175,6 +155,30 @@ async fn serve(
     if !delivery.is_shutting_down() {
         report_if_still_gone(delivery, bridge);
     }
+}
+
+/// Writes the connection's frames to the socket until a close frame or the end. Every
+/// write has a deadline: a peer that stops reading (or a half-open connection) gets its
+/// socket closed instead of holding the writer forever.
+async fn write(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut outgoing: mpsc::Receiver<Message>,
+    conn: Arc<Connection>,
+) {
+    while let Some(message) = outgoing.recv().await {
+        let closing = matches!(message, Message::Close(_));
+        match tokio::time::timeout(conn.write_timeout, sink.send(message)).await {
+            Ok(Ok(())) if !closing => {}
+            Ok(_) => break,
+            Err(_) => {
+                conn.close_stalled();
+                // Dropping the sink drops the socket: no close handshake with a peer
+                // that does not read.
+                return;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(conn.write_timeout, sink.close()).await;
 }
 
 /// Reports the bridge unreachable if it has not reconnected after a grace period: bridges

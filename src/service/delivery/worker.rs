@@ -42,97 +42,35 @@ struct AckState {
     timeouts: u32,
 }
 
+/// One bridge's worker.
+struct Worker {
+    delivery: Arc<Delivery>,
+    id: Uuid,
+    acks: AckState,
+    backoff: Backoff,
+    /// The delivery being attempted, resent as it is until acknowledged.
+    in_flight: Option<InFlight>,
+}
+
 pub async fn run(delivery: Arc<Delivery>, id: Uuid, wake: Arc<tokio::sync::Notify>) {
-    let mut acks = AckState::default();
-    let mut backoff = Backoff::new(delivery.push_retry_delay, delivery.push_retry_max_delay);
     let mut shutdown = delivery.shutdown_signal();
     // A delivery an earlier run (or an earlier process) began and did not finish.
-    let mut in_flight = delivery.store.in_flight(id).unwrap_or_else(|e| {
+    let in_flight = delivery.store.in_flight(id).unwrap_or_else(|e| {
         tracing::error!(bridge = %id, error = %e, "cannot read the delivery in flight");
         None
     });
+    let mut worker = Worker {
+        backoff: Backoff::new(delivery.push_retry_delay, delivery.push_retry_max_delay),
+        delivery,
+        id,
+        acks: AckState::default(),
+        in_flight,
+    };
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let step = async {
-            let bridge = match delivery.store.bridge(id) {
-                Ok(Some(bridge)) => bridge,
-                Ok(None) => return None,
-                Err(e) => {
-                    tracing::error!(bridge = %id, error = %e, "cannot read bridge");
-                    tokio::time::sleep(STORE_RETRY).await;
-                    return Some(Outcome::Wait);
-                }
-            };
-            // A delivery begins only when it can be attempted, so that the entries
-            // queued meanwhile still join it.
-            let reachable = if bridge.push {
-                !bridge.address.is_empty()
-            } else {
-                delivery.hub.get(id).is_some()
-            };
-            if !reachable {
-                return Some(Outcome::Wait);
-            }
-            let through = in_flight.as_ref().map(|f| f.last_sequence);
-            let batch = match delivery.store.queue_batch(id, MAX_BATCH, through) {
-                Ok(batch) => batch,
-                Err(e) => {
-                    tracing::error!(bridge = %bridge.name(), error = %e, "cannot read queue");
-                    tokio::time::sleep(STORE_RETRY).await;
-                    return Some(Outcome::Wait);
-                }
-            };
-            let Some(last) = batch.last() else {
-                // Nothing left of a recorded delivery: it was acknowledged.
-                return Some(if in_flight.take().is_some() {
-                    Outcome::Delivered
-                } else {
-                    Outcome::Wait
-                });
-            };
-            let txn_id = match &in_flight {
-                Some(f) => f.txn_id.clone(),
-                None => {
-                    let f = InFlight {
-                        txn_id: delivery.new_txn_id(),
-                        last_sequence: last.sequence(),
-                    };
-                    if let Err(e) = delivery.store.set_in_flight(id, &f) {
-                        tracing::warn!(bridge = %bridge.name(), error = %e, "cannot record the delivery in flight");
-                    }
-                    in_flight.insert(f).txn_id.clone()
-                }
-            };
-            let mut txn = merge(&delivery, &bridge, &batch);
-            txn.txn_id = txn_id;
-            let outcome = if txn.is_empty() {
-                Outcome::Delivered
-            } else if bridge.push {
-                deliver_push(&delivery, &bridge, &txn, &mut backoff).await
-            } else {
-                deliver_websocket(&delivery, &bridge, &txn, &mut acks).await
-            };
-            if let Outcome::Wait | Outcome::Retry(_) = outcome {
-                return Some(outcome);
-            }
-            if let Err(e) = delivery.store.remove_queued(&batch) {
-                tracing::error!(bridge = %bridge.name(), error = %e, "cannot remove delivered entries");
-            }
-            in_flight = None;
-            let events = txn.events.len() as u64;
-            let counter = match outcome {
-                Outcome::Delivered => &delivery.metrics.successful_events,
-                _ => &delivery.metrics.failed_events,
-            };
-            counter
-                .get_or_create(&BridgeLabels::new(&bridge.owner, &bridge.prefix))
-                .inc_by(events);
-            delivery.note_delivered(id);
-            Some(outcome)
-        };
-        match step.await {
+        match worker.step().await {
             None => return,
             // More may be queued: go again without waiting.
             Some(Outcome::Delivered | Outcome::GaveUp) => continue,
@@ -152,6 +90,89 @@ pub async fn run(delivery: Arc<Delivery>, id: Uuid, wake: Arc<tokio::sync::Notif
             }
         }
     }
+}
+
+impl Worker {
+    /// Attempts the next delivery; `None` when the bridge is gone.
+    async fn step(&mut self) -> Option<Outcome> {
+        let delivery = self.delivery.clone();
+        let bridge = match delivery.store.bridge(self.id) {
+            Ok(Some(bridge)) => bridge,
+            Ok(None) => return None,
+            Err(e) => return Some(store_trouble(self.id, "cannot read bridge", e).await),
+        };
+        // A delivery begins only when it can be attempted, so that the entries queued
+        // meanwhile still join it.
+        let reachable = if bridge.push {
+            !bridge.address.is_empty()
+        } else {
+            delivery.hub.get(self.id).is_some()
+        };
+        if !reachable {
+            return Some(Outcome::Wait);
+        }
+        let through = self.in_flight.as_ref().map(|f| f.last_sequence);
+        let batch = match delivery.store.queue_batch(self.id, MAX_BATCH, through) {
+            Ok(batch) => batch,
+            Err(e) => return Some(store_trouble(self.id, "cannot read queue", e).await),
+        };
+        let Some(last) = batch.last() else {
+            // Nothing left of a recorded delivery: it was acknowledged.
+            return Some(if self.in_flight.take().is_some() {
+                Outcome::Delivered
+            } else {
+                Outcome::Wait
+            });
+        };
+        let mut txn = merge(&delivery, &bridge, &batch);
+        txn.txn_id = self.txn_id(&bridge, last.sequence());
+        let outcome = if txn.is_empty() {
+            Outcome::Delivered
+        } else if bridge.push {
+            deliver_push(&delivery, &bridge, &txn, &mut self.backoff).await
+        } else {
+            deliver_websocket(&delivery, &bridge, &txn, &mut self.acks).await
+        };
+        if let Outcome::Wait | Outcome::Retry(_) = outcome {
+            return Some(outcome);
+        }
+        if let Err(e) = delivery.store.remove_queued(&batch) {
+            tracing::error!(bridge = %bridge.name(), error = %e, "cannot remove delivered entries");
+        }
+        self.in_flight = None;
+        let counter = match outcome {
+            Outcome::Delivered => &delivery.metrics.successful_events,
+            _ => &delivery.metrics.failed_events,
+        };
+        counter
+            .get_or_create(&BridgeLabels::new(&bridge.owner, &bridge.prefix))
+            .inc_by(txn.events.len() as u64);
+        delivery.note_delivered(self.id);
+        Some(outcome)
+    }
+
+    /// The txn_id of the delivery in flight, or of a new one ending at `last_sequence`
+    /// (recorded, so that a resend after a restart carries the same entries and id).
+    fn txn_id(&mut self, bridge: &Bridge, last_sequence: u64) -> String {
+        if let Some(f) = &self.in_flight {
+            return f.txn_id.clone();
+        }
+        let f = InFlight {
+            txn_id: self.delivery.new_txn_id(),
+            last_sequence,
+        };
+        if let Err(e) = self.delivery.store.set_in_flight(self.id, &f) {
+            tracing::warn!(bridge = %bridge.name(), error = %e, "cannot record the delivery in flight");
+        }
+        self.in_flight.insert(f).txn_id.clone()
+    }
+}
+
+/// Logs a store failure and pauses before the worker tries again.
+async fn store_trouble(id: Uuid, what: &str, e: crate::store::StoreError) -> Outcome {
+    tracing::error!(bridge = %id, error = %e, "{what}");
+    tokio::time::sleep(STORE_RETRY).await;
+    Outcome::Wait
 }
 
 /// Merges the batch, dropping PDUs the owner sent that waited too long: by now the
