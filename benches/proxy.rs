@@ -1,19 +1,19 @@
-//! Proxy benchmark (DESIGN.md scenario 1): bridges PUT `m.room.message` events through
-//! asmux to a minimal homeserver; the same load goes directly to that homeserver and
-//! through nginx as a plain reverse proxy, in the same run. 64 connections each.
+//! Proxy benchmark (DESIGN.md scenario 1): `PUT /rooms/{room}/send/m.room.message/{txn}`
+//! with a bridge token, sent by wrk (its own process, `-t2 -c64`) to a minimal homeserver
+//! directly, through nginx and through asmux, in the same run. Every party is its own
+//! process: the homeserver is a one-worker nginx answering a fixed event ID, the nginx
+//! baseline is configured as an operator would for speed (`worker_processes auto`,
+//! `access_log off`, `keepalive_requests` raised on both sides, upstream `keepalive 256`),
+//! and asmux is the release binary.
 //!
-//! `cargo bench --bench proxy [-- SECONDS]`; needs `nginx` on the PATH (Debian's
-//! nginx-light) for the nginx row. Prints a table and writes `target/bench/proxy.json`.
+//! `cargo bench --bench proxy [-- SECONDS]`; needs `nginx` (Debian's nginx-light) and
+//! `wrk`. Prints a table and writes `target/bench/proxy.json`.
 
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use asmux::http_client::{full_body, HttpClient};
 use serde_json::{json, Value};
-use warp::Filter;
 
 const CONNECTIONS: usize = 64;
 const SECRET: &str = "bench-shared-secret-0123456789";
@@ -34,22 +34,11 @@ impl Drop for Killed {
 
 struct Row {
     name: &'static str,
-    requests: u64,
-    seconds: f64,
-    latencies: Vec<Duration>,
-}
-
-impl Row {
-    fn rps(&self) -> f64 {
-        self.requests as f64 / self.seconds
-    }
-    fn pct(&self, p: f64) -> f64 {
-        let i = ((self.latencies.len() as f64 * p) as usize)
-            .min(self.latencies.len().saturating_sub(1));
-        self.latencies
-            .get(i)
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    }
+    requests_per_second: f64,
+    /// Latency percentiles in ms: 50, 99, 99.9.
+    p50: f64,
+    p99: f64,
+    p999: f64,
 }
 
 fn main() {
@@ -61,12 +50,20 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(bench(Duration::from_secs(seconds)));
+    runtime.block_on(bench(seconds));
 }
 
-async fn bench(duration: Duration) {
+async fn bench(seconds: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let hs_addr = stub_homeserver().await;
+    let nginx = nginx_binary().expect("nginx is needed: apt install nginx-light");
+    let hs_port = free_port();
+    let _homeserver = start_nginx(
+        &nginx,
+        &dir.path().join("hs"),
+        &homeserver_conf(hs_port),
+        hs_port,
+    )
+    .await;
 
     // asmux, the release binary, as a separate process like nginx.
     let asmux_port = free_port();
@@ -74,7 +71,7 @@ async fn bench(duration: Duration) {
     std::fs::write(
         &config,
         format!(
-            "[homeserver]\naddress = \"http://{hs_addr}\"\ndomain = \"bench.test\"\n\
+            "[homeserver]\naddress = \"http://127.0.0.1:{hs_port}\"\ndomain = \"bench.test\"\n\
              [appservice]\nas_token = \"bench-as\"\nhs_token = \"bench-hs\"\n\
              [mux]\nport = {asmux_port}\nshared_secret = \"{SECRET}\"\n[logging]\nlevel = \"warn\"\n"
         ),
@@ -89,157 +86,156 @@ async fn bench(duration: Duration) {
     );
     wait_listening(asmux_port).await;
     let client = HttpClient::new().unwrap();
-    let asmux = format!("http://127.0.0.1:{asmux_port}");
     let reg = call(
         &client,
         "PUT",
-        &format!("{asmux}/_matrix/asmux/appservice/owner/bridge"),
+        &format!("http://127.0.0.1:{asmux_port}/_matrix/asmux/appservice/owner/bridge"),
         SECRET,
         "{}",
     )
     .await;
     let bridge_token = reg["as_token"].as_str().unwrap().to_owned();
 
-    let nginx = start_nginx(dir.path(), hs_addr).await;
+    let proxy_port = free_port();
+    let _proxy = start_nginx(
+        &nginx,
+        &dir.path().join("proxy"),
+        &proxy_conf(proxy_port, hs_port),
+        proxy_port,
+    )
+    .await;
 
-    let mut rows = vec![
-        run(
-            "direct",
-            &format!("http://{hs_addr}"),
-            "syt_bench",
-            duration,
-        )
-        .await,
+    let script = dir.path().join("put.lua");
+    let rows = vec![
+        wrk("direct", hs_port, "syt_bench", seconds, &script),
+        wrk("nginx", proxy_port, "syt_bench", seconds, &script),
+        wrk("asmux", asmux_port, &bridge_token, seconds, &script),
     ];
-    if let Some((_, port)) = &nginx {
-        rows.push(
-            run(
-                "nginx",
-                &format!("http://127.0.0.1:{port}"),
-                "syt_bench",
-                duration,
-            )
-            .await,
-        );
-    } else {
-        eprintln!("nginx not found: install nginx-light for the nginx row");
-    }
-    rows.push(run("asmux", &asmux, &bridge_token, duration).await);
 
-    println!("proxy: PUT /rooms/{{room}}/send/m.room.message/{{txn}}, {CONNECTIONS} connections, {} s each", duration.as_secs());
+    println!("proxy: PUT /rooms/{{room}}/send/m.room.message/{{txn}}, wrk -t2 -c{CONNECTIONS}, {seconds} s each");
     println!("| target | req/s | p50 ms | p99 ms | p99.9 ms |\n|---|---|---|---|---|");
     for row in &rows {
         println!(
             "| {} | {:.0} | {:.3} | {:.3} | {:.3} |",
-            row.name,
-            row.rps(),
-            row.pct(0.5),
-            row.pct(0.99),
-            row.pct(0.999)
+            row.name, row.requests_per_second, row.p50, row.p99, row.p999
         );
     }
     let report: Vec<Value> = rows
         .iter()
-        .map(|r| json!({"target": r.name, "requests_per_second": r.rps(), "p50_ms": r.pct(0.5), "p99_ms": r.pct(0.99), "p999_ms": r.pct(0.999)}))
+        .map(|r| json!({"target": r.name, "requests_per_second": r.requests_per_second, "p50_ms": r.p50, "p99_ms": r.p99, "p999_ms": r.p999}))
         .collect();
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(
         out.join("proxy.json"),
-        serde_json::to_string_pretty(&json!({"connections": CONNECTIONS, "rows": report})).unwrap(),
+        serde_json::to_string_pretty(
+            &json!({"connections": CONNECTIONS, "load": "wrk -t2", "rows": report}),
+        )
+        .unwrap(),
     )
     .unwrap();
 }
 
-/// The smallest homeserver that answers a send.
-async fn stub_homeserver() -> SocketAddr {
-    let route = warp::any().map(|| warp::reply::json(&json!({"event_id": "$bench"})));
-    let listener = asmux::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(warp::serve(route).incoming(listener).run());
-    addr
+/// The homeserver: one nginx worker answering every request with a fixed event ID.
+fn homeserver_conf(port: u16) -> String {
+    format!(
+        "worker_processes 1;\nevents {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
+         server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+         default_type application/json;\n      return 200 '{{\"event_id\":\"bench\"}}';\n    }}\n  }}\n}}\n"
+    )
 }
 
-async fn start_nginx(dir: &std::path::Path, upstream: SocketAddr) -> Option<(Killed, u16)> {
-    let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())?;
-    let port = free_port();
-    let d = dir.display();
-    let conf = format!(
-        "daemon off;\nworker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
-         events {{ worker_connections 1024; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-         fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-         upstream hs {{ server {upstream}; keepalive 64; }}\n\
+/// The baseline: nginx as an operator tunes a reverse proxy for speed.
+fn proxy_conf(port: u16, upstream: u16) -> String {
+    format!(
+        "worker_processes auto;\nevents {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
+         upstream hs {{ server 127.0.0.1:{upstream}; keepalive 256; keepalive_requests 1000000; }}\n\
          server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://hs;\n\
-         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_request_buffering off;\n\
-         proxy_buffering off;\n    }}\n  }}\n}}\n"
+         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
+    )
+}
+
+fn nginx_binary() -> Option<&'static str> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+}
+
+/// Runs nginx with `conf` (its `daemon`, pid, log and temp paths under `dir`).
+async fn start_nginx(binary: &str, dir: &std::path::Path, conf: &str, port: u16) -> Killed {
+    std::fs::create_dir_all(dir).unwrap();
+    let d = dir.display();
+    let paths = format!("daemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n");
+    let temp = format!(
+        "http {{\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n"
     );
+    let conf = paths + &conf.replacen("http {\n", &temp, 1);
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
     let child = Command::new(binary)
         .args(["-c", path.to_str().unwrap(), "-p", &d.to_string()])
         .stderr(Stdio::null())
         .spawn()
-        .ok()?;
+        .unwrap();
     let child = Killed(child);
     wait_listening(port).await;
-    Some((child, port))
+    child
 }
 
-/// `CONNECTIONS` tasks sending sends back to back for `duration` after a 1 s warm-up.
-async fn run(name: &'static str, base: &str, token: &str, duration: Duration) -> Row {
-    let client = HttpClient::new().unwrap();
-    let body = br#"{"msgtype":"m.text","body":"hello from the benchmark"}"#;
-    let counter = Arc::new(AtomicU64::new(0));
-    let warmup = Instant::now() + Duration::from_secs(1);
-    let end = warmup + duration;
-    let mut tasks = Vec::new();
-    for c in 0..CONNECTIONS {
-        let (client, base, token, counter) = (
-            client.clone(),
-            base.to_owned(),
-            token.to_owned(),
-            counter.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut n = 0u64;
-            loop {
-                let now = Instant::now();
-                if now >= end {
-                    return latencies;
-                }
-                n += 1;
-                let url = format!("{base}/_matrix/client/v3/rooms/%21room%3Abench.test/send/m.room.message/c{c}-{n}");
-                let request = http::Request::put(url)
-                    .header("authorization", format!("Bearer {token}"))
-                    .header("content-type", "application/json")
-                    .body(full_body(&body[..]))
-                    .unwrap();
-                let response = client.send_buffered(request, Duration::from_secs(10)).await.unwrap();
-                assert_eq!(response.status, 200, "{name}: {}", String::from_utf8_lossy(&response.body));
-                if now >= warmup {
-                    latencies.push(now.elapsed());
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await.unwrap());
-    }
-    latencies.sort();
+/// wrk with `CONNECTIONS` connections on 2 threads for `seconds`, each request a send
+/// with a fresh txn ID; the percentiles come from its own histogram.
+fn wrk(name: &'static str, port: u16, token: &str, seconds: u64, script: &std::path::Path) -> Row {
+    let lua = format!(
+        r#"wrk.method = "PUT"
+wrk.body = '{{"msgtype":"m.text","body":"hello from the benchmark"}}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {token}"
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, "/_matrix/client/v3/rooms/%21room%3Abench.test/send/m.room.message/t" .. n)
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %f %f %f %f\n", summary.requests, summary.duration / 1e6,
+    latency:percentile(50) / 1e3, latency:percentile(99) / 1e3, latency:percentile(99.9) / 1e3))
+end
+"#
+    );
+    std::fs::write(script, lua).unwrap();
+    let output = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{CONNECTIONS}"),
+            &format!("-d{seconds}s"),
+            "-s",
+        ])
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{port}"))
+        .output()
+        .expect("wrk is needed: apt install wrk");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let result: Vec<f64> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("{name}: wrk printed no result:\n{text}"))
+        .split(' ')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(
+        !text.contains("Non-2xx"),
+        "{name}: some requests failed:\n{text}"
+    );
     Row {
         name,
-        requests: counter.load(Ordering::Relaxed),
-        seconds: duration.as_secs_f64(),
-        latencies,
+        requests_per_second: result[0] / result[1],
+        p50: result[2],
+        p99: result[3],
+        p999: result[4],
     }
 }
-
 async fn call(client: &HttpClient, method: &str, url: &str, token: &str, body: &str) -> Value {
     let request = http::Request::builder()
         .method(method)

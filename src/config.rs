@@ -329,6 +329,17 @@ impl Config {
             "appservice.address must be an http:// or https:// URL",
         );
         check(
+            [
+                &self.appservice.as_token,
+                &self.appservice.hs_token,
+                &self.double_puppet.as_token,
+                &self.double_puppet.hs_token,
+            ]
+            .iter()
+            .all(|t| is_placeholder(t) || is_header_safe(t.expose())),
+            "appservice and double_puppet tokens must be printable ASCII without spaces",
+        );
+        check(
             self.listen_hostname().parse::<IpAddr>().is_ok(),
             "mux.hostname must be an IP address to listen on, like 127.0.0.1 or ::",
         );
@@ -538,6 +549,11 @@ impl Config {
 /// Whether a token is still the example's placeholder (or empty).
 fn is_placeholder(token: &Secret) -> bool {
     token.expose() == TOKEN_PLACEHOLDER || token.expose().is_empty()
+}
+
+/// Whether a token can travel in an `Authorization` header and a query string.
+fn is_header_safe(token: &str) -> bool {
+    token.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Whether `s` is an absolute http:// or https:// URL.

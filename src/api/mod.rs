@@ -19,16 +19,18 @@ use crate::service::Services;
 pub use warp::reply::Response;
 pub use websocket::PendingUpgrade;
 
-/// Every route asmux serves, with the one rejection handler.
+/// Every route asmux serves, with the one rejection handler. The proxied client-server
+/// API, by far the busiest surface, is tried right after the one websocket path inside
+/// it, so that its requests never walk the management routes.
 pub fn routes(
     services: Arc<Services>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    appservice::routes(services.clone())
-        .or(websocket::routes(services.clone()))
+    websocket::routes(services.clone())
+        .or(client::routes(services.clone()))
         .unify()
-        .or(management::routes(services.clone()))
+        .or(appservice::routes(services.clone()))
         .unify()
-        .or(client::routes(services))
+        .or(management::routes(services))
         .unify()
         .recover(handle_rejection)
         .unify()

@@ -67,9 +67,10 @@ pub struct Proxy {
     client: HttpClient,
     /// Homeserver base URL without a trailing slash.
     base: String,
-    as_token: Secret,
-    /// The double-puppet registration's token, when it is set up.
-    double_puppet_token: Option<Secret>,
+    /// `Bearer {as_token}`, built once: every bridge request carries it.
+    as_authorization: Option<HeaderValue>,
+    /// The same for the double-puppet registration's token, when it is set up.
+    double_puppet_authorization: Option<HeaderValue>,
     namespace: Namespace,
     login_shared_secret: Option<Secret>,
     /// One lock per user whose `m.direct` the DM endpoint rewrites.
@@ -101,8 +102,8 @@ impl Proxy {
             homeserver,
             client,
             base: config.homeserver.address.trim_end_matches('/').to_owned(),
-            as_token: config.appservice.as_token.clone(),
-            double_puppet_token: config.double_puppet_token().cloned(),
+            as_authorization: bearer_header(&config.appservice.as_token),
+            double_puppet_authorization: config.double_puppet_token().and_then(bearer_header),
             namespace: config.namespace(),
             login_shared_secret: config.homeserver.login_shared_secret.clone(),
             dm_locks: Mutex::default(),
@@ -149,26 +150,30 @@ impl Proxy {
             .collect();
         let mut rewrite_query = pairs.iter().any(|(k, _)| k == ALSO_ALLOW_USER);
         pairs.retain(|(k, _)| k != ALSO_ALLOW_USER);
-        let mut headers = forwardable(&req.headers);
+        let mut headers = req.headers;
+        strip_hop_by_hop(&mut headers);
         if let Some(bridge) = &bridge {
             rewrite_query = true;
             pairs.retain(|(k, _)| k != "access_token");
-            let token = match pairs.iter().find(|(k, _)| k == "user_id") {
+            let authorization = match pairs.iter().find(|(k, _)| k == "user_id") {
                 Some((_, user_id)) => match guard::masquerade(&self.namespace, bridge, user_id)? {
-                    Masquerade::Namespace => &self.as_token,
+                    Masquerade::Namespace => &self.as_authorization,
                     // Only the double-puppet registration may name users outside
                     // asmux's namespace; the guard allows the bridge's own owner.
-                    Masquerade::Owner => self.double_puppet_token.as_ref().ok_or_else(|| {
-                        Error::Forbidden(
-                            "Double puppeting is not set up on this asmux (run asmux \
-                             generate-registration and load doublepuppet.yaml)"
-                                .into(),
-                        )
-                    })?,
+                    Masquerade::Owner => {
+                        if self.double_puppet_authorization.is_none() {
+                            return Err(Error::Forbidden(
+                                "Double puppeting is not set up on this asmux (run asmux \
+                                 generate-registration and load doublepuppet.yaml)"
+                                    .into(),
+                            ));
+                        }
+                        &self.double_puppet_authorization
+                    }
                 },
                 None => {
                     pairs.push(("user_id".into(), self.bot_id(bridge)));
-                    &self.as_token
+                    &self.as_authorization
                 }
             };
             if decoded.ends_with("/batch_send") {
@@ -177,7 +182,8 @@ impl Proxy {
                     self.namespace.user_id(&bridge.owner),
                 ));
             }
-            headers.insert(header::AUTHORIZATION, bearer_header(token.expose())?);
+            let authorization = authorization.clone().ok_or(Error::Internal)?;
+            headers.insert(header::AUTHORIZATION, authorization);
             headers.insert(
                 HeaderName::from_static("x-beeper-bridge"),
                 HeaderValue::from_str(&bridge.name()).map_err(|_| Error::Internal)?,
@@ -352,7 +358,7 @@ impl Proxy {
             Error::BadGateway
         })?;
         let (mut parts, body) = response.into_parts();
-        parts.headers = forwardable(&parts.headers);
+        strip_hop_by_hop(&mut parts.headers);
         let body = body.map_err(box_error).boxed();
         Ok(http::Response::from_parts(parts, body))
     }
@@ -477,30 +483,34 @@ fn msc2659_target(path: &str) -> Option<&str> {
     rest.strip_suffix("/ping").filter(|id| !id.contains('/'))
 }
 
-/// Headers minus hop-by-hop ones (and those the `Connection` header names).
-fn forwardable(headers: &HeaderMap) -> HeaderMap {
+/// Removes hop-by-hop headers (and those the `Connection` header names).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(',').map(|n| n.trim().to_ascii_lowercase()))
+        .filter(|n| !n.is_empty())
         .collect();
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let name_str = name.as_str();
-        if !HOP_BY_HOP.contains(&name_str) && !named.iter().any(|n| n == name_str) {
-            out.append(name.clone(), value.clone());
-        }
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        headers.remove(name);
     }
-    out
 }
 
 fn box_error(e: hyper::Error) -> BoxError {
     Box::new(e)
 }
 
-fn bearer_header(token: &str) -> Result<HeaderValue, Error> {
-    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Error::Internal)
+/// `Bearer {token}`, marked sensitive; `None` for a token no header can carry (config
+/// validation refuses those).
+fn bearer_header(token: &Secret) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose())).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// Reads a body of at most [`MAX_REWRITE_BODY`] bytes.
@@ -587,9 +597,9 @@ mod tests {
         h.insert("host", HeaderValue::from_static("asmux"));
         h.insert("content-length", HeaderValue::from_static("5"));
         h.insert("authorization", HeaderValue::from_static("Bearer x"));
-        let out = forwardable(&h);
-        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        strip_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
-        assert!(out.contains_key("content-length") && out.contains_key("authorization"));
+        assert!(h.contains_key("content-length") && h.contains_key("authorization"));
     }
 }
