@@ -58,7 +58,7 @@ async fn bench(seconds: u64) {
     let nginx = nginx_binary().expect("nginx is needed: apt install nginx-light");
     let hs_port = free_port();
     let _homeserver = start_nginx(
-        &nginx,
+        nginx,
         &dir.path().join("hs"),
         &homeserver_conf(hs_port),
         hs_port,
@@ -98,7 +98,7 @@ async fn bench(seconds: u64) {
 
     let proxy_port = free_port();
     let _proxy = start_nginx(
-        &nginx,
+        nginx,
         &dir.path().join("proxy"),
         &proxy_conf(proxy_port, hs_port),
         proxy_port,

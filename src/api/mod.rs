@@ -11,29 +11,34 @@ use std::convert::Infallible;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use http_body_util::BodyExt;
 use warp::{Filter, Rejection};
 
 use crate::error::handle_rejection;
+use crate::http_client::{Body, BoxError};
 use crate::service::Services;
 
+pub use client::{is_proxied, proxy};
 pub use warp::reply::Response;
 pub use websocket::PendingUpgrade;
 
-/// Every route asmux serves, with the one rejection handler. The proxied client-server
-/// API, by far the busiest surface, is tried right after the one websocket path inside
-/// it, so that its requests never walk the management routes.
+/// Every route asmux serves through warp, with the one rejection handler: all but the
+/// proxied client-server API (see [`is_proxied`]).
 pub fn routes(
     services: Arc<Services>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     websocket::routes(services.clone())
-        .or(client::routes(services.clone()))
-        .unify()
         .or(appservice::routes(services.clone()))
         .unify()
         .or(management::routes(services))
         .unify()
         .recover(handle_rejection)
         .unify()
+}
+
+/// A warp response with the body type the server answers with.
+pub fn boxed(response: Response) -> http::Response<Body> {
+    response.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed())
 }
 
 /// Injects the shared services into a handler.

@@ -21,6 +21,8 @@ use crate::service::Services;
 /// answers, never media.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 const SUBPROTOCOL: &str = "fi.mau.as_sync";
+/// Where bridges open their websocket.
+pub const PATH: &str = "/_matrix/client/unstable/fi.mau.as_sync";
 /// Enough for the small frames bridges send; larger ones grow the buffer while read.
 const READ_BUFFER_BYTES: usize = 4096;
 

@@ -4,6 +4,7 @@
 pub mod shutdown;
 pub mod systemd;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,11 +78,13 @@ pub async fn run(
 }
 
 /// Accepts connections until `stop` completes, then waits for the requests in flight.
-/// As `warp::serve` does, except that each request's pending upgrade is handed to the
+/// As `warp::serve` does, except that proxied client-server requests skip warp (see
+/// [`crate::api::is_proxied`]) and each request's pending upgrade is handed to the
 /// websocket filter (see [`crate::api::PendingUpgrade`]).
 async fn serve(listener: TcpListener, services: Arc<Services>, stop: impl Future<Output = ()>) {
-    let routes =
-        hyper_util::service::TowerToHyperService::new(warp::service(crate::api::routes(services)));
+    let routes = hyper_util::service::TowerToHyperService::new(warp::service(crate::api::routes(
+        services.clone(),
+    )));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
     loop {
@@ -97,13 +100,20 @@ async fn serve(listener: TcpListener, services: Arc<Services>, stop: impl Future
             },
             _ = &mut stop => break,
         };
-        let routes = routes.clone();
+        let (routes, services) = (routes.clone(), services.clone());
         let handler = hyper::service::service_fn(
             move |mut request: hyper::Request<hyper::body::Incoming>| {
-                if let Some(pending) = crate::api::PendingUpgrade::from_request(&mut request) {
-                    request.extensions_mut().insert(pending);
+                let (routes, services) = (routes.clone(), services.clone());
+                async move {
+                    if crate::api::is_proxied(request.uri().path()) {
+                        return Ok::<_, Infallible>(crate::api::proxy(services, request).await);
+                    }
+                    if let Some(pending) = crate::api::PendingUpgrade::from_request(&mut request) {
+                        request.extensions_mut().insert(pending);
+                    }
+                    let response = hyper::service::Service::call(&routes, request).await?;
+                    Ok(crate::api::boxed(response))
                 }
-                hyper::service::Service::call(&routes, request)
             },
         );
         let connection = graceful.watch(
