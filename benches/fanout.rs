@@ -1,133 +1,69 @@
-//! Fan-in/out benchmark (DESIGN.md scenario 2): a homeserver PUTs transactions of 50
-//! events over mixed rooms for 100 bridges, half websocket and half HTTP push, with
-//! durability on (every 200 waits for the fsync). Measures events/s from the first PUT to
-//! the last bridge acknowledgement, and the homeserver's PUT latency.
+//! Fan-in/out benchmark (DESIGN.md scenario 2): the release binary in its own process,
+//! BRIDGES websocket bridges (acknowledging as mautrix-go does) and a homeserver in this
+//! one. The homeserver PUTs transactions of 50 events over the bridges' rooms, CONCURRENCY
+//! at a time, with durability on (every 200 waits for the fsync). Measures events/s from
+//! the first PUT to the last bridge acknowledgement, the PUT latency and the server's CPU.
 //!
-//! `cargo bench --bench fanout [-- TRANSACTIONS CONCURRENCY]`; prints a table and writes
-//! `target/bench/fanout.json`.
+//! `cargo bench --bench fanout [-- BRIDGES TRANSACTIONS CONCURRENCY]` (default 20 2000 8);
+//! prints a table and writes `target/bench/fanout.json`.
+
+mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use asmux::config::Config;
 use asmux::http_client::{full_body, HttpClient};
-use asmux::server::run;
-use asmux::service::Services;
-use asmux::store::Store;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
-use warp::Filter;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
 
-const BRIDGES: usize = 100;
 const ROOMS_PER_BRIDGE: usize = 10;
 const EVENTS_PER_TXN: usize = 50;
-const HS_TOKEN: &str = "bench-hs-token";
-const SECRET: &str = "bench-shared-secret-0123456789";
 
 fn main() {
-    let args: Vec<String> = std::env::args()
+    let args: Vec<usize> = std::env::args()
         .skip(1)
-        .filter(|a| !a.starts_with('-'))
+        .filter_map(|a| a.parse().ok())
         .collect();
-    let transactions: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(2000);
-    let concurrency: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(4);
+    let arg = |i: usize, default: usize| args.get(i).copied().unwrap_or(default);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(bench(transactions, concurrency));
-}
-
-async fn bench(transactions: usize, concurrency: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("config.toml");
+    let report = runtime.block_on(bench(arg(0, 20), arg(1, 2000), arg(2, 8)));
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&out).unwrap();
     std::fs::write(
-        &config_path,
-        format!(
-            "[homeserver]\naddress = \"http://127.0.0.1:9\"\ndomain = \"bench.test\"\ntimeout_seconds = 1\n\
-             [appservice]\nas_token = \"bench-as\"\nhs_token = \"{HS_TOKEN}\"\n\
-             [mux]\nshared_secret = \"{SECRET}\"\nmax_pdu_age_seconds = 0\n\
-             [logging]\nlevel = \"warn\"\n"
-        ),
+        out.join("fanout.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
     )
     .unwrap();
-    let config = Config::load(&config_path).unwrap();
-    let store = Arc::new(Store::open(&config.data_dir()).unwrap());
-    let services = Services::new(config, store).unwrap();
-    let listener = asmux::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(run(listener, services, std::future::pending()));
-    let base = format!("http://{addr}");
+}
+
+async fn bench(bridges: usize, transactions: usize, concurrency: usize) -> Value {
+    let data = tempfile::tempdir().unwrap();
+    let tokens = populate(data.path(), bridges, ROOMS_PER_BRIDGE).await;
+    let server = Server::start(data.path()).await;
+    let delivered = Arc::new(AtomicU64::new(0));
+    for token in &tokens {
+        let socket = connect(server.addr, token).await;
+        tokio::spawn(bridge(socket, delivered.clone()));
+    }
+    let base = format!("http://{}", server.addr);
     let client = HttpClient::new().unwrap();
 
-    // Push bridges share one stub server, one path prefix each.
-    let delivered = Arc::new(AtomicU64::new(0));
-    let counter = delivered.clone();
-    let push_route = warp::put()
-        .and(warp::path::tail())
-        .and(warp::body::bytes())
-        .map(move |_: warp::path::Tail, body: bytes::Bytes| {
-            let frame: Frame = serde_json::from_slice(&body).unwrap();
-            counter.fetch_add(frame.events.len() as u64, Ordering::Relaxed);
-            warp::reply::json(&json!({}))
-        });
-    let push_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let push_addr = push_listener.local_addr().unwrap();
-    tokio::spawn(warp::serve(push_route).incoming(push_listener).run());
-
-    let mut rooms = Vec::new();
-    let mut setup_events = Vec::new();
-    for b in 0..BRIDGES {
-        let websocket = b % 2 == 0;
-        let body = if websocket {
-            json!({"push": false})
-        } else {
-            json!({"address": format!("http://{push_addr}/b{b}")})
-        };
-        let reg = call(
-            &client,
-            "PUT",
-            &format!("{base}/_matrix/asmux/appservice/owner{b}/bridge"),
-            SECRET,
-            &body,
-        )
-        .await;
-        if websocket {
-            tokio::spawn(ws_bridge(
-                addr,
-                reg["as_token"].as_str().unwrap().to_owned(),
-                delivered.clone(),
-            ));
-        }
-        for r in 0..ROOMS_PER_BRIDGE {
-            let room = format!("!room{b}-{r}");
-            setup_events.push(json!({"type": "m.room.member", "room_id": room, "sender": "@user:bench.test",
-                "state_key": format!("@_owner{b}_bridge_bot:bench.test"), "event_id": format!("$setup{b}-{r}"),
-                "content": {"membership": "invite"}}));
-            rooms.push(room);
-        }
-    }
-    let setup_count = setup_events.len() as u64;
-    call(
-        &client,
-        "PUT",
-        &format!("{base}/_matrix/app/v1/transactions/setup"),
-        HS_TOKEN,
-        &json!({"events": setup_events}),
-    )
-    .await;
-    wait_for(&delivered, setup_count).await;
-    delivered.store(0, Ordering::SeqCst);
-
     // Transactions are built before the clock starts.
+    let rooms: Vec<String> = (0..bridges)
+        .flat_map(|b| (0..ROOMS_PER_BRIDGE).map(move |r| room_id(b, r)))
+        .collect();
     let bodies: Vec<Vec<u8>> = (0..transactions)
         .map(|t| {
             let events: Vec<Value> = (0..EVENTS_PER_TXN)
                 .map(|e| {
                     let room = &rooms[(t * 7 + e * 13) % rooms.len()];
-                    json!({"type": "m.room.message", "room_id": room, "sender": "@user:bench.test",
+                    json!({"type": "m.room.message", "room_id": room, "sender": format!("@user:{DOMAIN}"),
                            "event_id": format!("$e{t}-{e}"), "origin_server_ts": 1,
                            "content": {"msgtype": "m.text", "body": format!("message {t}-{e}")}})
                 })
@@ -137,6 +73,7 @@ async fn bench(transactions: usize, concurrency: usize) {
         .collect();
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicU64::new(0));
+    let cpu_before = cpu_ticks(server.pid());
     let started = Instant::now();
     let mut senders = Vec::new();
     for _ in 0..concurrency {
@@ -171,10 +108,14 @@ async fn bench(transactions: usize, concurrency: usize) {
     let total = (transactions * EVENTS_PER_TXN) as u64;
     wait_for(&delivered, total).await;
     let elapsed = started.elapsed();
+    let cpu_percent = (cpu_ticks(server.pid()) - cpu_before) as f64 / elapsed.as_secs_f64();
     latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let ms = |p: f64| {
+        let i = ((latencies.len() as f64 * p) as usize).min(latencies.len() - 1);
+        latencies[i].as_secs_f64() * 1000.0
+    };
     let events_per_s = total as f64 / elapsed.as_secs_f64();
-    println!("fan-in/out: {BRIDGES} bridges (half websocket, half push), {transactions} transactions x {EVENTS_PER_TXN} events, {concurrency} concurrent PUTs");
+    println!("fan-in/out: {bridges} websocket bridges, {transactions} transactions x {EVENTS_PER_TXN} events, {concurrency} PUTs in flight");
     println!("| metric | value |\n|---|---|");
     println!("| events delivered and acknowledged | {total} |");
     println!(
@@ -187,58 +128,21 @@ async fn bench(transactions: usize, concurrency: usize) {
         transactions as f64 / put_done.as_secs_f64()
     );
     println!(
-        "| PUT latency p50 | {:.2} ms |",
-        pct(0.50).as_secs_f64() * 1000.0
+        "| PUT latency p50 / p99 | {:.2} / {:.2} ms |",
+        ms(0.50),
+        ms(0.99)
     );
-    println!(
-        "| PUT latency p99 | {:.2} ms |",
-        pct(0.99).as_secs_f64() * 1000.0
-    );
-    let report = json!({
-        "scenario": "fan-in/out", "bridges": BRIDGES, "transactions": transactions,
+    println!("| asmux CPU | {cpu_percent:.0} % |");
+    json!({
+        "scenario": "fan-in/out", "bridges": bridges, "transactions": transactions,
         "events_per_transaction": EVENTS_PER_TXN, "concurrency": concurrency,
         "events": total, "seconds": elapsed.as_secs_f64(), "events_per_second": events_per_s,
-        "put_p50_ms": pct(0.50).as_secs_f64() * 1000.0, "put_p99_ms": pct(0.99).as_secs_f64() * 1000.0,
-    });
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("fanout.json"),
-        serde_json::to_string_pretty(&report).unwrap(),
-    )
-    .unwrap();
+        "put_p50_ms": ms(0.50), "put_p99_ms": ms(0.99), "asmux_cpu_percent": cpu_percent,
+    })
 }
 
-async fn call(client: &HttpClient, method: &str, url: &str, token: &str, body: &Value) -> Value {
-    let request = http::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("authorization", format!("Bearer {token}"))
-        .body(full_body(body.to_string()))
-        .unwrap();
-    let response = client
-        .send_buffered(request, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert!(response.status.is_success(), "{url}: {}", response.status);
-    serde_json::from_slice(&response.body).unwrap_or(Value::Null)
-}
-
-/// A websocket bridge that acknowledges every transaction and counts its events.
-async fn ws_bridge(addr: std::net::SocketAddr, token: String, delivered: Arc<AtomicU64>) {
-    let mut request = format!("ws://{addr}/_matrix/client/unstable/fi.mau.as_sync")
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-        .headers_mut()
-        .insert("x-mautrix-websocket-version", "3".parse().unwrap());
-    // Bridges written in Go disable Nagle's algorithm, as this does.
-    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
-        .await
-        .unwrap();
+/// A bridge that acknowledges every transaction as mautrix-go does, and counts its events.
+async fn bridge(mut socket: Socket, delivered: Arc<AtomicU64>) {
     while let Some(Ok(message)) = socket.next().await {
         let Message::Text(text) = message else {
             continue;

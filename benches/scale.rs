@@ -9,21 +9,19 @@
 //! `cargo bench --bench scale -- SCENARIO ARGS...`; each writes `target/bench/{scenario}.json`.
 //! The server gets its own process so that its memory and CPU are its own.
 
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use asmux::secret::Secret;
-use asmux::store::{Bridge, Store};
+use asmux::store::Store;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+use tokio_tungstenite::tungstenite::Message;
 
-const HS_TOKEN: &str = "bench-hs-token";
-const DOMAIN: &str = "bench.test";
+mod support;
+
+use support::*;
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -203,198 +201,8 @@ async fn recovery(events: usize) -> Value {
     })
 }
 
-fn room_id(bridge: usize, room: usize) -> String {
-    format!("!r{bridge}x{room}:{DOMAIN}")
-}
-
-/// Writes `bridges` websocket bridges (one owner each) with `rooms_each` rooms into a new
-/// store at `dir`; returns their tokens.
-async fn populate(dir: &Path, bridges: usize, rooms_each: usize) -> Vec<String> {
-    let store = Store::open(dir).unwrap();
-    let mut tokens = Vec::with_capacity(bridges);
-    for b in 0..bridges {
-        let owner = format!("owner{b}");
-        store.get_or_create_user(&owner).unwrap();
-        let bridge = Bridge {
-            id: uuid::Uuid::new_v4(),
-            owner,
-            prefix: "bridge".into(),
-            bot: "bot".into(),
-            address: String::new(),
-            push: false,
-            hs_token: Secret::new(format!("hs{b}")),
-            as_token: Secret::new(format!("as{b}-0123456789abcdef")),
-            push_key: None,
-            config_password: None,
-            created_at: 0,
-        };
-        let (bridge, _) = store.insert_bridge(bridge).unwrap();
-        for r in 0..rooms_each {
-            store.add_room_owner(&room_id(b, r), bridge.id).unwrap();
-        }
-        tokens.push(bridge.real_as_token());
-    }
-    store.flush().await.unwrap();
-    tokens
-}
-
-/// The release binary serving a data directory, started under a notify socket.
-struct Server {
-    child: Child,
-    addr: std::net::SocketAddr,
-    /// From exec to READY=1.
-    ready: Duration,
-    _config: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start(data: &Path) -> Server {
-        let config = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let path = config.path().join("config.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[homeserver]\naddress = \"http://127.0.0.1:9\"\ndomain = \"{DOMAIN}\"\ntimeout_seconds = 1\n\
-                 [appservice]\nas_token = \"bench-as\"\nhs_token = \"{HS_TOKEN}\"\n\
-                 [mux]\nport = {port}\ndata_dir = \"{}\"\nshared_secret = \"bench-shared-secret-0123456789\"\nmax_pdu_age_seconds = 0\n\
-                 [logging]\nlevel = \"warn\"\n",
-                data.display()
-            ),
-        )
-        .unwrap();
-        let socket_path = config.path().join("notify.sock");
-        let socket = UnixDatagram::bind(&socket_path).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .unwrap();
-        let started = Instant::now();
-        let child = Command::new(binary())
-            .arg("-c")
-            .arg(&path)
-            .arg("serve")
-            .env("NOTIFY_SOCKET", &socket_path)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        raise_nofile(child.id());
-        let ready = tokio::task::spawn_blocking(move || {
-            let mut buf = [0u8; 64];
-            let n = socket.recv(&mut buf).expect("READY=1 within 120 s");
-            assert_eq!(&buf[..n], b"READY=1\n");
-            started.elapsed()
-        })
-        .await
-        .unwrap();
-        Server {
-            child,
-            addr: ([127, 0, 0, 1], port).into(),
-            ready,
-            _config: config,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn stop(&mut self) {
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status()
-            .unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_asmux"))
-}
-
-/// Raises a process's soft descriptor limit to its hard limit with util-linux's prlimit
-/// (a soft limit of 1024 would cap the number of sockets; the unit sets LimitNOFILE).
-fn raise_nofile(pid: u32) {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let hard = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(4))
-        .unwrap()
-        .to_owned();
-    let status = Command::new("prlimit")
-        .arg(format!("--pid={pid}"))
-        .arg(format!("--nofile={hard}:{hard}"))
-        .status()
-        .expect("prlimit runs");
-    assert!(status.success(), "prlimit failed");
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(addr: std::net::SocketAddr, token: &str) -> Socket {
-    let url = format!("ws://{addr}/_matrix/client/unstable/fi.mau.as_sync");
-    let mut request = url.into_client_request().unwrap();
-    let headers = request.headers_mut();
-    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
-    headers.insert("x-mautrix-websocket-version", "3".parse().unwrap());
-    let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    socket
-}
-
 /// Keeps a socket open, answering what an idle bridge gets (pings are answered by
 /// tungstenite itself while reading).
 async fn hold(mut socket: Socket) {
     while let Some(Ok(_)) = socket.next().await {}
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| {
-            let meta = e.metadata().unwrap();
-            if meta.is_dir() {
-                dir_bytes(&e.path())
-            } else {
-                // Allocated blocks, as `du` counts them.
-                std::os::unix::fs::MetadataExt::blocks(&meta) * 512
-            }
-        })
-        .sum()
 }

@@ -77,6 +77,12 @@ pub async fn run(
     Ok(())
 }
 
+/// Who answers a request: the proxy directly, or the warp routes.
+enum Target<R> {
+    Proxy(Arc<Services>),
+    Routes(R),
+}
+
 /// Accepts connections until `stop` completes, then waits for the requests in flight.
 /// As `warp::serve` does, except that proxied client-server requests skip warp (see
 /// [`crate::api::is_proxied`]) and each request's pending upgrade is handed to the
@@ -103,16 +109,28 @@ async fn serve(listener: TcpListener, services: Arc<Services>, stop: impl Future
         let (routes, services) = (routes.clone(), services.clone());
         let handler = hyper::service::service_fn(
             move |mut request: hyper::Request<hyper::body::Incoming>| {
-                let (routes, services) = (routes.clone(), services.clone());
+                // Cloning the warp routes costs more than a proxied request's own work:
+                // only the requests that use them pay for it.
+                let target = if crate::api::is_proxied(request.uri().path()) {
+                    Target::Proxy(services.clone())
+                } else {
+                    Target::Routes(routes.clone())
+                };
                 async move {
-                    if crate::api::is_proxied(request.uri().path()) {
-                        return Ok::<_, Infallible>(crate::api::proxy(services, request).await);
+                    match target {
+                        Target::Proxy(services) => {
+                            Ok::<_, Infallible>(crate::api::proxy(services, request).await)
+                        }
+                        Target::Routes(routes) => {
+                            if let Some(pending) =
+                                crate::api::PendingUpgrade::from_request(&mut request)
+                            {
+                                request.extensions_mut().insert(pending);
+                            }
+                            let response = hyper::service::Service::call(&routes, request).await?;
+                            Ok(crate::api::boxed(response))
+                        }
                     }
-                    if let Some(pending) = crate::api::PendingUpgrade::from_request(&mut request) {
-                        request.extensions_mut().insert(pending);
-                    }
-                    let response = hyper::service::Service::call(&routes, request).await?;
-                    Ok(crate::api::boxed(response))
                 }
             },
         );
