@@ -74,6 +74,7 @@ pub struct Store {
     txnage_txnid: sled::Tree,
     bridgeid_status: sled::Tree,
     bridgeid_inflight: sled::Tree,
+    txnid_unfinished: sled::Tree,
     /// The sequence number of the next queue entry (see [`queue`]).
     next_sequence: AtomicU64,
     /// Held by every write and every cache fill, so a fill can never put a value into a
@@ -111,21 +112,20 @@ impl Store {
                 other => StoreError::Sled(other),
             })?;
         restrict_files(dir)?;
-        let queue = db.open_tree("queue")?;
-        let bridgeid_inflight = db.open_tree("bridgeid_inflight")?;
-        let store = Store {
-            next_sequence: AtomicU64::new(Store::first_free_sequence(&queue, &bridgeid_inflight)?),
+        let mut store = Store {
+            next_sequence: AtomicU64::new(0),
             userid_user: db.open_tree("userid_user")?,
             apitoken_userid: db.open_tree("apitoken_userid")?,
             bridgeid_bridge: db.open_tree("bridgeid_bridge")?,
             ownerprefix_bridgeid: db.open_tree("ownerprefix_bridgeid")?,
             roomid_room: db.open_tree("roomid_room")?,
             bridgeid_roomid: db.open_tree("bridgeid_roomid")?,
-            queue,
+            queue: db.open_tree("queue")?,
             txnid_record: db.open_tree("txnid_record")?,
             txnage_txnid: db.open_tree("txnage_txnid")?,
             bridgeid_status: db.open_tree("bridgeid_status")?,
-            bridgeid_inflight,
+            bridgeid_inflight: db.open_tree("bridgeid_inflight")?,
+            txnid_unfinished: db.open_tree("txnid_unfinished")?,
             db,
             lock: Mutex::new(()),
             flush_tickets: AtomicU64::new(0),
@@ -136,6 +136,17 @@ impl Store {
             rooms: ReadThrough::new(1_000_000),
         };
         store.migrate()?;
+        let undone = store.undo_unfinished_commits()?;
+        if undone > 0 {
+            tracing::warn!(
+                undone,
+                "undid homeserver transactions a crash interrupted before they were acknowledged"
+            );
+        }
+        store.next_sequence = AtomicU64::new(Store::first_free_sequence(
+            &store.queue,
+            &store.bridgeid_inflight,
+        )?);
         Ok(store)
     }
 

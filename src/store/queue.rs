@@ -7,6 +7,8 @@
 //! - `txnage_txnid`: processed-at unix ms (u64 BE) ++ txn ID -> empty (oldest first)
 //! - `bridgeid_status`: bridge UUID -> the bridge's last `bridge_status` (JSON)
 //! - `bridgeid_inflight`: bridge UUID -> [`InFlight`], the delivery being attempted
+//! - `txnid_unfinished`: homeserver txn ID -> the commit being written (see
+//!   [`Store::commit_transaction`])
 //!
 //! Sequence numbers come from [`Store`]'s own counter, which starts above the highest
 //! queued sequence at every open: sled's `generate_id` restarts at zero in a restored
@@ -16,11 +18,10 @@ use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
-use sled::{IVec, Transactional};
+use sled::IVec;
 use uuid::Uuid;
 
-use super::{decode, encode, rooms::add_owner, tx_result, Store, StoreError};
+use super::{decode, encode, Store, StoreError};
 
 /// What asmux remembers of a processed homeserver transaction, to recognise a retry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +63,14 @@ fn sequence_of(key: &[u8]) -> u64 {
         .unwrap_or_default()
 }
 
+/// A commit being written: the queue keys it adds and its record's time, so that it can
+/// be undone.
+#[derive(Debug, Serialize, Deserialize)]
+struct Unfinished {
+    keys: Vec<[u8; 24]>,
+    record_at_ms: Option<u64>,
+}
+
 /// Everything one homeserver transaction changes, written atomically.
 #[derive(Debug, Default)]
 pub struct TransactionCommit<'a> {
@@ -100,39 +109,99 @@ impl Store {
     }
 
     /// Registers room owners, appends the sub-transactions to their queues and records the
-    /// transaction as processed, all in one atomic write. Not yet durable: call
-    /// [`Store::flush`] before acknowledging.
+    /// transaction as processed, all or nothing. Not yet durable: call [`Store::flush`]
+    /// before acknowledging.
+    ///
+    /// Without a sled transaction, which makes sled write and sync its log twice on the
+    /// spot, inside the intake's ordering: a marker naming the entries is written first and
+    /// removed last. sled recovers a prefix of its log, so a marker found after a crash
+    /// belongs to a commit that was never flushed, hence never acknowledged;
+    /// [`Store::open`] undoes it and the homeserver's retry queues it again. Room owners
+    /// stay: the retry adds the same ones.
     pub fn commit_transaction(&self, commit: &TransactionCommit<'_>) -> Result<(), StoreError> {
-        let now = now_ms();
-        let guard = self.write_lock();
-        tx_result::<_, StoreError>(
-            (
-                &self.roomid_room,
-                &self.bridgeid_roomid,
-                &self.queue,
-                &self.txnid_record,
-                &self.txnage_txnid,
-            )
-                .transaction(|(rooms, bridge_rooms, queue, records, ages)| {
-                    for (room_id, bridge) in &commit.new_room_owners {
-                        add_owner(rooms, bridge_rooms, room_id, *bridge)?;
-                    }
-                    for (bridge, body) in &commit.entries {
-                        let seq = self.next_sequence.fetch_add(1, Ordering::SeqCst);
-                        let value = [now.to_be_bytes().as_slice(), body].concat();
-                        queue.insert(&queue_key(*bridge, seq), value)?;
-                    }
-                    if let Some(record) = &commit.record {
-                        record_transaction(records, ages, commit.txn_id, record)?;
-                    }
-                    Ok::<_, ConflictableTransactionError<StoreError>>(())
-                }),
-        )?;
+        let _guard = self.write_lock();
+        // Left by an attempt of the same transaction that failed half-way.
+        self.undo_commit(commit.txn_id)?;
+        let unfinished = Unfinished {
+            keys: (commit.entries.iter())
+                .map(|(bridge, _)| {
+                    queue_key(*bridge, self.next_sequence.fetch_add(1, Ordering::SeqCst))
+                })
+                .collect(),
+            record_at_ms: commit.record.as_ref().map(|r| r.at_ms),
+        };
+        self.txnid_unfinished
+            .insert(commit.txn_id, encode(&unfinished))?;
+        let written = self.write_commit(commit, &unfinished.keys);
         for (room_id, _) in &commit.new_room_owners {
             self.rooms.invalidate(room_id);
         }
-        drop(guard);
+        if written.is_err() {
+            // Best effort: if this fails too, the marker stays for the retry or the next
+            // start to undo.
+            let _ = self.undo_commit(commit.txn_id);
+        }
+        written
+    }
+
+    fn write_commit(
+        &self,
+        commit: &TransactionCommit<'_>,
+        keys: &[[u8; 24]],
+    ) -> Result<(), StoreError> {
+        for (room_id, bridge) in &commit.new_room_owners {
+            self.add_owner_locked(room_id, *bridge)?;
+        }
+        let now = now_ms().to_be_bytes();
+        for (key, (_, body)) in keys.iter().zip(&commit.entries) {
+            self.queue.insert(key, [now.as_slice(), body].concat())?;
+        }
+        if let Some(record) = &commit.record {
+            if let Some(old) = self.processed_transaction(commit.txn_id)? {
+                self.txnage_txnid
+                    .remove(age_key(old.at_ms, commit.txn_id))?;
+            }
+            self.txnid_record.insert(commit.txn_id, encode(record))?;
+            self.txnage_txnid
+                .insert(age_key(record.at_ms, commit.txn_id), &[])?;
+        }
+        self.txnid_unfinished.remove(commit.txn_id)?;
         Ok(())
+    }
+
+    /// Removes what an unfinished commit of `txn_id` wrote, if one is marked.
+    fn undo_commit(&self, txn_id: &str) -> Result<(), StoreError> {
+        let Some(marker) = self.txnid_unfinished.get(txn_id)? else {
+            return Ok(());
+        };
+        let unfinished: Unfinished = decode("txnid_unfinished", &marker)?;
+        for key in &unfinished.keys {
+            self.queue.remove(key)?;
+        }
+        let record = self.processed_transaction(txn_id)?;
+        if let (Some(at_ms), Some(record)) = (unfinished.record_at_ms, record) {
+            if record.at_ms == at_ms {
+                self.txnid_record.remove(txn_id)?;
+                self.txnage_txnid.remove(age_key(at_ms, txn_id))?;
+            }
+        }
+        self.txnid_unfinished.remove(txn_id)?;
+        Ok(())
+    }
+
+    /// Undoes every commit a crash interrupted (see [`Store::commit_transaction`]);
+    /// returns how many.
+    pub(super) fn undo_unfinished_commits(&self) -> Result<usize, StoreError> {
+        let _guard = self.write_lock();
+        let txn_ids: Vec<IVec> = self
+            .txnid_unfinished
+            .iter()
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for txn_id in &txn_ids {
+            self.undo_commit(&String::from_utf8_lossy(txn_id))?;
+        }
+        Ok(txn_ids.len())
     }
 
     /// Up to `max` of the oldest entries of `bridge`'s queue, left in place; only those up
@@ -324,22 +393,6 @@ fn queued_bridges(queue: &sled::Tree) -> Result<Vec<Uuid>, StoreError> {
     Ok(out)
 }
 
-fn record_transaction(
-    records: &TransactionalTree,
-    ages: &TransactionalTree,
-    txn_id: &str,
-    record: &TxnRecord,
-) -> Result<(), ConflictableTransactionError<StoreError>> {
-    if let Some(old) = records.get(txn_id)? {
-        let old: TxnRecord =
-            decode("txnid_record", &old).map_err(ConflictableTransactionError::Abort)?;
-        ages.remove(age_key(old.at_ms, txn_id))?;
-    }
-    records.insert(txn_id.as_bytes(), encode(record))?;
-    ages.insert(age_key(record.at_ms, txn_id), &[])?;
-    Ok(())
-}
-
 fn entry(key: IVec, value: IVec) -> Result<QueuedEntry, StoreError> {
     if key.len() != 24 || value.len() < 8 {
         return Err(corrupt_queue());
@@ -362,6 +415,84 @@ fn corrupt_queue() -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn commit<'a>(txn_id: &'a str, at_ms: u64, bridge: Uuid, body: &str) -> TransactionCommit<'a> {
+        TransactionCommit {
+            txn_id,
+            record: Some(TxnRecord {
+                at_ms,
+                event_ids: vec![format!("${body}")],
+            }),
+            new_room_owners: vec![],
+            entries: vec![(bridge, body.as_bytes().to_vec())],
+        }
+    }
+
+    /// What a crash in the middle of a commit leaves: its marker and part of its writes.
+    fn write_half(store: &Store, commit: &TransactionCommit<'_>) {
+        let key = queue_key(commit.entries[0].0, 1000);
+        let unfinished = Unfinished {
+            keys: vec![key],
+            record_at_ms: commit.record.as_ref().map(|r| r.at_ms),
+        };
+        store
+            .txnid_unfinished
+            .insert(commit.txn_id, encode(&unfinished))
+            .unwrap();
+        let value = [0u64.to_be_bytes().as_slice(), &commit.entries[0].1].concat();
+        store.queue.insert(key, value).unwrap();
+        let record = commit.record.as_ref().unwrap();
+        store
+            .txnid_record
+            .insert(commit.txn_id, encode(record))
+            .unwrap();
+    }
+
+    fn bodies(store: &Store, bridge: Uuid) -> Vec<String> {
+        (store.queue_batch(bridge, 100, None).unwrap().iter())
+            .map(|e| String::from_utf8_lossy(&e.body).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_commit_a_crash_interrupted_is_undone_at_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bridge = Uuid::new_v4();
+        {
+            let store = Store::open(tmp.path()).unwrap();
+            store
+                .commit_transaction(&commit("done", 1, bridge, "kept"))
+                .unwrap();
+            write_half(&store, &commit("cut", 2, bridge, "half"));
+            assert_eq!(bodies(&store, bridge), ["kept", "half"]);
+            store.db.flush().unwrap();
+        }
+        let store = Store::open_when_free(tmp.path(), std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!(bodies(&store, bridge), ["kept"]);
+        assert!(store.processed_transaction("cut").unwrap().is_none());
+        assert!(store.processed_transaction("done").unwrap().is_some());
+        assert_eq!(store.txnid_unfinished.len(), 0);
+        // The homeserver's retry is queued as new, once.
+        store
+            .commit_transaction(&commit("cut", 3, bridge, "retried"))
+            .unwrap();
+        assert_eq!(bodies(&store, bridge), ["kept", "retried"]);
+    }
+
+    #[test]
+    fn a_retry_undoes_the_attempt_that_failed_half_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let bridge = Uuid::new_v4();
+        write_half(&store, &commit("t", 1, bridge, "half"));
+        store
+            .commit_transaction(&commit("t", 2, bridge, "whole"))
+            .unwrap();
+        assert_eq!(bodies(&store, bridge), ["whole"]);
+        assert_eq!(store.processed_transaction("t").unwrap().unwrap().at_ms, 2);
+        assert_eq!(store.txnid_unfinished.len(), 0);
+        assert_eq!(store.txnage_txnid.len(), 1);
+    }
 
     #[test]
     fn queues_are_fifo_per_bridge_and_survive_reopen() {

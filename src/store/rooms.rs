@@ -3,11 +3,9 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
-use sled::Transactional;
 use uuid::Uuid;
 
-use super::{decode, encode, tx_result, Store, StoreError};
+use super::{decode, encode, Store, StoreError};
 
 /// What asmux knows of a room. Room IDs are opaque and never parsed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,26 +18,6 @@ pub struct Room {
 
 fn bridge_room_key(bridge: Uuid, room_id: &str) -> Vec<u8> {
     [bridge.as_bytes().as_slice(), room_id.as_bytes()].concat()
-}
-
-/// Adds `bridge` to the owners of `room_id` inside a transaction; false if it already was.
-pub(super) fn add_owner(
-    rooms: &TransactionalTree,
-    bridge_rooms: &TransactionalTree,
-    room_id: &str,
-    bridge: Uuid,
-) -> Result<bool, ConflictableTransactionError<StoreError>> {
-    let mut room: Room = match rooms.get(room_id)? {
-        Some(v) => decode("roomid_room", &v).map_err(ConflictableTransactionError::Abort)?,
-        None => Room::default(),
-    };
-    if room.owners.contains(&bridge) {
-        return Ok(false);
-    }
-    room.owners.push(bridge);
-    rooms.insert(room_id.as_bytes(), encode(&room))?;
-    bridge_rooms.insert(bridge_room_key(bridge, room_id), &[])?;
-    Ok(true)
 }
 
 impl Store {
@@ -56,12 +34,29 @@ impl Store {
     /// Adds `bridge` to the owners of `room_id`. Returns false when it already was one.
     pub fn add_room_owner(&self, room_id: &str, bridge: Uuid) -> Result<bool, StoreError> {
         let _guard = self.write_lock();
-        let added =
-            tx_result::<_, StoreError>((&self.roomid_room, &self.bridgeid_roomid).transaction(
-                |(rooms, bridge_rooms)| add_owner(rooms, bridge_rooms, room_id, bridge),
-            ))?;
+        let added = self.add_owner_locked(room_id, bridge);
         self.rooms.invalidate(&room_id.to_owned());
-        Ok(added)
+        added
+    }
+
+    /// [`Store::add_room_owner`] for a caller holding the write lock. Two plain writes, not
+    /// a sled transaction (each makes sled write and sync its log twice on the spot), the
+    /// bridge's index first: sled recovers a prefix of its log, so a crash can leave the
+    /// index naming a room whose record lacks the bridge, which deleting the bridge
+    /// tolerates, but never a room naming a bridge whose index lacks it.
+    pub(super) fn add_owner_locked(&self, room_id: &str, bridge: Uuid) -> Result<bool, StoreError> {
+        let mut room: Room = match self.roomid_room.get(room_id)? {
+            Some(v) => decode("roomid_room", &v)?,
+            None => Room::default(),
+        };
+        if room.owners.contains(&bridge) {
+            return Ok(false);
+        }
+        room.owners.push(bridge);
+        self.bridgeid_roomid
+            .insert(bridge_room_key(bridge, room_id), &[])?;
+        self.roomid_room.insert(room_id.as_bytes(), encode(&room))?;
+        Ok(true)
     }
 
     /// Marks `room_id` deleted (remembering it even if no bridge owned it), so that its
