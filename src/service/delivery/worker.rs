@@ -2,6 +2,12 @@
 //! sub-transactions, merges them into one delivery under a txn_id of asmux's own,
 //! delivers it by push or websocket, and removes the entries only once acknowledged (or
 //! given up). A resend carries the same entries under the same txn_id.
+//!
+//! A busy bridge gets at most one delivery per [`MERGE_WINDOW`] unless its queue fills
+//! whole batches: what arrives meanwhile joins the next delivery instead of making one of
+//! its own. Each delivery costs a frame, an ack, store writes and several task wake-ups
+//! whatever its size, so under load this is most of the fan-out's throughput. A bridge
+//! that was idle gets its first delivery at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +26,8 @@ use crate::store::{now_ms, Bridge, InFlight, QueuedEntry};
 pub const MAX_BATCH: usize = 10;
 /// Consecutive unacknowledged deliveries after which the socket is closed with 4002.
 pub const MAX_ACK_TIMEOUTS: u32 = 7;
+/// The shortest time between the starts of two deliveries that are not full batches.
+pub const MERGE_WINDOW: Duration = Duration::from_millis(5);
 /// Pause after a store error before trying again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
@@ -50,6 +58,8 @@ struct Worker {
     backoff: Backoff,
     /// The delivery being attempted, resent as it is until acknowledged.
     in_flight: Option<InFlight>,
+    /// Whether the last delivery held as many entries as a delivery may.
+    last_batch_full: bool,
 }
 
 pub async fn run(delivery: Arc<Delivery>, id: Uuid, wake: Arc<tokio::sync::Notify>) {
@@ -65,15 +75,25 @@ pub async fn run(delivery: Arc<Delivery>, id: Uuid, wake: Arc<tokio::sync::Notif
         id,
         acks: AckState::default(),
         in_flight,
+        last_batch_full: false,
     };
     loop {
         if *shutdown.borrow() {
             return;
         }
+        let started = tokio::time::Instant::now();
         match worker.step().await {
             None => return,
-            // More may be queued: go again without waiting.
-            Some(Outcome::Delivered | Outcome::GaveUp) => continue,
+            // More may be queued: go again, after the merge window unless there is a
+            // backlog.
+            Some(Outcome::Delivered | Outcome::GaveUp) => {
+                if !worker.last_batch_full {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(started + MERGE_WINDOW) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
             Some(Outcome::Wait) => {
                 tokio::select! {
                     _ = wake.notified() => {}
@@ -124,6 +144,7 @@ impl Worker {
                 Outcome::Wait
             });
         };
+        self.last_batch_full = batch.len() == MAX_BATCH;
         let mut txn = merge(&delivery, &bridge, &batch);
         txn.txn_id = self.txn_id(&bridge, last.sequence());
         let outcome = if txn.is_empty() {
