@@ -1,10 +1,12 @@
 //! Prometheus metrics on `metrics.listen`: the original's counters, queue gauges computed
 //! at scrape time, and process metrics read from /proc.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +38,22 @@ pub struct RequestLabels {
     pub bridge: String,
     pub method: String,
     pub endpoint: String,
+}
+
+/// A metric family exposed with its HELP and TYPE lines before it has any sample, so
+/// that dashboards and alert rules find every family from the first scrape
+/// (prometheus-client leaves out families without samples).
+#[derive(Debug)]
+struct Described<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Described<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
 }
 
 /// Every metric asmux keeps.
@@ -74,57 +92,65 @@ impl Default for Metrics {
         registry.register(
             "asmux_received_events",
             "Events received from the homeserver",
-            m.received_events.clone(),
+            Described(m.received_events.clone()),
         );
         registry.register(
             "asmux_dropped_events",
             "Events routed to no bridge",
-            m.dropped_events.clone(),
+            Described(m.dropped_events.clone()),
         );
         registry.register(
             "asmux_accepted_events",
             "Events queued for a bridge",
-            m.accepted_events.clone(),
+            Described(m.accepted_events.clone()),
         );
         registry.register(
             "asmux_successful_events",
             "Events delivered and acknowledged",
-            m.successful_events.clone(),
+            Described(m.successful_events.clone()),
         );
         registry.register(
             "asmux_failed_events",
             "Events given up on",
-            m.failed_events.clone(),
+            Described(m.failed_events.clone()),
         );
         registry.register(
             "asmux_connected_websockets",
             "Connected websocket bridges",
-            m.connected_websockets.clone(),
+            Described(m.connected_websockets.clone()),
         );
         registry.register(
             "asmux_requests_received",
             "Client-server requests from bridges",
-            m.requests_received.clone(),
+            Described(m.requests_received.clone()),
         );
         registry.register(
             "asmux_requests_handled",
             "Client-server requests answered",
-            m.requests_handled.clone(),
+            Described(m.requests_handled.clone()),
         );
         registry.register(
             "asmux_queue_depth",
             "Queued sub-transactions per bridge",
-            m.queue_depth.clone(),
+            Described(m.queue_depth.clone()),
         );
         registry.register(
             "asmux_queue_oldest_age_seconds",
             "Age of the oldest queued sub-transaction",
-            m.queue_oldest_age.clone(),
+            Described(m.queue_oldest_age.clone()),
         );
         registry.register(
             "asmux_bridge_unreachable_since_seconds",
             "Unix time since when the bridge cannot be reached (0 when it can)",
-            m.unreachable_since.clone(),
+            Described(m.unreachable_since.clone()),
+        );
+        registry.register(
+            "asmux_build",
+            "The running asmux",
+            Info::new(vec![(
+                "version".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            )]),
         );
         Metrics { registry, ..m }
     }
@@ -263,6 +289,38 @@ fn process_metrics() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_family_is_described_before_any_event() {
+        let text = Metrics::default().render(&[]);
+        for (family, kind) in [
+            ("asmux_received_events", "counter"),
+            ("asmux_dropped_events", "counter"),
+            ("asmux_accepted_events", "counter"),
+            ("asmux_successful_events", "counter"),
+            ("asmux_failed_events", "counter"),
+            ("asmux_connected_websockets", "gauge"),
+            ("asmux_requests_received", "counter"),
+            ("asmux_requests_handled", "counter"),
+            ("asmux_queue_depth", "gauge"),
+            ("asmux_queue_oldest_age_seconds", "gauge"),
+            ("asmux_bridge_unreachable_since_seconds", "gauge"),
+        ] {
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family} in\n{text}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {family} {kind}\n")),
+                "{family} in\n{text}"
+            );
+        }
+        let build = format!(
+            "asmux_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
+    }
 
     #[test]
     fn endpoints_hide_identifiers() {
