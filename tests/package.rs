@@ -81,6 +81,14 @@ fn control_and_contents() {
         ("usr/share/doc/asmux/changelog.Debian.gz", "-rw-r--r--"),
         ("usr/share/doc/asmux/copyright", "-rw-r--r--"),
         ("usr/share/doc/asmux/examples/config.toml", "-rw-r--r--"),
+        (
+            "usr/share/doc/asmux/monitoring/grafana-dashboard.json",
+            "-rw-r--r--",
+        ),
+        (
+            "usr/share/doc/asmux/monitoring/prometheus-alerts.yml",
+            "-rw-r--r--",
+        ),
         ("usr/share/bash-completion/completions/asmux", "-rw-r--r--"),
         ("usr/share/zsh/vendor-completions/_asmux", "-rw-r--r--"),
         (
