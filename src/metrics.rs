@@ -67,6 +67,8 @@ pub struct Metrics {
     pub connected_websockets: Family<BridgeLabels, Gauge>,
     pub requests_received: Family<RequestLabels, Counter>,
     pub requests_handled: Family<RequestLabels, Counter>,
+    /// Homeserver transactions answered 500 because they could not be stored.
+    pub failed_transactions: Counter,
     queue_depth: Family<BridgeLabels, Gauge>,
     queue_oldest_age: Family<BridgeLabels, Gauge>,
     unreachable_since: Family<BridgeLabels, Gauge>,
@@ -84,6 +86,7 @@ impl Default for Metrics {
             connected_websockets: Family::default(),
             requests_received: Family::default(),
             requests_handled: Family::default(),
+            failed_transactions: Counter::default(),
             queue_depth: Family::default(),
             queue_oldest_age: Family::default(),
             unreachable_since: Family::default(),
@@ -128,6 +131,11 @@ impl Default for Metrics {
             "asmux_requests_handled",
             "Client-server requests answered",
             Described(m.requests_handled.clone()),
+        );
+        registry.register(
+            "asmux_failed_transactions",
+            "Homeserver transactions answered 500 because they could not be stored (the homeserver retries them)",
+            m.failed_transactions.clone(),
         );
         registry.register(
             "asmux_queue_depth",
@@ -302,6 +310,7 @@ mod tests {
             ("asmux_connected_websockets", "gauge"),
             ("asmux_requests_received", "counter"),
             ("asmux_requests_handled", "counter"),
+            ("asmux_failed_transactions", "counter"),
             ("asmux_queue_depth", "gauge"),
             ("asmux_queue_oldest_age_seconds", "gauge"),
             ("asmux_bridge_unreachable_since_seconds", "gauge"),

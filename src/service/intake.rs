@@ -63,11 +63,20 @@ impl Intake {
         }
     }
 
+    /// Every error is a store failure, answered 500 so that the homeserver retries.
     pub async fn accept(
         &self,
         txn_id: &str,
         txn: HomeserverTransaction,
     ) -> Result<Accepted, Error> {
+        let result = self.process(txn_id, txn).await;
+        if result.is_err() {
+            self.metrics.failed_transactions.inc();
+        }
+        result
+    }
+
+    async fn process(&self, txn_id: &str, txn: HomeserverTransaction) -> Result<Accepted, Error> {
         let order = self.order.lock().await;
         // Routing writes nothing, so it may run before the retry check: it reads every
         // event once and collects the PDU event IDs the check needs.
