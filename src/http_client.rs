@@ -143,6 +143,15 @@ pub fn full_body(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+/// Any body whose errors can be boxed (hyper's, warp's), as a [`Body`].
+pub fn boxed_body<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
+}
+
 /// An error and its sources on one line: hyper's top-level messages alone say little.
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();

@@ -9,10 +9,9 @@
 
 use std::sync::Arc;
 
-use http_body_util::BodyExt;
 use warp::Reply;
 
-use crate::http_client::{Body, BoxError};
+use crate::http_client::{boxed_body, Body};
 use crate::service::proxy::ProxyRequest;
 use crate::service::Services;
 
@@ -34,7 +33,7 @@ pub async fn proxy(
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().unwrap_or_default().to_owned(),
         headers: parts.headers,
-        body: body.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
+        body: boxed_body(body),
     };
     match services.proxy.handle(request).await {
         Ok(response) => response,

@@ -11,11 +11,10 @@ use std::convert::Infallible;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use http_body_util::BodyExt;
 use warp::{Filter, Rejection};
 
 use crate::error::handle_rejection;
-use crate::http_client::{Body, BoxError};
+use crate::http_client::{boxed_body, Body};
 use crate::service::Services;
 
 pub use client::{is_proxied, proxy};
@@ -38,7 +37,7 @@ pub fn routes(
 
 /// A warp response with the body type the server answers with.
 pub fn boxed(response: Response) -> http::Response<Body> {
-    response.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed())
+    response.map(boxed_body)
 }
 
 /// Injects the shared services into a handler.

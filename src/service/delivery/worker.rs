@@ -136,6 +136,7 @@ impl Worker {
             Ok(batch) => batch,
             Err(e) => return Some(store_trouble(self.id, "cannot read queue", e).await),
         };
+        self.last_batch_full = batch.len() == MAX_BATCH;
         let Some(last) = batch.last() else {
             // Nothing left of a recorded delivery: it was acknowledged.
             return Some(if self.in_flight.take().is_some() {
@@ -144,7 +145,6 @@ impl Worker {
                 Outcome::Wait
             });
         };
-        self.last_batch_full = batch.len() == MAX_BATCH;
         let mut txn = merge(&delivery, &bridge, &batch);
         txn.txn_id = self.txn_id(&bridge, last.sequence());
         let outcome = if txn.is_empty() {

@@ -13,12 +13,11 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::http_client::{collect_limited, full_body, Body, BoxError, HttpClient};
+use crate::http_client::{boxed_body, collect_limited, full_body, Body, HttpClient};
 use crate::matrix::Namespace;
 use crate::metrics::{endpoint, RequestLabels};
 use crate::secret::{presented_token, Secret};
@@ -359,8 +358,7 @@ impl Proxy {
         })?;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let body = body.map_err(box_error).boxed();
-        Ok(http::Response::from_parts(parts, body))
+        Ok(http::Response::from_parts(parts, boxed_body(body)))
     }
 
     /// Reads the `createRoom` answer and makes the bridge an owner of the new room.
@@ -499,10 +497,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     {
         headers.remove(name);
     }
-}
-
-fn box_error(e: hyper::Error) -> BoxError {
-    Box::new(e)
 }
 
 /// `Bearer {token}`, marked sensitive; `None` for a token no header can carry (config
