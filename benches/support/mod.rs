@@ -167,8 +167,11 @@ pub async fn connect(addr: std::net::SocketAddr, token: &str) -> Socket {
     let mut request = url.into_client_request().unwrap();
     let headers = request.headers_mut();
     headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    // The headers mautrix-go's appservice sends when it opens the socket.
     headers.insert("x-mautrix-websocket-version", "3".parse().unwrap());
-    // Bridges written in Go disable Nagle's algorithm, as this does.
+    let process_id = format!("bench-{}", uuid::Uuid::new_v4());
+    headers.insert("x-mautrix-process-id", process_id.parse().unwrap());
+    // Go's dialer disables Nagle's algorithm, as this does.
     let (socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
         .await
         .unwrap();
