@@ -144,6 +144,7 @@ pub struct Reply {
     pub headers: http::HeaderMap,
     pub body: Value,
     pub text: String,
+    pub bytes: bytes::Bytes,
 }
 
 impl Reply {
@@ -229,6 +230,7 @@ async fn try_send_raw(
         headers: response.headers,
         body: serde_json::from_str(&text).unwrap_or(Value::Null),
         text,
+        bytes: response.body,
     })
 }
 
