@@ -129,6 +129,9 @@ pub struct Mux {
     pub max_body_bytes: u64,
     /// Largest management API request body accepted.
     pub max_management_body_bytes: u64,
+    /// Disk space kept in reserve in the data directory, released when the disk fills
+    /// (see `store::reserve`); 0 keeps none.
+    pub disk_reserve_mib: u64,
     pub bridge_status_endpoint: Option<String>,
     pub remote_status_endpoint: Option<String>,
     pub message_send_checkpoint_endpoint: Option<String>,
@@ -227,6 +230,7 @@ impl Default for Mux {
             push_retry_max_delay_seconds: 60.0,
             max_body_bytes: 100 * 1024 * 1024,
             max_management_body_bytes: 1024 * 1024,
+            disk_reserve_mib: 16,
             bridge_status_endpoint: None,
             remote_status_endpoint: None,
             message_send_checkpoint_endpoint: None,
@@ -459,6 +463,10 @@ impl Config {
     }
 
     /// How long queued transactions are kept (zero: forever).
+    pub fn disk_reserve_bytes(&self) -> u64 {
+        self.mux.disk_reserve_mib.saturating_mul(1024 * 1024)
+    }
+
     pub fn queue_retention(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.mux.queue_retention_days.saturating_mul(24 * 3600))
     }

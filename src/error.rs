@@ -109,10 +109,18 @@ impl Error {
     }
 }
 
-/// A store failure is logged where it happens and answered as the opaque 500.
+/// A store failure is logged where it happens and answered as the opaque 500; a full
+/// disk is said plainly (507), since the operator can act on it.
 impl From<StoreError> for Error {
     fn from(err: StoreError) -> Error {
-        Error::internal("store failure", err)
+        match err {
+            StoreError::DiskFull => Error::Custom {
+                status: StatusCode::INSUFFICIENT_STORAGE,
+                errcode: "M_UNKNOWN",
+                message: "The disk holding asmux's data is full; retry when space is freed".into(),
+            },
+            err => Error::internal("store failure", err),
+        }
     }
 }
 

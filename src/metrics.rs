@@ -69,6 +69,10 @@ pub struct Metrics {
     pub requests_handled: Family<RequestLabels, Counter>,
     /// Homeserver transactions answered 500 because they could not be stored.
     pub failed_transactions: Counter,
+    /// Bytes still writable on the data directory's filesystem.
+    pub disk_available_bytes: Gauge,
+    /// 1 while the disk reserve is released and new transactions are refused.
+    pub disk_short: Gauge,
     queue_depth: Family<BridgeLabels, Gauge>,
     queue_oldest_age: Family<BridgeLabels, Gauge>,
     unreachable_since: Family<BridgeLabels, Gauge>,
@@ -87,6 +91,8 @@ impl Default for Metrics {
             requests_received: Family::default(),
             requests_handled: Family::default(),
             failed_transactions: Counter::default(),
+            disk_available_bytes: Gauge::default(),
+            disk_short: Gauge::default(),
             queue_depth: Family::default(),
             queue_oldest_age: Family::default(),
             unreachable_since: Family::default(),
@@ -136,6 +142,16 @@ impl Default for Metrics {
             "asmux_failed_transactions",
             "Homeserver transactions answered 500 because they could not be stored (the homeserver retries them)",
             m.failed_transactions.clone(),
+        );
+        registry.register(
+            "asmux_disk_available_bytes",
+            "Bytes asmux may still write on the filesystem of its data directory",
+            m.disk_available_bytes.clone(),
+        );
+        registry.register(
+            "asmux_disk_short",
+            "1 while the disk is nearly full: the reserve is released and new transactions are refused",
+            m.disk_short.clone(),
         );
         registry.register(
             "asmux_queue_depth",

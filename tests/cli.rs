@@ -256,6 +256,12 @@ async fn status_and_bridge_config_offline_and_online() {
     assert!(offline.starts_with("asmux is not running"), "{offline}");
     let offline_json: Value = serde_json::from_str(&cli_ok(c, &["status", "--json"])).unwrap();
     assert_eq!(offline_json["running"], false);
+    assert!(
+        offline.lines().nth(1).unwrap().starts_with("disk: "),
+        "{offline}"
+    );
+    assert!(offline_json["disk"]["available_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(offline_json["disk"]["short"], false);
     assert_eq!(offline_json["bridges"].as_array().unwrap().len(), 2);
 
     let go_args = [

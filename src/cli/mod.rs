@@ -283,7 +283,10 @@ fn serve(config_path: &Path, args: ServeArgs) -> Result<ExitCode> {
     for warning in config.warnings() {
         tracing::warn!("{}: {warning}", config_path.display());
     }
-    let store = Arc::new(Store::open(&config.data_dir())?);
+    let store = Arc::new(Store::open_with_reserve(
+        &config.data_dir(),
+        config.disk_reserve_bytes(),
+    )?);
     runtime()?.block_on(async move {
         let signal = shutdown::on_signal().context("cannot install signal handlers")?;
         let addr = config.listen_addr();

@@ -10,15 +10,18 @@ use super::backend::Backend;
 use crate::config::Config;
 use crate::service::bridge_requests::BridgeStatus;
 use crate::store::now_ms;
+use crate::store::reserve::{self, DiskReport};
 
 pub async fn print(config: &Config, json: bool) -> Result<ExitCode> {
     let backend = Backend::open(config)?;
     let mut bridges = backend.statuses().await?;
     bridges.sort_by(|a, b| (&a.owner, &a.prefix).cmp(&(&b.owner, &b.prefix)));
+    let disk = reserve::inspect(&config.data_dir(), config.disk_reserve_bytes()).ok();
     let mut out = std::io::stdout().lock();
     if json {
         let doc = serde_json::json!({
             "running": backend.server().is_some(),
+            "disk": disk,
             "bridges": bridges,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
@@ -38,6 +41,9 @@ pub async fn print(config: &Config, json: bool) -> Result<ExitCode> {
             config.data_dir().display(),
             bridges.len()
         )?,
+    }
+    if let Some(disk) = &disk {
+        writeln!(out, "{}", disk_line(disk))?;
     }
     if bridges.is_empty() {
         return Ok(ExitCode::SUCCESS);
@@ -68,6 +74,28 @@ pub async fn print(config: &Config, json: bool) -> Result<ExitCode> {
         writeln!(out, "{}", line.join("  ").trim_end())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn disk_line(disk: &DiskReport) -> String {
+    let available = mib(disk.available_bytes);
+    if disk.short {
+        format!(
+            "disk: NEARLY FULL, {available} free, reserve released: new homeserver transactions \
+             are refused until {} are free",
+            mib(disk.reserve_bytes.saturating_mul(2))
+        )
+    } else if disk.reserve_in_place {
+        format!(
+            "disk: {available} free, {} reserve in place",
+            mib(disk.reserve_bytes)
+        )
+    } else {
+        format!("disk: {available} free")
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 fn row(b: &BridgeStatus, now: u64) -> [String; 6] {

@@ -24,6 +24,9 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 const BACKGROUND_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often old queue entries and processed-transaction records are trimmed.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
+/// How often the free space of the data directory's filesystem is examined (it also is
+/// before every write that grows the database).
+const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Processed transaction IDs are remembered at least this long and at least this many.
 const PROCESSED_TXN_RETENTION: Duration = Duration::from_secs(24 * 3600);
 const PROCESSED_TXN_KEEP: usize = 10_000;
@@ -56,18 +59,31 @@ pub async fn run(
     services.delivery.start_queued();
     let metrics_server = serve_metrics(&services)?;
     let maintenance = tokio::spawn(maintain(services.clone()));
-    let flusher = tokio::spawn(flush_periodically(services.store.clone()));
+    let disk_watch = tokio::spawn(watch_disk(services.store.clone()));
+    let store_failed = Arc::new(tokio::sync::Notify::new());
+    let flusher = tokio::spawn(flush_periodically(
+        services.store.clone(),
+        store_failed.clone(),
+    ));
     let delivery = services.delivery.clone();
     let stop = async move {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            () = store_failed.notified() => {}
+        }
         delivery.shutdown(SHUTDOWN_DEADLINE).await;
     };
     serve(listener, services.clone(), stop).await;
     // Wait for the background tasks to be gone: they hold the store, and the data
     // directory stays locked until the last holder drops it.
-    for task in [Some(maintenance), Some(flusher), metrics_server]
-        .into_iter()
-        .flatten()
+    for task in [
+        Some(maintenance),
+        Some(disk_watch),
+        Some(flusher),
+        metrics_server,
+    ]
+    .into_iter()
+    .flatten()
     {
         task.abort();
         let _ = task.await;
@@ -164,6 +180,10 @@ fn serve_metrics(services: &Arc<Services>) -> Result<Option<tokio::task::JoinHan
     tracing::info!(%addr, "serving metrics");
     let services = services.clone();
     let route = warp::path!("metrics").and(warp::get()).map(move || {
+        let disk = services.store.reserve().space();
+        let metrics = &services.metrics;
+        (metrics.disk_available_bytes).set(i64::try_from(disk.available).unwrap_or(i64::MAX));
+        metrics.disk_short.set(i64::from(disk.short));
         warp::reply::with_header(
             services.metrics.render(&bridge_samples(&services)),
             "content-type",
@@ -200,12 +220,36 @@ fn bridge_samples(services: &Services) -> Vec<BridgeSample> {
 }
 
 /// Flushes what was written without an explicit flush; cheap when nothing is dirty.
-async fn flush_periodically(store: Arc<Store>) {
+///
+/// A failed flush is final: sled refuses every write after an I/O error until the
+/// database is reopened, so the server stops (`failed` wakes the shutdown) and `run`
+/// returns the error; the service manager starts asmux again, which releases the disk
+/// reserve if the disk is what failed.
+async fn flush_periodically(store: Arc<Store>, failed: Arc<tokio::sync::Notify>) {
     let mut interval = tokio::time::interval(BACKGROUND_FLUSH_INTERVAL);
     loop {
         interval.tick().await;
         if let Err(e) = store.flush().await {
-            tracing::error!(error = %e, "background flush failed");
+            tracing::error!(
+                error = %e,
+                "the database cannot write any more until it is reopened: stopping"
+            );
+            failed.notify_one();
+            return;
+        }
+    }
+}
+
+/// Keeps the disk reserve: released when the disk is short, written again when space is
+/// back.
+async fn watch_disk(store: Arc<Store>) {
+    let mut interval = tokio::time::interval(DISK_CHECK_INTERVAL);
+    loop {
+        interval.tick().await;
+        let store = store.clone();
+        // Writing the reserve (megabytes, then fsync) must not hold an async thread.
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.reserve().maintain()).await {
+            tracing::debug!(error = %e, "cannot examine the disk");
         }
     }
 }

@@ -444,6 +444,10 @@ impl Management {
         tokio::task::spawn_blocking(move || {
             let writer = ChannelWriter(tx.clone());
             if let Err(e) = store.write_backup(writer, crate::store::now_ms()) {
+                if tx.is_closed() {
+                    tracing::warn!("backup download abandoned by the client");
+                    return;
+                }
                 tracing::error!(error = %e, "backup failed");
                 // The reader sees the error and the download ends incomplete.
                 let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));

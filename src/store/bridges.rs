@@ -131,6 +131,7 @@ impl Store {
     /// Stores a new bridge unless its owner/prefix is taken; returns the stored bridge and
     /// whether it is the new one.
     pub fn insert_bridge(&self, bridge: Bridge) -> Result<(Arc<Bridge>, bool), StoreError> {
+        self.ensure_space()?;
         let name = name_key(&bridge.owner, &bridge.prefix);
         let guard = self.write_lock();
         let existing = tx_result::<_, StoreError>(

@@ -15,6 +15,7 @@ pub mod backup;
 pub(crate) mod bridges;
 mod cache;
 pub mod queue;
+pub mod reserve;
 mod rooms;
 mod users;
 
@@ -32,6 +33,23 @@ pub use rooms::Room;
 pub use users::User;
 
 use cache::ReadThrough;
+use reserve::DiskReserve;
+
+fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(SLED_CACHE_BYTES)
+        // asmux flushes itself before acknowledging anything; sled's own flusher
+        // thread would also keep the directory locked after the store is dropped.
+        .flush_every_ms(None)
+        .open()
+        .map_err(|e| match e {
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                StoreError::Locked(dir.to_owned())
+            }
+            other => StoreError::Sled(other),
+        })
+}
 
 /// The schema this build reads and writes. Bump it with a migration in [`Store::migrate`]
 /// whenever a record's encoding changes: postcard is not self-describing.
@@ -58,6 +76,8 @@ pub enum StoreError {
     NewerSchema { found: u32 },
     #[error("cannot prepare the data directory: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the data directory takes no new data: its disk is nearly full, or it is gone")]
+    DiskFull,
 }
 
 /// The embedded database.
@@ -88,29 +108,35 @@ pub struct Store {
     users: ReadThrough<String, User>,
     bridges: ReadThrough<Uuid, Bridge>,
     rooms: ReadThrough<String, Room>,
+    reserve: DiskReserve,
 }
 
 impl Store {
     /// Opens (creating if needed) the database in `dir`: directory 0700, files 0600.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with_reserve(dir, 0)
+    }
+
+    /// [`Store::open`], keeping a disk reserve of `reserve_bytes` in `dir` (see
+    /// [`reserve`]): on a disk that is already short it is released before the database
+    /// opens, so a server stopped by a full disk starts again and drains its queues.
+    pub fn open_with_reserve(dir: &Path, reserve_bytes: u64) -> Result<Store, StoreError> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(SLED_CACHE_BYTES)
-            // asmux flushes itself before acknowledging anything; sled's own flusher
-            // thread would also keep the directory locked after the store is dropped.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::Locked(dir.to_owned())
-                }
-                other => StoreError::Sled(other),
-            })?;
+        let reserve = DiskReserve::new(dir, reserve_bytes);
+        reserve.admits_growth();
+        let db = match open_sled(dir) {
+            Err(StoreError::Sled(sled::Error::Io(e)))
+                if reserve::is_disk_full(&e) && reserve.release()? =>
+            {
+                tracing::error!("the disk is full: released the disk reserve to open the database");
+                open_sled(dir)?
+            }
+            result => result?,
+        };
         restrict_files(dir)?;
         let mut store = Store {
             next_sequence: AtomicU64::new(0),
@@ -134,6 +160,7 @@ impl Store {
             users: ReadThrough::new(100_000),
             bridges: ReadThrough::new(100_000),
             rooms: ReadThrough::new(1_000_000),
+            reserve,
         };
         store.migrate()?;
         let undone = store.undo_unfinished_commits()?;
@@ -148,6 +175,20 @@ impl Store {
             &store.bridgeid_inflight,
         )?);
         Ok(store)
+    }
+
+    /// Refuses, when the disk is short, a write that would only grow the database.
+    pub fn ensure_space(&self) -> Result<(), StoreError> {
+        if self.reserve.admits_growth() {
+            Ok(())
+        } else {
+            Err(StoreError::DiskFull)
+        }
+    }
+
+    /// The disk reserve of this store.
+    pub fn reserve(&self) -> &DiskReserve {
+        &self.reserve
     }
 
     /// [`Store::open`], waiting up to `wait` while another holder is letting go of the

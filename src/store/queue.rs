@@ -119,6 +119,7 @@ impl Store {
     /// [`Store::open`] undoes it and the homeserver's retry queues it again. Room owners
     /// stay: the retry adds the same ones.
     pub fn commit_transaction(&self, commit: &TransactionCommit<'_>) -> Result<(), StoreError> {
+        self.ensure_space()?;
         let _guard = self.write_lock();
         // Left by an attempt of the same transaction that failed half-way.
         self.undo_commit(commit.txn_id)?;

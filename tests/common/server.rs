@@ -41,6 +41,7 @@ port = {port}
 data_dir = "data"
 shared_secret = "{SHARED_SECRET}"
 max_management_body_bytes = 65536
+disk_reserve_mib = 1
 websocket_ack_timeout_seconds = 0.3
 websocket_ack_retry_timeout_seconds = 0.4
 push_retry_delay_seconds = 0.02
@@ -301,8 +302,16 @@ impl Process {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let process = Process(child);
+        Process::listening(child, port).await
+    }
+
+    /// Waits (bounded) until `child`, an asmux process, accepts connections on `port`.
+    pub async fn listening(child: Child, port: u16) -> Process {
+        let mut process = Process(child);
         for _ in 0..500 {
+            if let Some(status) = process.0.try_wait().unwrap() {
+                panic!("asmux exited before listening: {status}");
+            }
             if tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()

@@ -1,0 +1,304 @@
+//! The data directory on a small ext4 filesystem (a 48 MiB image, loop-mounted inside a
+//! private mount namespace of the asmux process): filled up by another writer, asmux
+//! refuses new transactions with 500s, delivers what it acknowledged, recovers by itself
+//! when space is freed, and starts again after a SIGKILL on a disk that is still full.
+//! Also a read-only data directory and one deleted under the running server.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const RESERVE_MIB: u64 = 8;
+const ROOM: &str = "!disk-room";
+
+/// A filesystem image and the config of an asmux whose data directory is on it.
+struct Disk {
+    dir: tempfile::TempDir,
+    port: u16,
+    metrics_port: u16,
+}
+
+impl Disk {
+    fn new(homeserver: &str) -> Disk {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(48 << 20)
+            .unwrap();
+        // -m 0: no blocks kept for root, so the test (run as root) fills it as asmux's
+        // own user would.
+        let mkfs = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0"])
+            .arg(&image)
+            .output()
+            .expect("mkfs.ext4 runs");
+        assert!(mkfs.status.success(), "{mkfs:?}");
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let (port, metrics_port) = (free_port(), free_port());
+        let extra = format!("[metrics]\nenabled = true\nlisten = \"127.0.0.1:{metrics_port}\"");
+        let config = config_text_with(homeserver, port, &extra).replace(
+            "disk_reserve_mib = 1",
+            &format!("disk_reserve_mib = {RESERVE_MIB}"),
+        );
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        Disk {
+            dir,
+            port,
+            metrics_port,
+        }
+    }
+
+    /// `asmux serve` in a new mount namespace where the image is mounted on `data`.
+    fn spawn(&self, mount_options: &str, stderr: Stdio) -> std::process::Child {
+        let d = self.dir.path().display();
+        let script = format!(
+            "mount -o loop,{mount_options} {d}/image {d}/data && exec {} -c {d}/config.toml serve",
+            binary().display()
+        );
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("unshare runs")
+    }
+
+    async fn start(&self) -> Process {
+        Process::listening(self.spawn("rw", Stdio::inherit()), self.port).await
+    }
+
+    /// The data directory as the asmux process sees it.
+    fn data(&self, process: &Process) -> PathBuf {
+        let inside = self.dir.path().join("data");
+        Path::new(&format!("/proc/{}/root", process.0.id())).join(inside.strip_prefix("/").unwrap())
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn transaction(&self, txn_id: &str, events: Vec<Value>) -> Reply {
+        let url = format!("{}/_matrix/app/v1/transactions/{txn_id}", self.base());
+        let body = json!({"events": events}).to_string();
+        send("PUT", &url, Some(HS_TOKEN), Some(&body)).await
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let text = send("GET", &url, None, None).await.text;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits (bounded) until the reserve is in place on the disk.
+    async fn wait_for_reserve(&self, process: &Process) {
+        let reserve = self.data(process).join("reserve");
+        for _ in 0..250 {
+            if std::fs::metadata(&reserve).is_ok_and(|m| m.len() == RESERVE_MIB << 20) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the reserve was not written");
+    }
+
+    /// Writes a file until the filesystem is full.
+    fn fill(&self, process: &Process) {
+        let mut file = std::fs::File::create(self.data(process).join("filler")).unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        loop {
+            if let Err(e) = file.write_all(&chunk).and_then(|()| file.sync_all()) {
+                assert_eq!(e.raw_os_error(), Some(28), "{e}");
+                break;
+            }
+        }
+        // The last partial blocks too.
+        while file.write_all(&chunk[..4096]).is_ok() {}
+    }
+
+    fn asmux_status(&self, process: &Process) -> String {
+        let out = Command::new("nsenter")
+            .arg("-t")
+            .arg(process.0.id().to_string())
+            .arg("-m")
+            .arg(binary())
+            .arg("-c")
+            .arg(self.dir.path().join("config.toml"))
+            .arg("status")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+fn message(id: &str) -> Value {
+    json!({"type": "m.room.message", "room_id": ROOM, "sender": "@bob:example.test",
+           "event_id": id, "content": {"body": id}})
+}
+
+/// Provisions a websocket bridge that owns ROOM and queues `n` acknowledged events for it.
+async fn bridge_with_queue(disk: &Disk, n: usize) -> String {
+    let url = format!("{}/_matrix/asmux/appservice/alice/whatsapp", disk.base());
+    let reg = send("PUT", &url, Some(SHARED_SECRET), Some(r#"{"push": false}"#)).await;
+    let token = reg.body["as_token"].as_str().unwrap().to_owned();
+    let invite = json!({"type": "m.room.member", "room_id": ROOM, "sender": "@alice:example.test",
+        "state_key": "@_alice_whatsapp_bot:example.test", "event_id": "$invite",
+        "content": {"membership": "invite"}});
+    assert_eq!(disk.transaction("setup", vec![invite]).await.status, 200);
+    for i in 0..n {
+        let events = vec![message(&format!("$q{i}"))];
+        assert_eq!(disk.transaction(&format!("q{i}"), events).await.status, 200);
+    }
+    token
+}
+
+/// Connects the bridge and reads events (acknowledging them) until `until` arrived.
+async fn receive_until(disk: &Disk, token: &str, until: &str) -> Vec<String> {
+    let addr = format!("127.0.0.1:{}", disk.port).parse().unwrap();
+    let mut ws = ws_connect_to(addr, token, 3).await.unwrap();
+    let mut ids = Vec::new();
+    while !ids.iter().any(|id| id == until) {
+        match ws.next_event(Duration::from_secs(10)).await {
+            WsEvent::Json(frame) if frame["command"] == "transaction" => {
+                ids.extend(event_ids(frame["events"].as_array().unwrap()));
+                ws.ack(&frame).await;
+            }
+            WsEvent::Json(_) => {}
+            other => panic!("the bridge got {other:?} before {until}; it had {ids:?}"),
+        }
+    }
+    ws.close().await;
+    ids
+}
+
+fn queued_ids(n: usize) -> Vec<String> {
+    std::iter::once("$invite".to_owned())
+        .chain((0..n).map(|i| format!("$q{i}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_transactions_drains_queues_and_recovers_when_freed() {
+    let hs = Stub::homeserver().await;
+    let disk = Disk::new(&hs.url());
+    let process = disk.start().await;
+    let token = bridge_with_queue(&disk, 20).await;
+    disk.wait_for_reserve(&process).await;
+    assert!(disk
+        .asmux_status(&process)
+        .contains("8.0 MiB reserve in place"));
+
+    disk.fill(&process);
+    let refused = disk.transaction("full", vec![message("$full")]).await;
+    refused.assert_error(500, "M_UNKNOWN");
+    assert_eq!(disk.metric("asmux_disk_short").await, 1.0);
+    assert!(
+        !disk.data(&process).join("reserve").exists(),
+        "the reserve was released"
+    );
+    let status = disk.asmux_status(&process);
+    assert!(status.contains("disk: NEARLY FULL"), "{status}");
+    let url = format!("{}/_matrix/asmux/appservice/alice/signal", disk.base());
+    send("PUT", &url, Some(SHARED_SECRET), Some(r#"{"push": false}"#))
+        .await
+        .assert_error(507, "M_UNKNOWN");
+
+    // Everything acknowledged before is still delivered, from the full disk.
+    let received = receive_until(&disk, &token, "$q19").await;
+    assert_eq!(received, queued_ids(20));
+
+    // Space comes back: the homeserver's retry goes through without any restart.
+    std::fs::remove_file(disk.data(&process).join("filler")).unwrap();
+    let mut reply = disk.transaction("full", vec![message("$full")]).await;
+    for _ in 0..250 {
+        if reply.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        reply = disk.transaction("full", vec![message("$full")]).await;
+    }
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    // At least once: the last event before may come again if its ack was cut short.
+    let after = receive_until(&disk, &token, "$full").await;
+    assert_eq!(after.last().map(String::as_str), Some("$full"));
+    assert!(
+        after[..after.len() - 1]
+            .iter()
+            .all(|id| received.contains(id)),
+        "{after:?}"
+    );
+    disk.wait_for_reserve(&process).await;
+    assert_eq!(disk.metric("asmux_disk_short").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sigkill_on_a_full_disk_asmux_starts_and_delivers() {
+    let hs = Stub::homeserver().await;
+    let disk = Disk::new(&hs.url());
+    let mut process = disk.start().await;
+    let token = bridge_with_queue(&disk, 20).await;
+    disk.wait_for_reserve(&process).await;
+    disk.fill(&process);
+    process.kill9();
+
+    // The disk is still full: the reserve is what lets the database open.
+    let process = disk.start().await;
+    assert!(!disk.data(&process).join("reserve").exists());
+    let received = receive_until(&disk, &token, "$q19").await;
+    assert_eq!(received, queued_ids(20));
+    disk.transaction("after", vec![message("$after")])
+        .await
+        .assert_error(500, "M_UNKNOWN");
+}
+
+#[tokio::test]
+async fn a_read_only_data_directory_is_a_clear_error() {
+    let disk = Disk::new("http://127.0.0.1:9");
+    let out = disk.spawn("ro", Stdio::piped()).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_deleted_under_the_server_stops_new_writes() {
+    let hs = Stub::homeserver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, config_text(&hs.url(), port)).unwrap();
+    let mut process = Process::serve(&config, port).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let url = format!("{base}/_matrix/asmux/appservice/alice/whatsapp");
+    assert_eq!(
+        send("PUT", &url, Some(SHARED_SECRET), Some("{}"))
+            .await
+            .status,
+        201
+    );
+    std::fs::remove_dir_all(dir.path().join("data")).unwrap();
+
+    let txn = format!("{base}/_matrix/app/v1/transactions/gone");
+    let body = json!({"events": [message("$gone")]}).to_string();
+    send("PUT", &txn, Some(HS_TOKEN), Some(&body))
+        .await
+        .assert_error(500, "M_UNKNOWN");
+    // Reads are still served from the open database.
+    assert_eq!(
+        send("GET", &url, Some(SHARED_SECRET), None).await.status,
+        200
+    );
+    assert!(process.terminate().success());
+}
