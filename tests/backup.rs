@@ -161,11 +161,12 @@ async fn online_backup_restores_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_backup_goes_through_the_running_server() {
     let hs = Stub::homeserver().await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, config_text(&hs.url(), port)).unwrap();
-    let mut process = Process::serve(&config, port).await;
+    let Served {
+        dir,
+        config,
+        port,
+        mut process,
+    } = Served::start(&hs.url()).await;
     let url = format!("http://127.0.0.1:{port}/_matrix/asmux/appservice/alice/whatsapp");
     let reg = send("PUT", &url, Some(SHARED_SECRET), Some("{}"))
         .await

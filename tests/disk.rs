@@ -275,11 +275,12 @@ async fn a_read_only_data_directory_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_directory_deleted_under_the_server_stops_new_writes() {
     let hs = Stub::homeserver().await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, config_text(&hs.url(), port)).unwrap();
-    let mut process = Process::serve(&config, port).await;
+    let Served {
+        dir,
+        port,
+        mut process,
+        ..
+    } = Served::start(&hs.url()).await;
     let base = format!("http://127.0.0.1:{port}");
     let url = format!("{base}/_matrix/asmux/appservice/alice/whatsapp");
     assert_eq!(

@@ -288,6 +288,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The real binary serving a new data directory: its directory, config file and port.
+pub struct Served {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub port: u16,
+    pub process: Process,
+}
+
+impl Served {
+    pub async fn start(homeserver: &str) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, config_text(homeserver, port)).unwrap();
+        let process = Process::serve(&config, port).await;
+        Served {
+            dir,
+            config,
+            port,
+            process,
+        }
+    }
+}
+
 /// The real binary serving `config`, killed when dropped.
 pub struct Process(pub Child);
 
