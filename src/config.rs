@@ -125,6 +125,14 @@ pub struct Mux {
     /// the longest pause.
     pub push_retry_delay_seconds: f64,
     pub push_retry_max_delay_seconds: f64,
+    /// How long one HTTP push may take before it counts as failed.
+    pub push_timeout_seconds: f64,
+    /// Connections served at once; further ones wait in the listen queue. Websockets do
+    /// not count: they need a bridge's token.
+    pub max_connections: u32,
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection stays open.
+    pub header_read_timeout_seconds: f64,
     /// Largest homeserver transaction accepted.
     pub max_body_bytes: u64,
     /// Largest management API request body accepted.
@@ -228,6 +236,9 @@ impl Default for Mux {
             websocket_ack_retry_timeout_seconds: 30.0,
             push_retry_delay_seconds: 1.0,
             push_retry_max_delay_seconds: 60.0,
+            push_timeout_seconds: 10.0,
+            max_connections: 4096,
+            header_read_timeout_seconds: 60.0,
             max_body_bytes: 100 * 1024 * 1024,
             max_management_body_bytes: 1024 * 1024,
             disk_reserve_mib: 16,
@@ -394,12 +405,19 @@ impl Config {
                 self.mux.websocket_write_timeout_seconds,
                 self.mux.push_retry_delay_seconds,
                 self.mux.push_retry_max_delay_seconds,
+                self.mux.push_timeout_seconds,
+                self.mux.header_read_timeout_seconds,
             ]
             .iter()
             .all(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0),
             "mux.websocket_ack_timeout_seconds, websocket_ack_retry_timeout_seconds, \
-             websocket_write_timeout_seconds, push_retry_delay_seconds and \
-             push_retry_max_delay_seconds must be between 0 and 3600",
+             websocket_write_timeout_seconds, push_retry_delay_seconds, \
+             push_retry_max_delay_seconds, push_timeout_seconds and \
+             header_read_timeout_seconds must be between 0 and 3600",
+        );
+        check(
+            (1..=1_000_000).contains(&self.mux.max_connections),
+            "mux.max_connections must be between 1 and 1000000",
         );
         check(
             self.mux.max_body_bytes >= 1024 && self.mux.max_management_body_bytes >= 1024,

@@ -18,7 +18,7 @@
 //! Foundations any module may use, which import none of the above but [`matrix`]:
 //! [`config`] (the TOML configuration), [`secret`] (tokens and comparisons),
 //! [`http_client`] (the pooled outgoing client), [`metrics`] (Prometheus), [`sync`]
-//! (locks).
+//! (locks), [`tasks`] (the tasks of a server, stopped together).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -34,3 +34,4 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod sync;
+pub mod tasks;

@@ -282,7 +282,7 @@ async fn bridge_status(
     caller: Caller,
     services: Arc<Services>,
 ) -> Result<Response, Rejection> {
-    let status = services.management.status(&caller, &target)?;
+    let status = services.management.status(&caller, &target).await?;
     Ok(json(&status, StatusCode::OK))
 }
 
@@ -351,7 +351,7 @@ async fn list_bridges(caller: Caller, services: Arc<Services>) -> Result<Respons
 
 /// # `GET /_matrix/asmux/appservices/status`
 async fn bridge_statuses(caller: Caller, services: Arc<Services>) -> Result<Response, Rejection> {
-    let bridges = services.management.statuses(&caller)?;
+    let bridges = services.management.statuses(&caller).await?;
     Ok(json(
         &serde_json::json!({ "bridges": bridges }),
         StatusCode::OK,

@@ -165,7 +165,7 @@ fn upgrade(accepted: Accepted, handshake: Handshake) -> Response {
         subprotocol,
     } = accepted;
     let delivery = services.delivery.clone();
-    tokio::spawn(async move {
+    services.delivery.spawn_session(async move {
         let upgraded = match handshake.upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {

@@ -19,6 +19,7 @@ use crate::service::delivery::Delivery;
 use crate::service::homeserver::Homeserver;
 use crate::service::management::{BridgeRef, BridgeSummary, Caller, Management, ProvisionRequest};
 use crate::store::{Store, StoreError};
+use crate::tasks::Tasks;
 
 /// The management API is local; anything slower than this is a hung server.
 const REMOTE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -42,7 +43,13 @@ impl Backend {
                 let store = Arc::new(store);
                 let homeserver = Arc::new(Homeserver::new(config, client.clone()));
                 // Offline there are no connections and no workers; deletions only touch disk.
-                let delivery = Delivery::new(config, store.clone(), client, Arc::default());
+                let delivery = Delivery::new(
+                    config,
+                    store.clone(),
+                    client,
+                    Arc::default(),
+                    Tasks::default(),
+                );
                 delivery.disable();
                 Ok(Backend::Local(Management::new(
                     config, store, homeserver, delivery,
@@ -143,7 +150,7 @@ impl Backend {
     /// The status of every bridge. Offline, no bridge is connected.
     pub async fn statuses(&self) -> Result<Vec<BridgeStatus>> {
         match self {
-            Backend::Local(m) => Ok(m.statuses(&Caller::Root).map_err(local)?),
+            Backend::Local(m) => Ok(m.statuses(&Caller::Root).await.map_err(local)?),
             Backend::Remote { .. } => {
                 #[derive(serde::Deserialize)]
                 struct Statuses {

@@ -295,7 +295,9 @@ fn serve(config_path: &Path, args: ServeArgs) -> Result<ExitCode> {
         let services = crate::service::Services::new(config, store)?;
         systemd::notify_ready();
         if let Some(interval) = systemd::watchdog_interval() {
-            tokio::spawn(systemd::watchdog(interval, services.store.clone()));
+            services
+                .tasks
+                .spawn(systemd::watchdog(interval, services.store.clone()));
         }
         let stop = async {
             signal.await;

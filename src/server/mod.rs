@@ -17,8 +17,12 @@ use crate::metrics::{BridgeLabels, BridgeSample};
 use crate::service::Services;
 use crate::store::{now_ms, Store};
 
-/// How long deliveries in flight may take to finish once shutdown begins.
+/// How long requests and deliveries in flight may take to finish once shutdown begins.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+/// How long blocking work (a backup being written, a maintenance scan) may then take to
+/// notice that it was cancelled. Both deadlines together stay within systemd's
+/// `TimeoutStopSec`.
+const BLOCKING_DEADLINE: Duration = Duration::from_secs(5);
 /// How often writes that need no immediate durability (acknowledged deliveries, bridge
 /// states) are flushed.
 const BACKGROUND_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -56,38 +60,27 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }
+    serve_metrics(&services)?;
     services.delivery.start_queued();
-    let metrics_server = serve_metrics(&services)?;
-    let maintenance = tokio::spawn(maintain(services.clone()));
-    let disk_watch = tokio::spawn(watch_disk(services.store.clone()));
+    let tasks = &services.tasks;
+    tasks.spawn(maintain(services.clone()));
+    tasks.spawn(watch_disk(services.clone()));
     let store_failed = Arc::new(tokio::sync::Notify::new());
-    let flusher = tokio::spawn(flush_periodically(
+    tasks.spawn(flush_periodically(
         services.store.clone(),
         store_failed.clone(),
     ));
-    let delivery = services.delivery.clone();
     let stop = async move {
         tokio::select! {
             () = shutdown => {}
             () = store_failed.notified() => {}
         }
-        delivery.shutdown(SHUTDOWN_DEADLINE).await;
     };
     serve(listener, services.clone(), stop).await;
-    // Wait for the background tasks to be gone: they hold the store, and the data
-    // directory stays locked until the last holder drops it.
-    for task in [
-        Some(maintenance),
-        Some(disk_watch),
-        Some(flusher),
-        metrics_server,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        task.abort();
-        let _ = task.await;
-    }
+    // What is still running now (sessions and connections past the deadline, timers,
+    // reports) is cut. The tasks hold the store, and the data directory stays locked
+    // until the last holder drops it.
+    tasks.stop(BLOCKING_DEADLINE).await;
     services.store.flush().await.context("final flush failed")?;
     tracing::info!("stopped");
     Ok(())
@@ -99,17 +92,46 @@ enum Target<R> {
     Routes(R),
 }
 
-/// Accepts connections until `stop` completes, then waits for the requests in flight.
+/// Accepts connections until `stop` completes; then lets the requests and deliveries in
+/// flight finish and the websockets close, until [`SHUTDOWN_DEADLINE`].
+///
 /// As `warp::serve` does, except that proxied client-server requests skip warp (see
-/// [`crate::api::is_proxied`]) and each request's pending upgrade is handed to the
-/// websocket filter (see [`crate::api::PendingUpgrade`]).
+/// [`crate::api::is_proxied`]), each request's pending upgrade is handed to the websocket
+/// filter (see [`crate::api::PendingUpgrade`]), at most `mux.max_connections` are served
+/// at once and a client has `mux.header_read_timeout_seconds` to send its headers.
 async fn serve(listener: TcpListener, services: Arc<Services>, stop: impl Future<Output = ()>) {
     let routes = hyper_util::service::TowerToHyperService::new(warp::service(crate::api::routes(
         services.clone(),
     )));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // HTTP/1 only: bridges and homeservers speak it, and a connection is then served
+    // from its first byte (hyper-util's auto-detection would wait for a silent client's
+    // first bytes with no deadline).
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs_f64(
+            services.config.mux.header_read_timeout_seconds,
+        ));
+    let connections = tokio_util::task::TaskTracker::new();
+    let draining = tokio_util::sync::CancellationToken::new();
+    let max_connections = services.config.mux.max_connections;
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections as usize));
+    let mut full = false;
     let mut stop = std::pin::pin!(stop);
     loop {
+        if slots.available_permits() == 0 && !full {
+            tracing::warn!(
+                max_connections,
+                "connection limit reached: new connections wait until one ends"
+            );
+        }
+        full = slots.available_permits() == 0;
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = &mut stop => break,
+        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -122,13 +144,13 @@ async fn serve(listener: TcpListener, services: Arc<Services>, stop: impl Future
             },
             _ = &mut stop => break,
         };
-        let (routes, services) = (routes.clone(), services.clone());
+        let (routes, for_request) = (routes.clone(), services.clone());
         let handler = hyper::service::service_fn(
             move |mut request: hyper::Request<hyper::body::Incoming>| {
                 // Cloning the warp routes costs more than a proxied request's own work:
                 // only the requests that use them pay for it.
                 let target = if crate::api::is_proxied(request.uri().path()) {
-                    Target::Proxy(services.clone())
+                    Target::Proxy(for_request.clone())
                 } else {
                     Target::Routes(routes.clone())
                 };
@@ -150,25 +172,44 @@ async fn serve(listener: TcpListener, services: Arc<Services>, stop: impl Future
                 }
             },
         );
-        let connection = graceful.watch(
-            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), handler)
-                .into_owned(),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
+        let connection = http
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
+            .with_upgrades();
+        let draining = draining.clone();
+        services.tasks.spawn(connections.track_future(async move {
+            // An upgraded connection ends here too, handing its socket to the websocket
+            // session: a bridge's websocket does not hold a slot.
+            let _slot = slot;
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = draining.cancelled() => {
+                    // Finishes the request in flight, then closes.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-        });
+        }));
     }
     drop(listener);
-    graceful.shutdown().await;
+    draining.cancel();
+    connections.close();
+    let (connections, ()) = tokio::join!(
+        tokio::time::timeout(SHUTDOWN_DEADLINE, connections.wait()),
+        services.delivery.shutdown(SHUTDOWN_DEADLINE)
+    );
+    if connections.is_err() {
+        tracing::warn!("requests still running at the shutdown deadline are cut");
+    }
 }
 
 /// Starts the Prometheus listener when `metrics.enabled`.
-fn serve_metrics(services: &Arc<Services>) -> Result<Option<tokio::task::JoinHandle<()>>> {
+fn serve_metrics(services: &Arc<Services>) -> Result<()> {
     if !services.config.metrics.enabled {
-        return Ok(None);
+        return Ok(());
     }
     let addr: std::net::SocketAddr = services
         .config
@@ -178,21 +219,31 @@ fn serve_metrics(services: &Arc<Services>) -> Result<Option<tokio::task::JoinHan
         .context("metrics.listen is not an address")?;
     let listener = bind(addr).with_context(|| format!("cannot listen on {addr} for metrics"))?;
     tracing::info!(%addr, "serving metrics");
-    let services = services.clone();
-    let route = warp::path!("metrics").and(warp::get()).map(move || {
-        let disk = services.store.reserve().space();
-        let metrics = &services.metrics;
-        (metrics.disk_available_bytes).set(i64::try_from(disk.available).unwrap_or(i64::MAX));
-        metrics.disk_short.set(i64::from(disk.short));
-        warp::reply::with_header(
-            services.metrics.render(&bridge_samples(&services)),
-            "content-type",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )
+    let for_scrape = services.clone();
+    let route = warp::path!("metrics").and(warp::get()).then(move || {
+        let services = for_scrape.clone();
+        async move {
+            let disk = services.store.reserve().space();
+            let metrics = &services.metrics;
+            (metrics.disk_available_bytes).set(i64::try_from(disk.available).unwrap_or(i64::MAX));
+            metrics.disk_short.set(i64::from(disk.short));
+            // Counting queues reads every queued entry: not on an async thread.
+            let scanned = services.clone();
+            let samples = (services.tasks)
+                .blocking(move || bridge_samples(&scanned))
+                .await
+                .unwrap_or_default();
+            warp::reply::with_header(
+                services.metrics.render(&samples),
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+        }
     });
-    Ok(Some(tokio::spawn(
-        warp::serve(route).incoming(listener).run(),
-    )))
+    services
+        .tasks
+        .spawn(warp::serve(route).incoming(listener).run());
+    Ok(())
 }
 
 /// The per-bridge gauges of every bridge, read now.
@@ -242,13 +293,17 @@ async fn flush_periodically(store: Arc<Store>, failed: Arc<tokio::sync::Notify>)
 
 /// Keeps the disk reserve: released when the disk is short, written again when space is
 /// back.
-async fn watch_disk(store: Arc<Store>) {
+async fn watch_disk(services: Arc<Services>) {
     let mut interval = tokio::time::interval(DISK_CHECK_INTERVAL);
     loop {
         interval.tick().await;
-        let store = store.clone();
+        let store = services.store.clone();
         // Writing the reserve (megabytes, then fsync) must not hold an async thread.
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.reserve().maintain()).await {
+        if let Some(Err(e)) = services
+            .tasks
+            .blocking(move || store.reserve().maintain())
+            .await
+        {
             tracing::debug!(error = %e, "cannot examine the disk");
         }
     }
@@ -263,29 +318,36 @@ async fn maintain(services: Arc<Services>) {
         let now = now_ms();
         let store = services.store.clone();
         let reporter = services.delivery.reporter.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let queued = if retention.is_zero() {
-                0
-            } else {
-                let before = now.saturating_sub(retention.as_millis() as u64);
-                store.trim_queues(before, |bridge, body| {
-                    if let Ok(Some(bridge)) = store.bridge(bridge) {
-                        reporter.dropped(&bridge, body, "queued longer than queue_retention_days");
-                    }
-                })?
-            };
-            let processed = store.trim_processed_transactions(
-                now.saturating_sub(PROCESSED_TXN_RETENTION.as_millis() as u64),
-                PROCESSED_TXN_KEEP,
-            )?;
-            Ok::<_, crate::store::StoreError>((queued, processed))
-        })
-        .await;
+        let result = services
+            .tasks
+            .blocking(move || {
+                let queued = if retention.is_zero() {
+                    0
+                } else {
+                    let before = now.saturating_sub(retention.as_millis() as u64);
+                    store.trim_queues(before, |bridge, body| {
+                        if let Ok(Some(bridge)) = store.bridge(bridge) {
+                            reporter.dropped(
+                                &bridge,
+                                body,
+                                "queued longer than queue_retention_days",
+                            );
+                        }
+                    })?
+                };
+                let processed = store.trim_processed_transactions(
+                    now.saturating_sub(PROCESSED_TXN_RETENTION.as_millis() as u64),
+                    PROCESSED_TXN_KEEP,
+                )?;
+                Ok::<_, crate::store::StoreError>((queued, processed))
+            })
+            .await;
         match result {
-            Ok(Ok((0, 0))) => {}
-            Ok(Ok((queued, processed))) => tracing::info!(queued, processed, "trimmed old records"),
-            Ok(Err(e)) => tracing::error!(error = %e, "maintenance failed"),
-            Err(e) => tracing::error!(error = %e, "maintenance task failed"),
+            Some(Ok((0, 0))) | None => {}
+            Some(Ok((queued, processed))) => {
+                tracing::info!(queued, processed, "trimmed old records");
+            }
+            Some(Err(e)) => tracing::error!(error = %e, "maintenance failed"),
         }
     }
 }

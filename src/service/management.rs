@@ -306,7 +306,9 @@ impl Management {
     /// `DELETE /appservice/...`: removes the bridge, its queue and its rooms.
     pub async fn delete(&self, caller: &Caller, target: &BridgeRef) -> Result<Arc<Bridge>, Error> {
         let bridge = self.visible(caller, target)?;
-        self.store.delete_bridge(bridge.id)?;
+        let id = bridge.id;
+        self.off_thread(move |store, _| Ok(store.delete_bridge(id)?))
+            .await?;
         self.delivery.forget(bridge.id);
         self.flush().await?;
         tracing::info!(bridge = %bridge.name(), id = %bridge.id, "deleted bridge");
@@ -317,10 +319,16 @@ impl Management {
     /// number of sub-transactions dropped.
     pub async fn clear_queue(&self, caller: &Caller, target: &BridgeRef) -> Result<u64, Error> {
         let bridge = self.visible(caller, target)?;
-        let reporter = &self.delivery.reporter;
-        let dropped = self.store.clear_queue(bridge.id, |body| {
-            reporter.dropped(&bridge, body, "queue cleared by the operator")
-        })?;
+        let cleared = bridge.clone();
+        let dropped = self
+            .off_thread(move |store, delivery| {
+                Ok(store.clear_queue(cleared.id, |body| {
+                    delivery
+                        .reporter
+                        .dropped(&cleared, body, "queue cleared by the operator")
+                })?)
+            })
+            .await?;
         self.flush().await?;
         // The worker may be pausing between attempts at what was just dropped.
         self.delivery.restart(bridge.id);
@@ -339,9 +347,10 @@ impl Management {
     }
 
     /// `GET /appservice/.../status`: connection, queue and last state.
-    pub fn status(&self, caller: &Caller, target: &BridgeRef) -> Result<BridgeStatus, Error> {
+    pub async fn status(&self, caller: &Caller, target: &BridgeRef) -> Result<BridgeStatus, Error> {
         let bridge = self.visible(caller, target)?;
-        bridge_requests::status(&self.delivery, &bridge)
+        self.off_thread(move |_, delivery| bridge_requests::status(delivery, &bridge))
+            .await
     }
 
     /// Mxauth `POST /appservice/.../exec/{command}`: `(status, data)`.
@@ -357,16 +366,19 @@ impl Management {
     }
 
     /// `GET /appservices/status`: the status of every bridge the caller may see.
-    pub fn statuses(&self, caller: &Caller) -> Result<Vec<BridgeStatus>, Error> {
+    pub async fn statuses(&self, caller: &Caller) -> Result<Vec<BridgeStatus>, Error> {
         let owner = match caller {
             Caller::Root => None,
-            Caller::User(user) => Some(user.id.as_str()),
+            Caller::User(user) => Some(user.id.clone()),
         };
-        let bridges = self.store.bridges(owner)?;
-        bridges
-            .iter()
-            .map(|b| bridge_requests::status(&self.delivery, b))
-            .collect()
+        self.off_thread(move |store, delivery| {
+            store
+                .bridges(owner.as_deref())?
+                .iter()
+                .map(|b| bridge_requests::status(delivery, b))
+                .collect()
+        })
+        .await
     }
 
     /// `GET /appservices`: every bridge the caller may see.
@@ -441,7 +453,7 @@ impl Management {
         }
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
+        self.delivery.tasks.spawn_blocking(move || {
             let writer = ChannelWriter(tx.clone());
             if let Err(e) = store.write_backup(writer, crate::store::now_ms()) {
                 if tx.is_closed() {
@@ -507,6 +519,20 @@ impl Management {
 
     async fn flush(&self) -> Result<(), Error> {
         self.store.flush().await.map_err(Error::from)
+    }
+
+    /// Runs store work that reads or removes without bound (a bridge's rooms, a queue) on
+    /// a blocking thread, so a large bridge does not stall routing on the async threads.
+    async fn off_thread<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store, &Arc<Delivery>) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (store, delivery) = (self.store.clone(), self.delivery.clone());
+        self.delivery
+            .tasks
+            .blocking(move || work(&store, &delivery))
+            .await
+            .unwrap_or(Err(Error::Internal))
     }
 }
 

@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::http_client::HttpClient;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::tasks::Tasks;
 use delivery::Delivery;
 use homeserver::Homeserver;
 use intake::Intake;
@@ -45,6 +46,7 @@ pub struct Services {
     pub intake: Intake,
     pub proxy: Proxy,
     pub metrics: Arc<Metrics>,
+    pub tasks: Tasks,
 }
 
 impl Services {
@@ -52,7 +54,14 @@ impl Services {
         let client = HttpClient::new().context("cannot load TLS root certificates")?;
         let homeserver = Arc::new(Homeserver::new(&config, client.clone()));
         let metrics = Arc::new(Metrics::default());
-        let delivery = Delivery::new(&config, store.clone(), client.clone(), metrics.clone());
+        let tasks = Tasks::default();
+        let delivery = Delivery::new(
+            &config,
+            store.clone(),
+            client.clone(),
+            metrics.clone(),
+            tasks.clone(),
+        );
         let proxy = Proxy::new(
             &config,
             store.clone(),
@@ -72,6 +81,7 @@ impl Services {
             intake,
             proxy,
             metrics,
+            tasks,
         }))
     }
 }

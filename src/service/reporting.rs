@@ -11,6 +11,7 @@ use crate::http_client::{full_body, HttpClient};
 use crate::matrix::{BridgeTransaction, EventMeta, Raw};
 use crate::store::now_ms;
 use crate::store::Bridge;
+use crate::tasks::Tasks;
 
 const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -50,12 +51,14 @@ pub struct Reporter {
     remote_status: Option<String>,
     checkpoints: Option<String>,
     bridge_status: Option<String>,
+    tasks: Tasks,
 }
 
 impl Reporter {
-    pub fn new(config: &Config, client: HttpClient) -> Reporter {
+    pub fn new(config: &Config, client: HttpClient, tasks: Tasks) -> Reporter {
         Reporter {
             client,
+            tasks,
             remote_status: config.mux.remote_status_endpoint.clone(),
             checkpoints: config.mux.message_send_checkpoint_endpoint.clone(),
             bridge_status: config.mux.bridge_status_endpoint.clone(),
@@ -164,7 +167,7 @@ impl Reporter {
 
     fn post(&self, url: String, token: Option<String>, body: Value) {
         let client = self.client.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let mut request =
                 http::Request::post(&url).header(http::header::CONTENT_TYPE, "application/json");
             if let Some(token) = token {

@@ -57,6 +57,8 @@ pub struct TestServer {
     pub dir: TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The server's tasks, to check that none outlives it.
+    tasks: asmux::tasks::Tasks,
     /// A port held bound but not listening, for a homeserver that refuses connections.
     _closed_port: Option<tokio::net::TcpSocket>,
 }
@@ -84,6 +86,7 @@ impl TestServer {
         let config = Config::load(&dir.path().join("config.toml")).unwrap();
         let store = Arc::new(open_store(&config.data_dir()));
         let services = Services::new(config, store).unwrap();
+        let tasks = services.tasks.clone();
         let listener = asmux::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
@@ -95,6 +98,7 @@ impl TestServer {
             dir,
             shutdown: Some(tx),
             handle: Some(handle),
+            tasks,
             _closed_port: None,
         }
     }
@@ -124,10 +128,12 @@ impl TestServer {
         }
     }
 
-    /// Stops the server gracefully and hands back its directory.
+    /// Stops the server gracefully and hands back its directory. Nothing of the server
+    /// runs any more then.
     pub async fn stop(mut self) -> TempDir {
         self.shutdown.take().unwrap().send(()).unwrap();
         self.handle.take().unwrap().await.unwrap().unwrap();
+        assert_eq!(self.tasks.running(), 0, "tasks outlived the server");
         // The services (and with them the sled lock) are dropped with the server task.
         self.dir
     }

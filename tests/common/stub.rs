@@ -53,6 +53,8 @@ pub struct Stub {
     role: Role,
     requests: Arc<Mutex<Vec<Recorded>>>,
     script: Arc<Mutex<HashMap<String, (u16, String)>>>,
+    /// Paths whose requests are answered only once the value turns true.
+    held: Arc<Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>>,
     /// Transactions still to refuse with 500 (bridge role).
     pub failures: Arc<AtomicUsize>,
     /// Access token -> user ID, for whoami (homeserver role).
@@ -84,6 +86,7 @@ impl Stub {
             role,
             requests: Arc::default(),
             script: Arc::default(),
+            held: Arc::default(),
             failures: Arc::new(AtomicUsize::new(failures)),
             users: Arc::default(),
             account_data: Arc::default(),
@@ -118,6 +121,20 @@ impl Stub {
             .lock()
             .unwrap()
             .insert(path.into(), (status, body.into()));
+    }
+
+    /// Holds the requests to `path` (recorded as they arrive) without an answer until
+    /// [`Stub::release`].
+    pub fn hold(&self, path: &str) {
+        let (held, _) = tokio::sync::watch::channel(false);
+        self.held.lock().unwrap().insert(path.into(), held);
+    }
+
+    /// Lets the held requests to `path` be answered.
+    pub fn release(&self, path: &str) {
+        if let Some(held) = self.held.lock().unwrap().remove(path) {
+            held.send_replace(true);
+        }
     }
 
     /// Makes `token` resolve to `user_id` in whoami.
@@ -198,6 +215,10 @@ impl Stub {
             authorization: authorization.clone(),
             body: json_body.clone(),
         });
+        let held = self.held.lock().unwrap().get(&path).map(|h| h.subscribe());
+        if let Some(mut held) = held {
+            let _ = held.wait_for(|released| *released).await;
+        }
         let scripted = self.script.lock().unwrap().get(&path).cloned();
         let (status, reply) = match (scripted, self.role) {
             (Some((status, text)), _) => {

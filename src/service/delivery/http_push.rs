@@ -9,14 +9,13 @@ use crate::http_client::{full_body, HttpClient, URL_COMPONENT};
 use crate::matrix::BridgeTransaction;
 use crate::store::Bridge;
 
-/// How long one PUT may take.
-pub const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Each pause between attempts is this much longer than the one before, up to the cap.
 pub const BACKOFF_FACTOR: f64 = 1.5;
 
-/// PUTs `txn` to `bridge` once; the failure as text.
+/// PUTs `txn` to `bridge` once, waiting at most `timeout`; the failure as text.
 pub async fn push(
     client: &HttpClient,
+    timeout: Duration,
     bridge: &Bridge,
     txn: &BridgeTransaction,
 ) -> Result<(), String> {
@@ -35,7 +34,7 @@ pub async fn push(
         .body(full_body(txn.to_json()))
         .map_err(|e| e.to_string())?;
     let response = client
-        .send_buffered(request, PUSH_TIMEOUT)
+        .send_buffered(request, timeout)
         .await
         .map_err(|e| e.to_string())?;
     if response.status.is_success() {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -24,6 +25,7 @@ use crate::secret::lowercase_alphanumeric;
 use crate::service::reporting::Reporter;
 use crate::store::{now_ms, Store};
 use crate::sync::lock;
+use crate::tasks::Tasks;
 use hub::Hub;
 
 /// Characters of the random part of delivery txn_ids: 62 bits of entropy.
@@ -55,8 +57,13 @@ pub struct Delivery {
     /// The first and the longest pause between push attempts.
     pub push_retry_delay: Duration,
     pub push_retry_max_delay: Duration,
+    pub push_timeout: Duration,
     pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
+    /// Where workers, sessions and reports run.
+    pub tasks: Tasks,
+    /// The websocket sessions, which shutdown lets close their sockets.
+    sessions: TaskTracker,
     /// Bridge -> its worker.
     workers: Mutex<HashMap<Uuid, Worker>>,
     /// Bridge -> unix ms of its last completed delivery.
@@ -78,6 +85,7 @@ impl Delivery {
         store: Arc<Store>,
         client: HttpClient,
         metrics: Arc<Metrics>,
+        tasks: Tasks,
     ) -> Arc<Delivery> {
         Arc::new(Delivery {
             store,
@@ -95,8 +103,11 @@ impl Delivery {
             ),
             push_retry_delay: Duration::from_secs_f64(config.mux.push_retry_delay_seconds),
             push_retry_max_delay: Duration::from_secs_f64(config.mux.push_retry_max_delay_seconds),
-            reporter: Reporter::new(config, client.clone()),
+            push_timeout: Duration::from_secs_f64(config.mux.push_timeout_seconds),
+            reporter: Reporter::new(config, client.clone(), tasks.clone()),
             metrics,
+            tasks,
+            sessions: TaskTracker::new(),
             workers: Mutex::default(),
             last_delivery: Mutex::default(),
             unreachable_since: Mutex::default(),
@@ -133,7 +144,9 @@ impl Delivery {
             return;
         }
         let wake = Arc::new(Notify::new());
-        let task = tokio::spawn(worker::run(self.clone(), id, wake.clone()));
+        let task = self
+            .tasks
+            .spawn(worker::run(self.clone(), id, wake.clone()));
         workers.insert(id, Worker { wake, task });
     }
 
@@ -208,17 +221,31 @@ impl Delivery {
         self.shutdown.send_replace(true);
     }
 
+    /// Runs a websocket session (from the upgrade on); shutdown waits for it to close its
+    /// socket.
+    pub fn spawn_session(&self, session: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(self.sessions.track_future(session));
+    }
+
     /// Closes every websocket with 1012 and stops taking new batches. Deliveries in flight
-    /// may finish until `deadline`; whatever is not acknowledged stays queued.
+    /// and the closing handshakes may finish until `deadline`; whatever is not
+    /// acknowledged stays queued.
     pub async fn shutdown(&self, deadline: Duration) {
         self.shutdown.send_replace(true);
         for conn in self.hub.all() {
             conn.close(1012, SHUTDOWN_REASON);
         }
-        let tasks: Vec<JoinHandle<()>> = self.workers().drain().map(|(_, w)| w.task).collect();
-        let all = futures_util::future::join_all(tasks);
+        let workers: Vec<JoinHandle<()>> = self.workers().drain().map(|(_, w)| w.task).collect();
+        self.sessions.close();
+        let all = futures_util::future::join(
+            futures_util::future::join_all(workers),
+            self.sessions.wait(),
+        );
         if tokio::time::timeout(deadline, all).await.is_err() {
-            tracing::warn!("deliveries still running at the shutdown deadline; they stay queued");
+            tracing::warn!(
+                "deliveries or websocket closes still running at the shutdown deadline; \
+                 what they held stays queued"
+            );
         }
     }
 }

@@ -75,7 +75,7 @@ async fn serve(
         delivery.websocket_write_timeout,
     ));
 
-    let writer = tokio::spawn(write(sink, outgoing, conn.clone()));
+    let writer = delivery.tasks.spawn(write(sink, outgoing, conn.clone()));
 
     if let Some(old) = delivery.hub.insert(conn.clone()) {
         tracing::info!(old_serial = old.serial, "replacing the older connection");
@@ -184,7 +184,7 @@ async fn write(
 /// Reports the bridge unreachable if it has not reconnected after a grace period: bridges
 /// reconnect right away after a network blip or a restart.
 fn report_if_still_gone(delivery: Arc<Delivery>, bridge: Arc<Bridge>) {
-    tokio::spawn(async move {
+    delivery.tasks.clone().spawn(async move {
         tokio::time::sleep(UNREACHABLE_GRACE).await;
         if delivery.hub.get(bridge.id).is_none() && !delivery.is_shutting_down() {
             if let Ok(Some(current)) = delivery.store.bridge(bridge.id) {

@@ -240,7 +240,7 @@ async fn deliver_push(
     txn: &BridgeTransaction,
     backoff: &mut Backoff,
 ) -> Outcome {
-    match push(&delivery.client, bridge, txn).await {
+    match push(&delivery.client, delivery.push_timeout, bridge, txn).await {
         Ok(()) => {
             backoff.succeeded();
             delivery.note_reachable(bridge.id);
