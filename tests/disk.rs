@@ -26,6 +26,11 @@ struct Disk {
 
 impl Disk {
     fn new(homeserver: &str) -> Disk {
+        Disk::with_reserve(homeserver, RESERVE_MIB)
+    }
+
+    /// With `reserve_mib` of reserve (0: none, so nothing stops sled from meeting ENOSPC).
+    fn with_reserve(homeserver: &str, reserve_mib: u64) -> Disk {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("image");
         std::fs::File::create(&image)
@@ -45,7 +50,7 @@ impl Disk {
         let extra = format!("[metrics]\nenabled = true\nlisten = \"127.0.0.1:{metrics_port}\"");
         let config = config_text_with(homeserver, port, &extra).replace(
             "disk_reserve_mib = 1",
-            &format!("disk_reserve_mib = {RESERVE_MIB}"),
+            &format!("disk_reserve_mib = {reserve_mib}"),
         );
         std::fs::write(dir.path().join("config.toml"), config).unwrap();
         Disk {
@@ -71,7 +76,11 @@ impl Disk {
     }
 
     async fn start(&self) -> Process {
-        Process::listening(self.spawn("rw", Stdio::inherit()), self.port).await
+        self.start_with_stderr(Stdio::inherit()).await
+    }
+
+    async fn start_with_stderr(&self, stderr: Stdio) -> Process {
+        Process::listening(self.spawn("rw", stderr), self.port).await
     }
 
     /// The data directory as the asmux process sees it.
@@ -262,6 +271,61 @@ async fn after_a_sigkill_on_a_full_disk_asmux_starts_and_delivers() {
         .assert_error(500, "M_UNKNOWN");
 }
 
+/// Without a reserve sled itself meets ENOSPC, and after that it refuses every write until
+/// reopened: the server stops with status 1 so that systemd restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_cannot_write_any_more_stops_the_server_with_status_1() {
+    let hs = Stub::homeserver().await;
+    let disk = Disk::with_reserve(&hs.url(), 0);
+    let mut process = disk.start_with_stderr(Stdio::piped()).await;
+    bridge_with_queue(&disk, 1).await;
+    disk.fill(&process);
+    let big = |i: usize| {
+        json!({"type": "m.room.message", "room_id": ROOM, "sender": "@bob:example.test",
+               "event_id": format!("$big{i}"), "content": {"body": "x".repeat(256 << 10)}})
+    };
+    let mut refused = None;
+    for i in 0..200 {
+        match try_send(
+            "PUT",
+            &format!("{}/_matrix/app/v1/transactions/big{i}", disk.base()),
+            Some(HS_TOKEN),
+            Some(&json!({"events": [big(i)]}).to_string()),
+        )
+        .await
+        {
+            Some(reply) if reply.status == 200 => {}
+            other => {
+                refused = Some(other);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a full disk refused a transaction");
+    if let Some(reply) = &refused {
+        reply.assert_error(500, "M_UNKNOWN");
+    }
+    let mut exited = None;
+    for _ in 0..400 {
+        exited = process.0.try_wait().unwrap();
+        if exited.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut stderr = String::new();
+    if exited.is_none() {
+        process.kill9();
+        std::io::Read::read_to_string(&mut process.0.stderr.take().unwrap(), &mut stderr).unwrap();
+        panic!("the server did not stop by itself; refused: {refused:?}\n{stderr}");
+    }
+    let status = exited.unwrap();
+    std::io::Read::read_to_string(&mut process.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot write any more"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[tokio::test]
 async fn a_read_only_data_directory_is_a_clear_error() {
     let disk = Disk::new("http://127.0.0.1:9");
@@ -301,5 +365,6 @@ async fn a_data_directory_deleted_under_the_server_stops_new_writes() {
         send("GET", &url, Some(SHARED_SECRET), None).await.status,
         200
     );
-    assert!(process.terminate().success());
+    let status = process.terminate();
+    assert!(status.success(), "{status}");
 }

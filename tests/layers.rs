@@ -8,7 +8,14 @@ const LAYERS: &[&str] = &[
     "cli", "server", "api", "service", "operator", "error", "store", "matrix",
 ];
 /// Usable by every layer; they name nothing above `matrix` themselves.
-const FOUNDATIONS: &[&str] = &["config", "secret", "http_client", "metrics", "sync"];
+const FOUNDATIONS: &[&str] = &[
+    "config",
+    "secret",
+    "http_client",
+    "metrics",
+    "sync",
+    "tasks",
+];
 
 fn rank(module: &str) -> Option<usize> {
     LAYERS.iter().position(|m| *m == module)

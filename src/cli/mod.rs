@@ -287,7 +287,8 @@ fn serve(config_path: &Path, args: ServeArgs) -> Result<ExitCode> {
         &config.data_dir(),
         config.disk_reserve_bytes(),
     )?);
-    runtime()?.block_on(async move {
+    let stopped_store = store.clone();
+    let served = runtime()?.block_on(async move {
         let signal = shutdown::on_signal().context("cannot install signal handlers")?;
         let addr = config.listen_addr();
         let listener =
@@ -304,7 +305,17 @@ fn serve(config_path: &Path, args: ServeArgs) -> Result<ExitCode> {
             systemd::notify_stopping();
         };
         crate::server::run(listener, services, stop).await
-    })?;
+    });
+    if let Err(e) = &served {
+        if stopped_store.has_write_failed() {
+            // Dropping sled's trees flushes them, and sled 0.34 waits forever for a flush
+            // after a failed write: leave without running destructors. Everything
+            // acknowledged was flushed before it was acknowledged.
+            eprintln!("Error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -65,15 +65,16 @@ pub async fn run(
     let tasks = &services.tasks;
     tasks.spawn(maintain(services.clone()));
     tasks.spawn(watch_disk(services.clone()));
-    let store_failed = Arc::new(tokio::sync::Notify::new());
-    tasks.spawn(flush_periodically(
-        services.store.clone(),
-        store_failed.clone(),
-    ));
+    tasks.spawn(flush_periodically(services.store.clone()));
+    let store = services.store.clone();
     let stop = async move {
         tokio::select! {
             () = shutdown => {}
-            () = store_failed.notified() => {}
+            () = store.write_failure() => {
+                tracing::error!(
+                    "the database cannot write any more until it is reopened: stopping"
+                );
+            }
         }
     };
     serve(listener, services.clone(), stop).await;
@@ -81,6 +82,13 @@ pub async fn run(
     // reports) is cut. The tasks hold the store, and the data directory stays locked
     // until the last holder drops it.
     tasks.stop(BLOCKING_DEADLINE).await;
+    // A failed write is final: sled refuses every write after an I/O error until the
+    // database is reopened (and a flush could wait for data it will never write). The
+    // service manager starts asmux again, which reopens it and releases the disk reserve
+    // if the disk is what failed.
+    if services.store.has_write_failed() {
+        anyhow::bail!("stopped: the database could not write to disk");
+    }
     services.store.flush().await.context("final flush failed")?;
     tracing::info!("stopped");
     Ok(())
@@ -271,21 +279,13 @@ fn bridge_samples(services: &Services) -> Vec<BridgeSample> {
 }
 
 /// Flushes what was written without an explicit flush; cheap when nothing is dirty.
-///
-/// A failed flush is final: sled refuses every write after an I/O error until the
-/// database is reopened, so the server stops (`failed` wakes the shutdown) and `run`
-/// returns the error; the service manager starts asmux again, which releases the disk
-/// reserve if the disk is what failed.
-async fn flush_periodically(store: Arc<Store>, failed: Arc<tokio::sync::Notify>) {
+/// A failure is logged here and stops the server (see [`Store::write_failure`]).
+async fn flush_periodically(store: Arc<Store>) {
     let mut interval = tokio::time::interval(BACKGROUND_FLUSH_INTERVAL);
     loop {
         interval.tick().await;
         if let Err(e) = store.flush().await {
-            tracing::error!(
-                error = %e,
-                "the database cannot write any more until it is reopened: stopping"
-            );
-            failed.notify_one();
+            tracing::error!(error = %e, "background flush failed");
             return;
         }
     }

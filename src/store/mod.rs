@@ -105,6 +105,8 @@ pub struct Store {
     flush_tickets: AtomicU64,
     flushed_through: AtomicU64,
     flush_turn: tokio::sync::Mutex<()>,
+    /// Turns true when sled fails to write: it then refuses every write until reopened.
+    write_failed: tokio::sync::watch::Sender<bool>,
     users: ReadThrough<String, User>,
     bridges: ReadThrough<Uuid, Bridge>,
     rooms: ReadThrough<String, Room>,
@@ -157,6 +159,7 @@ impl Store {
             flush_tickets: AtomicU64::new(0),
             flushed_through: AtomicU64::new(0),
             flush_turn: tokio::sync::Mutex::new(()),
+            write_failed: tokio::sync::watch::channel(false).0,
             users: ReadThrough::new(100_000),
             bridges: ReadThrough::new(100_000),
             rooms: ReadThrough::new(1_000_000),
@@ -238,9 +241,35 @@ impl Store {
             return Ok(());
         }
         let covers = self.flush_tickets.load(Ordering::SeqCst);
-        self.db.flush_async().await?;
+        let flushed = self.db.flush_async().await.map_err(StoreError::from);
+        self.note_write_failure(&flushed);
+        flushed?;
         self.flushed_through.store(covers, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Remembers an I/O error from sled. sled 0.34 keeps one as a global state: every
+    /// later write fails until the database is reopened, while a flush with nothing new
+    /// to write still succeeds, so the first failure is what counts.
+    fn note_write_failure<T>(&self, result: &Result<T, StoreError>) {
+        if let Err(StoreError::Sled(sled::Error::Io(_))) = result {
+            self.write_failed.send_replace(true);
+        }
+    }
+
+    /// Completes once sled failed to write (now or earlier): see [`Store::has_write_failed`].
+    pub async fn write_failure(&self) {
+        let _ = self
+            .write_failed
+            .subscribe()
+            .wait_for(|failed| *failed)
+            .await;
+    }
+
+    /// Whether sled failed to write: transactions and flushes then fail until the database
+    /// is reopened.
+    pub fn has_write_failed(&self) -> bool {
+        *self.write_failed.borrow()
     }
 
     /// The bytes of every key and value in every tree: what the data directory holds

@@ -120,6 +120,12 @@ impl Store {
     /// stay: the retry adds the same ones.
     pub fn commit_transaction(&self, commit: &TransactionCommit<'_>) -> Result<(), StoreError> {
         self.ensure_space()?;
+        let result = self.commit_locked(commit);
+        self.note_write_failure(&result);
+        result
+    }
+
+    fn commit_locked(&self, commit: &TransactionCommit<'_>) -> Result<(), StoreError> {
         let _guard = self.write_lock();
         // Left by an attempt of the same transaction that failed half-way.
         self.undo_commit(commit.txn_id)?;
