@@ -415,3 +415,101 @@ fn init_config_and_completions() {
         .unwrap();
     assert!(out.status.success(), "bash completion parses: {out:?}");
 }
+
+/// `asmux import-config` on the original's example config, and on a filled-in one with
+/// keys asmux does not know: the tokens and secrets carry over unchanged, the result is a
+/// config asmux accepts, and every key left out is named.
+#[test]
+fn import_config_translates_the_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/mautrix-asmux-config.yaml");
+    let config = dir.path().join("config.toml");
+    let run = |old: &std::path::Path, out: &std::path::Path| {
+        std::process::Command::new(binary())
+            .arg("import-config")
+            .arg(old)
+            .arg("-o")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+
+    let out = run(&example, &config);
+    let notes = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{notes}");
+    for expected in [
+        "mux.database: move the data with `asmux import-original",
+        "mux.redis: asmux needs no Redis",
+        "metrics.listen is 0.0.0.0:8000",
+    ] {
+        assert!(notes.contains(expected), "{expected} in {notes}");
+    }
+    assert!(!notes.contains("no equivalent"), "{notes}");
+    // The example still has the placeholders: asmux refuses to run on it, as the
+    // original did, and says why.
+    let check = cli(&config, &["check-config"]);
+    let problems = String::from_utf8_lossy(&check.stdout) + String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success());
+    assert!(problems.contains("example.com"), "{problems}");
+    // Never replaces a file.
+    let again = run(&example, &config);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    let filled = std::fs::read_to_string(&example)
+        .unwrap()
+        .replace("domain: example.com", "domain: home.example.org")
+        .replace(
+            "as_token: \"This value is generated when generating the registration\"",
+            &format!("as_token: {}", "a".repeat(64)),
+        )
+        .replace(
+            "hs_token: \"This value is generated when generating the registration\"",
+            &format!("hs_token: {}", "h".repeat(64)),
+        )
+        .replace(
+            "shared_secret: generate",
+            &format!("shared_secret: {}", "s".repeat(64)),
+        )
+        .replace("    port: 29326\n", "    port: 29326\n    workers: 4\n")
+        + "experimental:\n    turbo: true\n";
+    let old = dir.path().join("filled.yaml");
+    std::fs::write(&old, filled).unwrap();
+    let config = dir.path().join("filled.toml");
+    let out = run(&old, &config);
+    let notes = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{notes}");
+    assert!(
+        notes.contains("mux.workers: no equivalent in asmux"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("experimental.turbo: no equivalent in asmux"),
+        "{notes}"
+    );
+    cli_ok(&config, &["check-config"]);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let new: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(
+        new["homeserver"]["domain"].as_str(),
+        Some("home.example.org")
+    );
+    assert_eq!(
+        new["appservice"]["as_token"].as_str(),
+        Some("a".repeat(64).as_str())
+    );
+    assert_eq!(
+        new["appservice"]["hs_token"].as_str(),
+        Some("h".repeat(64).as_str())
+    );
+    assert_eq!(
+        new["mux"]["shared_secret"].as_str(),
+        Some("s".repeat(64).as_str())
+    );
+    assert_eq!(new["mux"]["hostname"].as_str(), Some("0.0.0.0"));
+    assert_eq!(new["logging"]["level"].as_str(), Some("debug"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the config holds secrets");
+}

@@ -75,6 +75,16 @@ enum Command {
     /// Single-file backups of the whole database.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Translate the config.yaml of mautrix-asmux (the original) into asmux's config,
+    /// keeping its tokens, and list every key without an equivalent.
+    ImportConfig {
+        /// The original's config.yaml
+        old: PathBuf,
+        /// Where to write the new config (refused if it exists); standard output if not
+        /// given
+        #[arg(short, long, value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +247,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Backup(command) => backup_command(&config_path, command),
+        Command::ImportConfig { old, output } => import_config(&old, output.as_deref()),
         Command::Bridge(command) => {
             let config = Config::load(&config_path)?;
             init_logging(&config, true);
@@ -316,6 +327,31 @@ fn serve(config_path: &Path, args: ServeArgs) -> Result<ExitCode> {
         }
     }
     served?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import_config(old: &Path, output: Option<&Path>) -> Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(old).with_context(|| format!("cannot read {}", old.display()))?;
+    let imported = crate::operator::import_config::translate(&text)
+        .with_context(|| format!("cannot translate {}", old.display()))?;
+    match output {
+        Some(path) => {
+            if path.exists() {
+                bail!(
+                    "{} already exists; asmux never replaces a config",
+                    path.display()
+                );
+            }
+            setup::write_atomically(path, imported.toml.as_bytes(), setup::CONFIG_MODE)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("Wrote {}.", path.display());
+        }
+        None => print!("{}", imported.toml),
+    }
+    for note in &imported.notes {
+        eprintln!("note: {note}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

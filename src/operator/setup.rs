@@ -14,7 +14,7 @@ use crate::secret::{lowercase_alphanumeric, urlsafe_token};
 /// Registration files hold the homeserver's tokens; the group bit lets an operator hand
 /// the file to the homeserver's group without making it world-readable.
 const REGISTRATION_MODE: u32 = 0o640;
-const CONFIG_MODE: u32 = 0o600;
+pub const CONFIG_MODE: u32 = 0o600;
 
 /// The double-puppet registration's file, next to asmux's registration.
 pub fn double_puppet_registration_path(registration_path: &Path) -> PathBuf {
