@@ -307,9 +307,11 @@ fn serve(config_path: &Path, args: ServeArgs) -> Result<ExitCode> {
         let services = crate::service::Services::new(config, store)?;
         systemd::notify_ready();
         if let Some(interval) = systemd::watchdog_interval() {
-            services
-                .tasks
-                .spawn(systemd::watchdog(interval, services.store.clone()));
+            services.tasks.spawn(systemd::watchdog(
+                interval,
+                services.store.clone(),
+                services.tasks.clone(),
+            ));
         }
         let stop = async {
             signal.await;

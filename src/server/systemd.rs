@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::store::Store;
+use crate::tasks::Tasks;
 
 /// Tells systemd that the listener is up.
 pub fn notify_ready() {
@@ -31,14 +32,14 @@ pub fn watchdog_interval() -> Option<Duration> {
 /// Pings systemd's watchdog at half its interval for as long as the runtime schedules
 /// this task and the store answers a read, so a wedged runtime or a hung disk gets the
 /// service restarted instead of leaving it up but dead.
-pub async fn watchdog(interval: Duration, store: Arc<Store>) {
+pub async fn watchdog(interval: Duration, store: Arc<Store>, tasks: Tasks) {
     let period = interval / 2;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let store = store.clone();
-        let probe = tokio::task::spawn_blocking(move || store.is_readable());
+        let probe = tasks.spawn_blocking(move || store.is_readable());
         match tokio::time::timeout(period, probe).await {
             Ok(Ok(true)) => notify(sd_notify::NotifyState::Watchdog),
             Ok(_) => tracing::error!("the store cannot be read; not pinging the watchdog"),
