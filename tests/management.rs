@@ -499,3 +499,173 @@ async fn bodies_are_limited() {
     // Nothing was provisioned by the refused request.
     server.root_get(WA).await.assert_error(404, "M_NOT_FOUND");
 }
+
+/// `Authorization: Basic` for `owner:password`.
+fn basic(owner: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        data_encoding::BASE64.encode(format!("{owner}:{password}").as_bytes())
+    )
+}
+
+async fn config_get(server: &TestServer, prefix: &str, what: &str, auth: Option<&str>) -> Reply {
+    let url = server.url(&format!("/_matrix/asmux/public/config/{prefix}/{what}"));
+    send_raw("GET", &url, auth, None).await
+}
+
+/// The config download of section 9: the one-time password from provisioning is traded
+/// once for a lasting one (303 to the download URL carrying it), then used to download the
+/// operator's template filled in; a used or expired password is refused.
+#[tokio::test]
+async fn config_passwords_are_one_time_and_expire() {
+    let hs = Stub::homeserver().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("imessage.yaml"),
+        "homeserver:\n  address: http://old\nbridge:\n  permissions:\n    '@alice:example.test': admin\n",
+    )
+    .unwrap();
+    let extra = "max_pdu_age_seconds = 0\npublic_address = \"https://asmux.example.test/\"\n\
+                 bridge_config_templates = { imessage = \"imessage.yaml\" }";
+    std::fs::write(
+        dir.path().join("config.toml"),
+        config_text_with(&hs.url(), 0, extra),
+    )
+    .unwrap();
+    let server = TestServer::start_in(dir).await;
+    let reg = provision(
+        &server,
+        "/_matrix/asmux/appservice/alice/imessage",
+        SHARED_SECRET,
+        r#"{"push": false, "generate_config": true}"#,
+    )
+    .await;
+    assert_eq!(reg.status, 201, "{}", reg.text);
+    let first = reg.body["com.beeper.asmux"]["config_password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let registered = config_get(
+        &server,
+        "imessage",
+        "register",
+        Some(&basic("alice", &first)),
+    )
+    .await;
+    assert_eq!(registered.status, 303, "{}", registered.text);
+    let location = registered.header("location").unwrap().to_owned();
+    let lasting = location
+        .strip_prefix("https://alice:")
+        .and_then(|rest| {
+            rest.strip_suffix("@asmux.example.test/_matrix/asmux/public/config/imessage/download")
+        })
+        .unwrap_or_else(|| panic!("download URL {location}"))
+        .to_owned();
+    assert_ne!(lasting, first);
+
+    // The one-time password is spent.
+    config_get(
+        &server,
+        "imessage",
+        "register",
+        Some(&basic("alice", &first)),
+    )
+    .await
+    .assert_error(403, "M_UNKNOWN_TOKEN");
+    config_get(
+        &server,
+        "imessage",
+        "download",
+        Some(&basic("alice", &first)),
+    )
+    .await
+    .assert_error(403, "M_UNKNOWN_TOKEN");
+    config_get(&server, "imessage", "download", None)
+        .await
+        .assert_error(403, "M_MISSING_TOKEN");
+    config_get(
+        &server,
+        "whatsapp",
+        "download",
+        Some(&basic("alice", &lasting)),
+    )
+    .await
+    .assert_error(404, "M_NOT_FOUND");
+
+    let download = config_get(
+        &server,
+        "imessage",
+        "download",
+        Some(&basic("alice", &lasting)),
+    )
+    .await;
+    assert_eq!(download.status, 200, "{}", download.text);
+    assert_eq!(download.header("content-type"), Some("text/yaml"));
+    let config: serde_json::Value = serde_yaml_ng::from_str(&download.text).unwrap();
+    assert_eq!(
+        config["homeserver"]["address"],
+        "https://asmux.example.test"
+    );
+    assert_eq!(
+        config["homeserver"]["websocket_proxy"],
+        "wss://asmux.example.test"
+    );
+    assert_eq!(config["homeserver"]["asmux"], true);
+    assert_eq!(config["appservice"]["as_token"], reg.body["as_token"]);
+    assert_eq!(config["appservice"]["hs_token"], reg.body["hs_token"]);
+    assert_eq!(config["bridge"]["user"], "@alice:example.test");
+    assert_eq!(
+        config["bridge"]["username_template"],
+        "_alice_imessage_{{.}}"
+    );
+    assert_eq!(
+        config["bridge"]["permissions"]["@alice:example.test"], "admin",
+        "the template's own keys stay"
+    );
+    // Downloading again works: the lasting password does not expire.
+    let again = config_get(
+        &server,
+        "imessage",
+        "download",
+        Some(&basic("alice", &lasting)),
+    )
+    .await;
+    assert_eq!(again.status, 200);
+
+    // An expired one-time password is refused.
+    let reg = provision(
+        &server,
+        "/_matrix/asmux/appservice/alice/telegram",
+        SHARED_SECRET,
+        r#"{"push": false, "generate_config": true}"#,
+    )
+    .await;
+    let password = reg.body["com.beeper.asmux"]["config_password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dir = server.stop().await;
+    {
+        let store = open_store(&dir.path().join("data"));
+        let bridge = store.bridge_by_name("alice", "telegram").unwrap().unwrap();
+        store
+            .modify_bridge(bridge.id, |b| {
+                if let Some(p) = b.config_password.as_mut() {
+                    p.expires_at = Some(1);
+                }
+            })
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let server = TestServer::start_in(dir).await;
+    config_get(
+        &server,
+        "telegram",
+        "register",
+        Some(&basic("alice", &password)),
+    )
+    .await
+    .assert_error(403, "M_UNKNOWN_TOKEN");
+    server.stop().await;
+}

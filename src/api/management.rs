@@ -29,10 +29,13 @@ pub fn routes(
             .or(surface(services.clone(), matrix_caller(services.clone())))
             .unify(),
     );
+    let public = public_config(services.clone());
     let bearer = surface(services.clone(), bearer_caller(services));
     warp::path!("_matrix" / "asmux" / ..)
         .and(
             options
+                .or(public)
+                .unify()
                 .or(mxauth)
                 .unify()
                 .or(bearer)
@@ -254,6 +257,52 @@ async fn get_bridge(
 ) -> Result<Response, Rejection> {
     let registration = services.management.registration(&caller, &target)?;
     Ok(json(&registration, StatusCode::OK))
+}
+
+/// The config download of a bridge, authenticated by HTTP Basic with its owner and its
+/// config password instead of a bearer token.
+fn public_config(
+    services: Arc<Services>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let register = warp::path!("public" / "config" / Segment / "register")
+        .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(with_services(services.clone()))
+        .and_then(register_config);
+    let download = warp::path!("public" / "config" / Segment / "download")
+        .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(with_services(services))
+        .and_then(download_config);
+    register.or(download).unify()
+}
+
+/// # `GET /_matrix/asmux/public/config/{prefix}/register`
+///
+/// Trades the one-time config password for a lasting one: 303 to the download URL.
+async fn register_config(
+    Segment(prefix): Segment,
+    authorization: Option<String>,
+    services: Arc<Services>,
+) -> Result<Response, Rejection> {
+    let location = services
+        .management
+        .register_config(&services.config, &prefix, authorization.as_deref())
+        .await?;
+    Ok(warp::reply::with_header(StatusCode::SEE_OTHER, "location", location).into_response())
+}
+
+/// # `GET /_matrix/asmux/public/config/{prefix}/download`
+async fn download_config(
+    Segment(prefix): Segment,
+    authorization: Option<String>,
+    services: Arc<Services>,
+) -> Result<Response, Rejection> {
+    let yaml =
+        services
+            .management
+            .download_config(&services.config, &prefix, authorization.as_deref())?;
+    Ok(warp::reply::with_header(yaml, "content-type", "text/yaml").into_response())
 }
 
 /// # `DELETE /_matrix/asmux/appservice/{owner}/{prefix}` and `/appservice/{uuid}`

@@ -5,7 +5,9 @@
 use serde_yaml_ng::Value;
 
 use crate::config::Config;
+use crate::error::Error;
 use crate::operator::registration::BridgeRegistration;
+use crate::store::Bridge;
 
 /// Which framework the bridge is built on; their config layouts differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -15,6 +17,82 @@ pub enum Flavor {
     /// mautrix-python bridges (telegram, googlechat, ...). They only take pushed
     /// transactions: the framework has no websocket client.
     MautrixPython,
+}
+
+/// The config a bridge downloads with its config password: the operator's template for
+/// its prefix (`mux.bridge_config_templates`, a YAML file) with asmux's values set in it,
+/// as the original did for mautrix-imessage; without a template, the blocks
+/// `asmux bridge config` prints (mautrix-go's layout for a websocket bridge, since only
+/// mautrix-go has a websocket client; mautrix-python's for a push bridge).
+pub fn download(
+    config: &Config,
+    bridge: &Bridge,
+    registration: &BridgeRegistration,
+) -> Result<String, Error> {
+    let Some(template) = config.mux.bridge_config_templates.get(&bridge.prefix) else {
+        let flavor = if bridge.push {
+            Flavor::MautrixPython
+        } else {
+            Flavor::MautrixGo
+        };
+        return render(flavor, config, &bridge.owner, &bridge.prefix, registration)
+            .map_err(|e| Error::internal("cannot render a bridge config", e));
+    };
+    let path = config
+        .path
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join(template);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::internal(&format!("cannot read {}", path.display()), e))?;
+    let mut document: Value = serde_yaml_ng::from_str(&text)
+        .map_err(|e| Error::internal(&format!("{} is not YAML", path.display()), e))?;
+    let public = config.mux.public_address.trim_end_matches('/');
+    let websocket = public
+        .replacen("https://", "wss://", 1)
+        .replacen("http://", "ws://", 1);
+    let ghost_prefix = config
+        .namespace()
+        .bridge_localpart_prefix(&bridge.owner, &bridge.prefix);
+    let domain = &config.homeserver.domain;
+    for (key, value) in [
+        ("homeserver.address", Value::from(public)),
+        ("homeserver.websocket_proxy", websocket.into()),
+        ("homeserver.domain", domain.as_str().into()),
+        ("homeserver.asmux", true.into()),
+        ("appservice.id", registration.id.as_str().into()),
+        (
+            "appservice.bot.username",
+            registration.sender_localpart.as_str().into(),
+        ),
+        ("appservice.as_token", registration.as_token.as_str().into()),
+        ("appservice.hs_token", registration.hs_token.as_str().into()),
+        ("bridge.user", format!("@{}:{domain}", bridge.owner).into()),
+        (
+            "bridge.username_template",
+            format!("{ghost_prefix}_{{{{.}}}}").into(),
+        ),
+        (
+            "bridge.login_shared_secret",
+            registration.login_shared_secret.as_str().into(),
+        ),
+    ] {
+        set_path(&mut document, key, value);
+    }
+    serde_yaml_ng::to_string(&document).map_err(|e| Error::internal("cannot write YAML", e))
+}
+
+/// Sets a dotted `path` in a YAML document, making the mappings on the way.
+fn set_path(document: &mut Value, path: &str, value: Value) {
+    let mut node = document;
+    for key in path.split('.') {
+        if !node.is_mapping() {
+            *node = Value::Mapping(Default::default());
+        }
+        let Value::Mapping(map) = node else { return };
+        node = map.entry(Value::from(key)).or_insert(Value::Null);
+    }
+    *node = value;
 }
 
 /// Seconds between the websocket pings a mautrix-go bridge sends; asmux answers them.

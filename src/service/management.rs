@@ -521,6 +521,76 @@ impl Management {
         self.store.flush().await.map_err(Error::from)
     }
 
+    /// `GET /public/config/{prefix}/register` with HTTP Basic `owner:password`: trades the
+    /// one-time config password for a new one that does not expire, and returns the
+    /// download URL that carries it.
+    pub async fn register_config(
+        &self,
+        config: &Config,
+        prefix: &str,
+        authorization: Option<&str>,
+    ) -> Result<String, Error> {
+        let bridge = self.config_login(prefix, authorization)?;
+        let (plain, mut stored) = new_config_password(0);
+        stored.expires_at = None;
+        self.store
+            .modify_bridge(bridge.id, |b| b.config_password = Some(stored))?;
+        self.flush().await?;
+        let base = config.mux.public_address.trim_end_matches('/');
+        let (scheme, rest) = base.split_once("://").unwrap_or(("https", base));
+        Ok(format!(
+            "{scheme}://{}:{plain}@{rest}/_matrix/asmux/public/config/{}/download",
+            bridge.owner, bridge.prefix
+        ))
+    }
+
+    /// `GET /public/config/{prefix}/download` with HTTP Basic `owner:password`: the
+    /// bridge's config, as YAML.
+    pub fn download_config(
+        &self,
+        config: &Config,
+        prefix: &str,
+        authorization: Option<&str>,
+    ) -> Result<String, Error> {
+        let bridge = self.config_login(prefix, authorization)?;
+        let registration = self.registration_of(&bridge, None, 0)?;
+        crate::operator::bridge_config::download(config, &bridge, &registration)
+    }
+
+    /// The bridge `owner`/`prefix` whose config password is in the Basic credentials.
+    fn config_login(
+        &self,
+        prefix: &str,
+        authorization: Option<&str>,
+    ) -> Result<Arc<Bridge>, Error> {
+        let invalid = || Error::UnknownToken("Invalid config password");
+        let (owner, password) = authorization
+            .and_then(|h| h.strip_prefix("Basic "))
+            .and_then(|b| data_encoding::BASE64.decode(b.trim().as_bytes()).ok())
+            .and_then(|raw| String::from_utf8(raw).ok())
+            .and_then(|text| {
+                let (owner, password) = text.split_once(':')?;
+                Some((owner.to_owned(), password.to_owned()))
+            })
+            .ok_or(Error::MissingToken(
+                "Missing or invalid Basic authorization header",
+            ))?;
+        let bridge = self
+            .store
+            .bridge_by_name(&owner, prefix)?
+            .ok_or(Error::NotFound("Application service not found."))?;
+        let stored = bridge.config_password.as_ref().ok_or_else(invalid)?;
+        let presented: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+        let matches: bool =
+            subtle::ConstantTimeEq::ct_eq(&presented[..], &stored.sha256[..]).into();
+        let live = stored.expires_at.is_none_or(|at| now().as_secs() < at);
+        if matches && live {
+            Ok(bridge)
+        } else {
+            Err(invalid())
+        }
+    }
+
     /// Runs store work that reads or removes without bound (a bridge's rooms, a queue) on
     /// a blocking thread, so a large bridge does not stall routing on the async threads.
     async fn off_thread<T: Send + 'static>(
