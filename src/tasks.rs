@@ -54,15 +54,6 @@ impl Tasks {
         }
     }
 
-    /// Completes once the set is being stopped.
-    pub async fn cancelled(&self) {
-        self.cancel.cancelled().await;
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        self.cancel.is_cancelled()
-    }
-
     /// Tasks that have not ended yet.
     pub fn running(&self) -> usize {
         self.tracker.len()

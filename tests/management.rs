@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use data_encoding::BASE64;
 use serde_json::json;
 
 const WA: &str = "/_matrix/asmux/appservice/alice/whatsapp";
@@ -500,17 +501,17 @@ async fn bodies_are_limited() {
     server.root_get(WA).await.assert_error(404, "M_NOT_FOUND");
 }
 
-/// `Authorization: Basic` for `owner:password`.
-fn basic(owner: &str, password: &str) -> String {
-    format!(
-        "Basic {}",
-        data_encoding::BASE64.encode(format!("{owner}:{password}").as_bytes())
-    )
-}
-
-async fn config_get(server: &TestServer, prefix: &str, what: &str, auth: Option<&str>) -> Reply {
+/// `GET /_matrix/asmux/public/config/{prefix}/{what}` with HTTP Basic `alice:password`.
+async fn config_get(
+    server: &TestServer,
+    prefix: &str,
+    what: &str,
+    password: Option<&str>,
+) -> Reply {
     let url = server.url(&format!("/_matrix/asmux/public/config/{prefix}/{what}"));
-    send_raw("GET", &url, auth, None).await
+    let auth =
+        password.map(|p| format!("Basic {}", BASE64.encode(format!("alice:{p}").as_bytes())));
+    send_raw("GET", &url, auth.as_deref(), None).await
 }
 
 /// The config download of section 9: the one-time password from provisioning is traded
@@ -546,13 +547,7 @@ async fn config_passwords_are_one_time_and_expire() {
         .unwrap()
         .to_owned();
 
-    let registered = config_get(
-        &server,
-        "imessage",
-        "register",
-        Some(&basic("alice", &first)),
-    )
-    .await;
+    let registered = config_get(&server, "imessage", "register", Some(&first)).await;
     assert_eq!(registered.status, 303, "{}", registered.text);
     let location = registered.header("location").unwrap().to_owned();
     let lasting = location
@@ -565,41 +560,20 @@ async fn config_passwords_are_one_time_and_expire() {
     assert_ne!(lasting, first);
 
     // The one-time password is spent.
-    config_get(
-        &server,
-        "imessage",
-        "register",
-        Some(&basic("alice", &first)),
-    )
-    .await
-    .assert_error(403, "M_UNKNOWN_TOKEN");
-    config_get(
-        &server,
-        "imessage",
-        "download",
-        Some(&basic("alice", &first)),
-    )
-    .await
-    .assert_error(403, "M_UNKNOWN_TOKEN");
+    config_get(&server, "imessage", "register", Some(&first))
+        .await
+        .assert_error(403, "M_UNKNOWN_TOKEN");
+    config_get(&server, "imessage", "download", Some(&first))
+        .await
+        .assert_error(403, "M_UNKNOWN_TOKEN");
     config_get(&server, "imessage", "download", None)
         .await
         .assert_error(403, "M_MISSING_TOKEN");
-    config_get(
-        &server,
-        "whatsapp",
-        "download",
-        Some(&basic("alice", &lasting)),
-    )
-    .await
-    .assert_error(404, "M_NOT_FOUND");
+    config_get(&server, "whatsapp", "download", Some(&lasting))
+        .await
+        .assert_error(404, "M_NOT_FOUND");
 
-    let download = config_get(
-        &server,
-        "imessage",
-        "download",
-        Some(&basic("alice", &lasting)),
-    )
-    .await;
+    let download = config_get(&server, "imessage", "download", Some(&lasting)).await;
     assert_eq!(download.status, 200, "{}", download.text);
     assert_eq!(download.header("content-type"), Some("text/yaml"));
     let config: serde_json::Value = serde_yaml_ng::from_str(&download.text).unwrap();
@@ -624,13 +598,7 @@ async fn config_passwords_are_one_time_and_expire() {
         "the template's own keys stay"
     );
     // Downloading again works: the lasting password does not expire.
-    let again = config_get(
-        &server,
-        "imessage",
-        "download",
-        Some(&basic("alice", &lasting)),
-    )
-    .await;
+    let again = config_get(&server, "imessage", "download", Some(&lasting)).await;
     assert_eq!(again.status, 200);
 
     // An expired one-time password is refused.
@@ -659,13 +627,8 @@ async fn config_passwords_are_one_time_and_expire() {
         store.flush().await.unwrap();
     }
     let server = TestServer::start_in(dir).await;
-    config_get(
-        &server,
-        "telegram",
-        "register",
-        Some(&basic("alice", &password)),
-    )
-    .await
-    .assert_error(403, "M_UNKNOWN_TOKEN");
+    config_get(&server, "telegram", "register", Some(&password))
+        .await
+        .assert_error(403, "M_UNKNOWN_TOKEN");
     server.stop().await;
 }

@@ -17,6 +17,13 @@ use tokio::net::{TcpListener, TcpStream};
 /// Longer than a stopping server may take (requests' deadline, then blocking work's).
 const STOP_BOUND: Duration = Duration::from_secs(20);
 
+/// Stops the server, which must end within [`STOP_BOUND`] whatever its peers do.
+async fn stop_in_time(server: TestServer) {
+    tokio::time::timeout(STOP_BOUND, server.stop())
+        .await
+        .expect("shutdown ended in time");
+}
+
 fn join(prefix: &str, room: &str) -> Value {
     json!({"type": "m.room.member", "room_id": room, "sender": "@alice:example.test",
            "state_key": format!("@_alice_{prefix}_bot:example.test"),
@@ -175,9 +182,7 @@ async fn a_push_bridge_that_never_answers_delays_no_other_bridge() {
     .await;
     assert_eq!(stuck["queue_depth"], 21, "{stuck}");
     assert!(status(&server, "alice/healthy").await["unreachable_since"].is_null());
-    tokio::time::timeout(STOP_BOUND, server.stop())
-        .await
-        .expect("shutdown ended in time");
+    stop_in_time(server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,9 +221,7 @@ async fn a_websocket_peer_gone_without_a_word_is_detected_by_its_missing_pong() 
     assert!(!gone["unreachable_since"].is_null(), "{gone}");
     assert!(gone["queue_depth"].as_u64().unwrap() >= 1, "kept: {gone}");
     assert_eq!(status(&server, "alice/live").await["connected"], true);
-    tokio::time::timeout(STOP_BOUND, server.stop())
-        .await
-        .expect("shutdown ended in time");
+    stop_in_time(server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,9 +264,7 @@ async fn a_slow_homeserver_answer_holds_up_only_the_request_waiting_for_it() {
     let answered = waiting.await.unwrap().expect("answered");
     assert_eq!(answered.status, 200, "{}", answered.text);
     assert_eq!(answered.body["path"], held);
-    tokio::time::timeout(STOP_BOUND, server.stop())
-        .await
-        .expect("shutdown ended in time");
+    stop_in_time(server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,9 +364,7 @@ async fn shutdown_ends_in_time_with_every_kind_of_stuck_peer() {
         .unwrap();
 
     let started = Instant::now();
-    tokio::time::timeout(STOP_BOUND, server.stop())
-        .await
-        .expect("shutdown ended in time");
+    stop_in_time(server).await;
     eprintln!("shutdown with stuck peers took {:?}", started.elapsed());
     assert!(
         waiting.await.unwrap().is_none(),

@@ -205,7 +205,7 @@ impl Management {
             .unwrap_or(CONFIG_PASSWORD_LIFETIME.1);
         let password = request
             .generate_config
-            .then(|| new_config_password(lifetime));
+            .then(|| new_config_password(Some(lifetime)));
 
         if let Some(existing) = self.find(caller, target)? {
             let stored = password.as_ref().map(|(_, stored)| stored.clone());
@@ -531,8 +531,7 @@ impl Management {
         authorization: Option<&str>,
     ) -> Result<String, Error> {
         let bridge = self.config_login(prefix, authorization)?;
-        let (plain, mut stored) = new_config_password(0);
-        stored.expires_at = None;
+        let (plain, stored) = new_config_password(None);
         self.store
             .modify_bridge(bridge.id, |b| b.config_password = Some(stored))?;
         self.flush().await?;
@@ -618,14 +617,15 @@ fn with_password(
     registration
 }
 
-/// A one-time config download password: shown once, stored as SHA-256.
-fn new_config_password(lifetime: u64) -> (String, ConfigPassword) {
+/// A config download password valid for `lifetime` seconds (`None`: no expiry): shown
+/// once, stored as SHA-256.
+fn new_config_password(lifetime: Option<u64>) -> (String, ConfigPassword) {
     let mut bytes = [0u8; 32];
     rand::Rng::fill(&mut rand::rng(), &mut bytes);
     let plain = BASE32_NOPAD.encode(&bytes);
     let stored = ConfigPassword {
         sha256: Sha256::digest(plain.as_bytes()).into(),
-        expires_at: Some(now().as_secs() + lifetime),
+        expires_at: lifetime.map(|l| now().as_secs() + l),
     };
     (plain, stored)
 }
