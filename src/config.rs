@@ -558,6 +558,17 @@ impl Config {
         warnings
     }
 
+    /// The URL bridges and users reach asmux at: `mux.public_address`, else the one the
+    /// homeserver uses; without a trailing `/`.
+    pub fn public_base(&self) -> &str {
+        let url = if self.mux.public_address.is_empty() {
+            &self.appservice.address
+        } else {
+            &self.mux.public_address
+        };
+        url.trim_end_matches('/')
+    }
+
     /// asmux's namespace on the homeserver.
     pub fn namespace(&self) -> Namespace {
         Namespace::new(

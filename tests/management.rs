@@ -632,3 +632,116 @@ async fn config_passwords_are_one_time_and_expire() {
         .assert_error(403, "M_UNKNOWN_TOKEN");
     server.stop().await;
 }
+
+/// `/user/{id}/proxy`: absent until set; a PUT makes an encrypted Ed25519 key and SOCKS
+/// credentials once and then only replaces the SSH settings (unless `regenerate`); the
+/// private key is shown only to the user's own Matrix token; it survives a restart.
+#[tokio::test]
+async fn proxy_settings_keep_their_key_and_show_it_only_to_the_user() {
+    let hs = Stub::homeserver().await;
+    let server = TestServer::start(&hs).await;
+    let alice = user_token(&server, "alice").await;
+    let bob = user_token(&server, "bob").await;
+    hs.add_token("alice-matrix-token", "@alice:example.test");
+    let url = server.url("/_matrix/asmux/user/alice/proxy");
+
+    let missing = send("GET", &url, Some(&alice), None).await;
+    missing.assert_error(404, "M_NOT_FOUND");
+    assert_eq!(missing.body["error"], "Proxy config not set.");
+    send("PUT", &url, Some(&alice), Some("not json"))
+        .await
+        .assert_error(400, "M_NOT_JSON");
+    send("GET", &url, Some(&bob), None)
+        .await
+        .assert_error(401, "M_UNAUTHORIZED");
+
+    let settings = r#"{"host": "proxy.example.test", "port": 22, "publicKey": "forged"}"#;
+    let first = send("PUT", &url, Some(&alice), Some(settings)).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let public_key = first.body["ssh"]["publicKey"].as_str().unwrap().to_owned();
+    assert!(public_key.starts_with("ssh-ed25519 "), "{public_key}");
+    assert_eq!(first.body["ssh"]["host"], "proxy.example.test");
+    assert_eq!(first.body["socks"]["username"], "nova-alice-proxy");
+    assert!(first.body["ssh"].get("privateKey").is_none());
+
+    let second = send("PUT", &url, Some(&alice), Some(r#"{"host": "h2"}"#)).await;
+    assert_eq!(second.body["ssh"]["publicKey"], public_key.as_str());
+    assert_eq!(second.body["socks"], first.body["socks"]);
+    assert_eq!(second.body["ssh"]["host"], "h2");
+    assert!(second.body["ssh"].get("port").is_none(), "{}", second.text);
+
+    let server = server.restart().await;
+    let url = server.url("/_matrix/asmux/user/alice/proxy");
+    let mxauth = server.url("/_matrix/asmux/mxauth/user/alice/proxy");
+    let shown = send("GET", &url, Some(SHARED_SECRET), None).await;
+    assert_eq!(shown.body, second.body);
+    let private = send("GET", &mxauth, Some("alice-matrix-token"), None).await;
+    assert_eq!(private.status, 200, "{}", private.text);
+    let key =
+        ssh_key::PrivateKey::from_openssh(private.body["ssh"]["privateKey"].as_str().unwrap())
+            .unwrap();
+    let passphrase = private.body["ssh"]["passphrase"].as_str().unwrap();
+    let key = key.decrypt(passphrase).unwrap();
+    assert_eq!(key.public_key().to_openssh().unwrap(), public_key);
+
+    let regenerated = send(
+        "PUT",
+        &format!("{url}?regenerate=true"),
+        Some(&alice),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(regenerated.status, 200, "{}", regenerated.text);
+    assert_ne!(regenerated.body["ssh"]["publicKey"], public_key.as_str());
+    assert_ne!(
+        regenerated.body["socks"]["password"],
+        first.body["socks"]["password"]
+    );
+    server.stop().await;
+}
+
+/// Sync proxying belonged to the original's hosted stack: its error callback says so.
+#[tokio::test]
+async fn syncproxy_errors_are_answered_as_unsupported() {
+    let hs = Stub::homeserver().await;
+    let server = TestServer::start(&hs).await;
+    let url = server.url("/_matrix/app/unstable/fi.mau.syncproxy/error/txn1");
+    send("PUT", &url, None, Some("{}"))
+        .await
+        .assert_error(401, "M_UNKNOWN_TOKEN");
+    let reply = send("PUT", &url, Some(HS_TOKEN), Some("{}")).await;
+    reply.assert_error(501, "M_UNRECOGNIZED");
+    assert!(
+        reply.text.contains("does not support sync proxying"),
+        "{}",
+        reply.text
+    );
+}
+
+/// Without `mux.public_address`, config download links point where the homeserver
+/// reaches asmux.
+#[tokio::test]
+async fn download_links_fall_back_to_the_appservice_address() {
+    let hs = Stub::homeserver().await;
+    let server = TestServer::start(&hs).await;
+    let reg = provision(
+        &server,
+        "/_matrix/asmux/appservice/alice/imessage",
+        SHARED_SECRET,
+        r#"{"push": false, "generate_config": true}"#,
+    )
+    .await;
+    let password = reg.body["com.beeper.asmux"]["config_password"]
+        .as_str()
+        .unwrap()
+        .to_lowercase();
+    let registered = config_get(&server, "imessage", "register", Some(&password)).await;
+    assert_eq!(registered.status, 303, "{}", registered.text);
+    let location = registered.header("location").unwrap();
+    assert!(
+        location.starts_with("http://alice:")
+            && location.ends_with("@localhost:29326/_matrix/asmux/public/config/imessage/download"),
+        "{location}"
+    );
+    server.stop().await;
+}

@@ -49,7 +49,26 @@ pub fn routes(
         .and(homeserver_auth(services.clone()))
         .and(with_services(services.clone()))
         .and_then(query);
-    transaction.or(ping).unify().or(query).unify()
+    // The original relayed mautrix-syncproxy's errors here; asmux runs no sync proxy, so
+    // whoever calls learns that plainly instead of an unknown-route 404.
+    let syncproxy_error =
+        warp::path!("_matrix" / "app" / "unstable" / "fi.mau.syncproxy" / "error" / Segment)
+            .and(warp::put())
+            .and(homeserver_auth(services.clone()))
+            .and_then(|_txn: Segment| async {
+                Err::<Response, _>(warp::reject::custom(Error::Custom {
+                    status: StatusCode::NOT_IMPLEMENTED,
+                    errcode: "M_UNRECOGNIZED",
+                    message: "asmux does not support sync proxying (mautrix-syncproxy)".into(),
+                }))
+            });
+    transaction
+        .or(ping)
+        .unify()
+        .or(query)
+        .unify()
+        .or(syncproxy_error)
+        .unify()
 }
 
 enum QueryKind {

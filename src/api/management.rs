@@ -26,11 +26,15 @@ pub fn routes(
     });
     let mxauth = warp::path("mxauth").and(
         exec_route(services.clone())
-            .or(surface(services.clone(), matrix_caller(services.clone())))
+            .or(surface(
+                services.clone(),
+                matrix_caller(services.clone()),
+                true,
+            ))
             .unify(),
     );
     let public = public_config(services.clone());
-    let bearer = surface(services.clone(), bearer_caller(services));
+    let bearer = surface(services.clone(), bearer_caller(services), false);
     warp::path!("_matrix" / "asmux" / ..)
         .and(
             options
@@ -47,9 +51,12 @@ pub fn routes(
 }
 
 /// The management routes, authenticated by `caller` (checked after the path matched).
+/// `matrix_auth` tells that the caller proved itself with its own Matrix access token,
+/// which alone may see the private half of its proxy settings.
 fn surface<C>(
     services: Arc<Services>,
     caller: C,
+    matrix_auth: bool,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone
 where
     C: Filter<Extract = (Caller,), Error = Rejection> + Clone + Send + Sync + 'static,
@@ -57,11 +64,8 @@ where
     let limit = services.config.mux.max_management_body_bytes;
     let by_id = warp::path!("appservice" / Segment)
         .and_then(|Segment(id)| async move { BridgeRef::id(&id).map_err(warp::reject::custom) });
-    let by_name = warp::path!("appservice" / Segment / Segment).and_then(
-        |Segment(owner), Segment(prefix)| async move {
-            BridgeRef::name(&owner, &prefix).map_err(warp::reject::custom)
-        },
-    );
+    let by_name = warp::path!("appservice" / Segment / Segment)
+        .map(|Segment(owner), Segment(prefix)| BridgeRef::name(&owner, &prefix));
     let bridge = by_id.or(by_name).unify();
 
     let provision = bridge
@@ -121,6 +125,26 @@ where
         .and(caller.clone())
         .and(with_services(services.clone()))
         .and_then(get_user);
+    let get_proxy = warp::path!("user" / Segment / "proxy")
+        .and(warp::get())
+        .and(caller.clone())
+        .and(with_services(services.clone()))
+        .and_then(
+            move |Segment(id), caller: Caller, services: Arc<Services>| async move {
+                let config = services
+                    .management
+                    .user_proxy(&caller, &id, matrix_auth)
+                    .await?;
+                Ok::<_, Rejection>(json(&config, StatusCode::OK))
+            },
+        );
+    let put_proxy = warp::path!("user" / Segment / "proxy")
+        .and(warp::put())
+        .and(raw_query())
+        .and(caller.clone())
+        .and(body::limited(limit))
+        .and(with_services(services.clone()))
+        .and_then(put_proxy);
     let room = warp::path!("room" / Segment)
         .and(warp::delete())
         .and(caller)
@@ -137,6 +161,10 @@ where
         .or(statuses)
         .unify()
         .or(user)
+        .unify()
+        .or(get_proxy)
+        .unify()
+        .or(put_proxy)
         .unify()
         .or(room)
         .unify()
@@ -162,11 +190,9 @@ fn exec_route(
                 .map_err(warp::reject::custom)
         })
         .or(
-            warp::path!("appservice" / Segment / Segment / "exec" / Segment).and_then(
-                |Segment(owner), Segment(prefix), Segment(command)| async move {
-                    BridgeRef::name(&owner, &prefix)
-                        .map(|t| (t, command))
-                        .map_err(warp::reject::custom)
+            warp::path!("appservice" / Segment / Segment / "exec" / Segment).map(
+                |Segment(owner), Segment(prefix), Segment(command)| {
+                    (BridgeRef::name(&owner, &prefix), command)
                 },
             ),
         )
@@ -194,9 +220,7 @@ fn bridge_action(
         .and(warp::path::param::<Segment>())
         .and(warp::path(action))
         .and(warp::path::end())
-        .and_then(|Segment(owner), Segment(prefix)| async move {
-            BridgeRef::name(&owner, &prefix).map_err(warp::reject::custom)
-        });
+        .map(|Segment(owner), Segment(prefix)| BridgeRef::name(&owner, &prefix));
     by_id.or(by_name).unify()
 }
 
@@ -424,6 +448,24 @@ async fn get_user(
         });
     let user = services.management.user(&caller, &id, create).await?;
     Ok(json(&user, StatusCode::OK))
+}
+
+/// # `PUT /_matrix/asmux/user/{id}/proxy[?regenerate=true]`
+async fn put_proxy(
+    Segment(id): Segment,
+    query: String,
+    caller: Caller,
+    body: Bytes,
+    services: Arc<Services>,
+) -> Result<Response, Rejection> {
+    let settings: serde_json::Map<String, serde_json::Value> = body::parse_json(&body)?;
+    let regenerate = query_param(&query, "regenerate")
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "t" | "true"));
+    let config = services
+        .management
+        .set_user_proxy(&caller, &id, settings, regenerate)
+        .await?;
+    Ok(json(&config, StatusCode::OK))
 }
 
 /// # `DELETE /_matrix/asmux/room/{roomId}`

@@ -13,12 +13,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, LogFormat};
-use crate::operator::bridge_config;
 use crate::operator::registration::BridgeRegistration;
 use crate::operator::setup;
+use crate::operator::{bridge_config, import_original};
 use crate::server::{shutdown, systemd};
 use crate::service::management::{BridgeRef, ProvisionRequest};
-use crate::store::Store;
+use crate::store::{self, Store};
 use backend::Backend;
 
 /// The config file used when `-c` is not given and it exists.
@@ -84,6 +84,27 @@ enum Command {
         /// given
         #[arg(short, long, value_name = "PATH")]
         output: Option<PathBuf>,
+    },
+    /// Import the PostgreSQL database of mautrix-asmux (the original) into a new data
+    /// directory: every user, bridge and room, with their UUIDs and tokens.
+    ImportOriginal {
+        /// The original's database, as a postgres:// URL or libpq's key=value form
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "ASMUX_ORIGINAL_DATABASE",
+            hide_env_values = true
+        )]
+        database: String,
+        /// The data directory to fill [default: mux.data_dir of the config]
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Read and check everything, write nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Replace a non-empty data directory
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -248,6 +269,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Backup(command) => backup_command(&config_path, command),
         Command::ImportConfig { old, output } => import_config(&old, output.as_deref()),
+        Command::ImportOriginal {
+            database,
+            data_dir,
+            dry_run,
+            force,
+        } => {
+            let data_dir = match data_dir {
+                Some(dir) => dir,
+                None => Config::load(&config_path)?.data_dir(),
+            };
+            import_original(&import_original::Options {
+                database,
+                data_dir,
+                dry_run,
+                force,
+            })
+        }
         Command::Bridge(command) => {
             let config = Config::load(&config_path)?;
             init_logging(&config, true);
@@ -357,6 +395,23 @@ fn import_config(old: &Path, output: Option<&Path>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn import_original(options: &import_original::Options) -> Result<ExitCode> {
+    let plan = runtime()?
+        .block_on(import_original::run(options))
+        .context("nothing was imported")?;
+    let dir = options.data_dir.display();
+    if options.dry_run {
+        println!("Dry run: the database can be imported; nothing was written.");
+        if store::replace::holds_anything(&options.data_dir) {
+            println!("{dir} is not empty: the import will need --force to replace it.");
+        }
+    } else {
+        println!("Imported into {dir}:");
+    }
+    print!("{}", plan.summary());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_first_run(config: &Path, registration: &Path) {
     let registration =
         std::fs::canonicalize(registration).unwrap_or_else(|_| registration.to_owned());
@@ -432,7 +487,7 @@ async fn bridge_command(config: Config, command: BridgeCommand) -> Result<ExitCo
             bot,
             format,
         } => {
-            let target = BridgeRef::name(&owner, &prefix)?;
+            let target = BridgeRef::name(&owner, &prefix);
             let request = ProvisionRequest {
                 push: Some(!websocket),
                 address: address.or(websocket.then(String::new)),
@@ -506,7 +561,7 @@ async fn bridge_command(config: Config, command: BridgeCommand) -> Result<ExitCo
             flavor,
         } => {
             let registration = backend
-                .registration(&BridgeRef::name(&owner, &prefix)?)
+                .registration(&BridgeRef::name(&owner, &prefix))
                 .await?;
             let block = bridge_config::render(flavor, &config, &owner, &prefix, &registration)
                 .map_err(anyhow::Error::msg)?;
@@ -519,7 +574,7 @@ async fn bridge_command(config: Config, command: BridgeCommand) -> Result<ExitCo
             output,
         } => {
             let registration = backend
-                .registration(&BridgeRef::name(&owner, &prefix)?)
+                .registration(&BridgeRef::name(&owner, &prefix))
                 .await?;
             match output {
                 Some(path) => {
@@ -591,9 +646,9 @@ fn backup_command(config_path: &Path, command: BackupCommand) -> Result<ExitCode
 /// `OWNER PREFIX`, `OWNER/PREFIX` or `UUID`.
 fn bridge_ref(args: &[String]) -> Result<BridgeRef> {
     let target = match args {
-        [owner, prefix] => BridgeRef::name(owner, prefix),
+        [owner, prefix] => Ok(BridgeRef::name(owner, prefix)),
         [one] => match one.split_once('/') {
-            Some((owner, prefix)) => BridgeRef::name(owner, prefix),
+            Some((owner, prefix)) => Ok(BridgeRef::name(owner, prefix)),
             None => BridgeRef::id(one),
         },
         _ => bail!("name a bridge as OWNER PREFIX, OWNER/PREFIX or UUID"),

@@ -47,7 +47,7 @@ pub fn download(
         .map_err(|e| Error::internal(&format!("cannot read {}", path.display()), e))?;
     let mut document: Value = serde_yaml_ng::from_str(&text)
         .map_err(|e| Error::internal(&format!("{} is not YAML", path.display()), e))?;
-    let public = config.mux.public_address.trim_end_matches('/');
+    let public = config.public_base();
     let websocket = public
         .replacen("https://", "wss://", 1)
         .replacen("http://", "ws://", 1);
@@ -113,7 +113,7 @@ pub fn render(
     );
     let domain = config.homeserver.domain.as_str();
     let homeserver = vec![
-        ("address", Value::from(homeserver_url(config))),
+        ("address", Value::from(config.public_base())),
         ("domain", domain.into()),
         ("software", "standard".into()),
     ];
@@ -228,15 +228,6 @@ fn map<'a>(entries: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
             .map(|(key, value)| (Value::from(key), value))
             .collect(),
     )
-}
-
-/// The URL bridges reach asmux at: the public address, else the one the homeserver uses.
-fn homeserver_url(config: &Config) -> &str {
-    if config.mux.public_address.is_empty() {
-        &config.appservice.address
-    } else {
-        &config.mux.public_address
-    }
 }
 
 /// Where a push bridge listens: `(address, host, port)` from its registered URL.

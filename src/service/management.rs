@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use data_encoding::BASE32_NOPAD;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -17,7 +18,19 @@ use crate::secret::{bearer, urlsafe_token, Secret};
 use crate::service::bridge_requests::{self, BridgeStatus};
 use crate::service::delivery::Delivery;
 use crate::service::homeserver::Homeserver;
+use crate::service::user_proxy;
 use crate::store::{Bridge, ConfigPassword, Store, User};
+
+/// The proxy settings stored for `user`, as JSON.
+fn stored_proxy_config(user: &User) -> Result<Option<Value>, Error> {
+    user.proxy_config
+        .as_ref()
+        .map(|text| {
+            serde_json::from_str(text.expose())
+                .map_err(|e| Error::internal("stored proxy settings are not JSON", e))
+        })
+        .transpose()
+}
 
 /// Bounds and default of a config password's lifetime, in seconds.
 const CONFIG_PASSWORD_LIFETIME: (u64, u64, u64) = (30, 300, 3600);
@@ -46,23 +59,29 @@ impl BridgeRef {
             .map_err(|_| Error::BadRequest("Invalid UUID".into()))
     }
 
-    /// Parses the `{owner}/{prefix}` path form.
-    pub fn name(owner: &str, prefix: &str) -> Result<BridgeRef, Error> {
-        if !is_valid_name(owner) {
-            return Err(Error::BadRequest(
-                "Appservice owner must match [a-z0-9=.-]{1,32}".into(),
-            ));
-        }
-        if !is_valid_name(prefix) {
-            return Err(Error::BadRequest(
-                "Appservice prefix must match [a-z0-9=.-]{1,32}".into(),
-            ));
-        }
-        Ok(BridgeRef::Name {
+    /// The `{owner}/{prefix}` path form. Any name is looked up (imported bridges may
+    /// have names made by hand); new bridges are checked by [`check_new_name`].
+    pub fn name(owner: &str, prefix: &str) -> BridgeRef {
+        BridgeRef::Name {
             owner: owner.to_owned(),
             prefix: prefix.to_owned(),
-        })
+        }
     }
+}
+
+/// The names the original allowed for new bridges.
+fn check_new_name(owner: &str, prefix: &str) -> Result<(), Error> {
+    if !is_valid_name(owner) {
+        return Err(Error::BadRequest(
+            "Appservice owner must match [a-z0-9=.-]{1,32}".into(),
+        ));
+    }
+    if !is_valid_name(prefix) {
+        return Err(Error::BadRequest(
+            "Appservice prefix must match [a-z0-9=.-]{1,32}".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Body of `PUT /appservice/...`; absent fields keep their current value.
@@ -217,6 +236,7 @@ impl Management {
         let BridgeRef::Name { owner, prefix } = target else {
             return Err(self.not_found(caller));
         };
+        check_new_name(owner, prefix)?;
         let owner_user = match caller {
             Caller::Root => self.store.create_user(owner)?,
             Caller::User(user) => user.clone(),
@@ -433,6 +453,57 @@ impl Management {
         })
     }
 
+    /// `GET /user/{id}/proxy`: the user's proxy settings; the private key only when
+    /// `private` (a request authenticated by the user's own Matrix token).
+    pub async fn user_proxy(
+        &self,
+        caller: &Caller,
+        id: &str,
+        private: bool,
+    ) -> Result<Value, Error> {
+        let user = self.user_record(caller, id)?;
+        let config = stored_proxy_config(&user)?.ok_or(Error::NotFound("Proxy config not set."))?;
+        Ok(user_proxy::shown(&config, private))
+    }
+
+    /// `PUT /user/{id}/proxy`: stores the SSH settings of `settings`, with new credentials
+    /// when there were none or `regenerate`.
+    pub async fn set_user_proxy(
+        &self,
+        caller: &Caller,
+        id: &str,
+        settings: Map<String, Value>,
+        regenerate: bool,
+    ) -> Result<Value, Error> {
+        let user = self.user_record(caller, id)?;
+        let config = match stored_proxy_config(&user)? {
+            Some(config) if !regenerate => config,
+            _ => user_proxy::generate(&user.id)?,
+        };
+        let config = user_proxy::with_settings(config, settings);
+        self.store.ensure_space()?;
+        if !self
+            .store
+            .set_proxy_config(&user.id, Some(Secret::new(config.to_string())))?
+        {
+            return Err(Error::NotFound("User not found."));
+        }
+        self.flush().await?;
+        Ok(user_proxy::shown(&config, false))
+    }
+
+    /// The user `id` as `caller` may see it (never created).
+    fn user_record(&self, caller: &Caller, id: &str) -> Result<Arc<User>, Error> {
+        match caller {
+            Caller::User(user) if user.id == id => Ok(self.store.user(id)?.unwrap_or(user.clone())),
+            Caller::User(_) => Err(Error::Unauthorized("You can only access your own user")),
+            Caller::Root => self
+                .store
+                .user(id)?
+                .ok_or(Error::NotFound("User not found.")),
+        }
+    }
+
     /// `DELETE /room/{roomId}`: drops the room's events from now on (root only).
     pub async fn delete_room(&self, caller: &Caller, room_id: &str) -> Result<(), Error> {
         if !matches!(caller, Caller::Root) {
@@ -535,7 +606,7 @@ impl Management {
         self.store
             .modify_bridge(bridge.id, |b| b.config_password = Some(stored))?;
         self.flush().await?;
-        let base = config.mux.public_address.trim_end_matches('/');
+        let base = config.public_base();
         let (scheme, rest) = base.split_once("://").unwrap_or(("https", base));
         Ok(format!(
             "{scheme}://{}:{plain}@{rest}/_matrix/asmux/public/config/{}/download",
@@ -579,10 +650,15 @@ impl Management {
             .bridge_by_name(&owner, prefix)?
             .ok_or(Error::NotFound("Application service not found."))?;
         let stored = bridge.config_password.as_ref().ok_or_else(invalid)?;
-        let presented: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+        // The password is random bytes in base32, matched case-insensitively; the stored
+        // hash is of the bytes, as the original stored it, so imported passwords still work.
+        let Ok(bytes) = BASE32_NOPAD.decode(password.to_ascii_uppercase().as_bytes()) else {
+            return Err(invalid());
+        };
+        let presented: [u8; 32] = Sha256::digest(bytes).into();
         let matches: bool =
             subtle::ConstantTimeEq::ct_eq(&presented[..], &stored.sha256[..]).into();
-        let live = stored.expires_at.is_none_or(|at| now().as_secs() < at);
+        let live = stored.expires_at.is_none_or(|at| now().as_secs() <= at);
         if matches && live {
             Ok(bridge)
         } else {
@@ -624,7 +700,7 @@ fn new_config_password(lifetime: Option<u64>) -> (String, ConfigPassword) {
     rand::Rng::fill(&mut rand::rng(), &mut bytes);
     let plain = BASE32_NOPAD.encode(&bytes);
     let stored = ConfigPassword {
-        sha256: Sha256::digest(plain.as_bytes()).into(),
+        sha256: Sha256::digest(bytes).into(),
         expires_at: lifetime.map(|l| now().as_secs() + l),
     };
     (plain, stored)

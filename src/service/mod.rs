@@ -20,6 +20,7 @@ pub mod management;
 pub mod proxy;
 pub mod reporting;
 pub mod routing;
+pub mod user_proxy;
 
 use std::sync::Arc;
 

@@ -12,7 +12,7 @@
 //! complete.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -65,8 +65,6 @@ pub enum BackupError {
     Checksum,
     #[error("the backup holds database schema {0}, newer than this asmux reads; upgrade asmux")]
     NewerSchema(u32),
-    #[error("{0} is not empty (use --force to replace it)")]
-    NotEmpty(PathBuf),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -241,55 +239,19 @@ pub fn verify(path: &Path) -> Result<Summary, BackupError> {
 /// is written into a new directory beside `dir`, which takes `dir`'s place only once
 /// complete and flushed.
 pub fn restore(path: &Path, dir: &Path, force: bool) -> Result<Summary, BackupError> {
-    let non_empty = std::fs::read_dir(dir)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
-    if non_empty && !force {
-        return Err(BackupError::NotEmpty(dir.to_owned()));
-    }
-    if non_empty {
-        // Refuse to pull the database from under a running server.
-        if let Err(StoreError::Locked(p)) =
-            Store::open_when_free(dir, std::time::Duration::from_secs(2))
-        {
-            return Err(StoreError::Locked(p).into());
-        }
-    }
     verify(path)?;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let staging = parent.join(format!(".{name}.restoring"));
-    let _ = std::fs::remove_dir_all(&staging);
-    let summary = {
-        let store = Store::open(&staging)?;
-        let summary = read(std::fs::File::open(path)?, |tree, key, value| {
+    super::replace::replace_data_dir(dir, force, |store| {
+        read(std::fs::File::open(path)?, |tree, key, value| {
             store.db.open_tree(tree)?.insert(key, value)?;
             Ok(())
-        })?;
-        store.db.flush()?;
-        summary
-    };
-    if dir.exists() {
-        let old = parent.join(format!(".{name}.replaced"));
-        let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(dir, &old)?;
-        std::fs::rename(&staging, dir)?;
-        std::fs::remove_dir_all(&old)?;
-    } else {
-        std::fs::rename(&staging, dir)?;
-    }
-    Ok(summary)
+        })
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn backup_of_a_populated_store() -> (tempfile::TempDir, PathBuf, Summary) {
         let tmp = tempfile::tempdir().unwrap();
@@ -363,7 +325,7 @@ mod tests {
         let target = tmp.path().join("data");
         assert!(matches!(
             restore(&file, &target, false),
-            Err(BackupError::NotEmpty(_))
+            Err(BackupError::Store(StoreError::NotEmpty(_)))
         ));
         restore(&file, &target, true).unwrap();
         assert!(

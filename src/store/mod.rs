@@ -15,6 +15,7 @@ pub mod backup;
 pub(crate) mod bridges;
 mod cache;
 pub mod queue;
+pub mod replace;
 pub mod reserve;
 mod rooms;
 mod users;
@@ -53,7 +54,7 @@ fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
 
 /// The schema this build reads and writes. Bump it with a migration in [`Store::migrate`]
 /// whenever a record's encoding changes: postcard is not self-describing.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 /// sled's page cache: the data of a homelab install fits many times over.
 const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
@@ -76,6 +77,8 @@ pub enum StoreError {
     NewerSchema { found: u32 },
     #[error("cannot prepare the data directory: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0} is not empty (use --force to replace it)")]
+    NotEmpty(PathBuf),
     #[error("the data directory takes no new data: its disk is nearly full, or it is gone")]
     DiskFull,
 }
@@ -223,12 +226,38 @@ impl Store {
         if found > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema { found });
         }
-        // Version 0 is an empty, new database: nothing to convert. Later versions add
-        // their conversions here, one step at a time.
+        // Version 0 is an empty, new database: nothing to convert.
+        if found == 1 {
+            self.migrate_users_to_v2()?;
+        }
         if found < SCHEMA_VERSION {
             self.db.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
             self.db.flush()?;
         }
+        Ok(())
+    }
+
+    /// Schema 2 gave users their proxy settings (none for every existing user).
+    fn migrate_users_to_v2(&self) -> Result<(), StoreError> {
+        #[derive(serde::Deserialize)]
+        struct UserV1 {
+            id: String,
+            api_token: crate::secret::Secret,
+            login_token: crate::secret::Secret,
+        }
+        let mut batch = sled::Batch::default();
+        for item in self.userid_user.iter() {
+            let (key, value) = item?;
+            let old: UserV1 = decode("userid_user", &value)?;
+            let user = User {
+                id: old.id,
+                api_token: old.api_token,
+                login_token: old.login_token,
+                proxy_config: None,
+            };
+            batch.insert(key, encode(&user));
+        }
+        self.userid_user.apply_batch(batch)?;
         Ok(())
     }
 
@@ -362,6 +391,39 @@ mod tests {
             Err(other) => panic!("unexpected error {other}"),
             Ok(_) => panic!("a second store opened the same directory"),
         }
+    }
+
+    #[test]
+    fn schema_1_users_gain_empty_proxy_settings() {
+        #[derive(Serialize)]
+        struct UserV1<'a> {
+            id: &'a str,
+            api_token: &'a str,
+            login_token: &'a str,
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(tmp.path()).unwrap();
+            db.insert(SCHEMA_KEY, &1u32.to_be_bytes()).unwrap();
+            let old = UserV1 {
+                id: "alice",
+                api_token: "api",
+                login_token: "login",
+            };
+            db.open_tree("userid_user")
+                .unwrap()
+                .insert("alice", encode(&old))
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(tmp.path()).unwrap();
+        let alice = store.user("alice").unwrap().unwrap();
+        assert_eq!(alice.login_token.expose(), "login");
+        assert_eq!(alice.api_token.expose(), "api");
+        assert_eq!(alice.proxy_config, None);
+        drop(store);
+        let reopened = Store::open(tmp.path()).unwrap();
+        assert_eq!(*reopened.user("alice").unwrap().unwrap(), *alice);
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub struct User {
     pub api_token: Secret,
     /// Key of the HMAC that makes this user's (and their bridges') login passwords.
     pub login_token: Secret,
+    /// The proxy settings of `/_matrix/asmux/user/{id}/proxy`, as JSON text: they hold a
+    /// private key and its passphrase.
+    pub proxy_config: Option<Secret>,
 }
 
 impl Store {
@@ -51,26 +54,46 @@ impl Store {
             id: id.to_owned(),
             api_token: urlsafe_token(48),
             login_token: urlsafe_token(48),
+            proxy_config: None,
         };
-        let _guard = self.write_lock();
-        let created = tx_result::<_, StoreError>(
-            (&self.userid_user, &self.apitoken_userid).transaction(|(users, tokens)| {
-                if users.get(id)?.is_some() {
-                    return Ok(false);
-                }
-                users.insert(id, encode(&new))?;
-                tokens.insert(&token_digest(new.api_token.expose()), id)?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(true)
-            }),
-        )?;
-        self.users.invalidate(&id.to_owned());
-        drop(_guard);
+        let created = self.insert_user(&new)?;
         let user = self
             .user(id)?
             .ok_or(StoreError::Sled(sled::Error::ReportableBug(
                 "user vanished right after creation".into(),
             )))?;
         Ok((user, created))
+    }
+
+    /// Stores `user` unless its localpart is taken; returns whether it was stored.
+    pub fn insert_user(&self, user: &User) -> Result<bool, StoreError> {
+        let id = user.id.as_str();
+        let _guard = self.write_lock();
+        let created = tx_result::<_, StoreError>(
+            (&self.userid_user, &self.apitoken_userid).transaction(|(users, tokens)| {
+                if users.get(id)?.is_some() {
+                    return Ok(false);
+                }
+                users.insert(id, encode(user))?;
+                tokens.insert(&token_digest(user.api_token.expose()), id)?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(true)
+            }),
+        )?;
+        self.users.invalidate(&user.id);
+        Ok(created)
+    }
+
+    /// Replaces the proxy settings of user `id`; false when there is no such user.
+    pub fn set_proxy_config(&self, id: &str, config: Option<Secret>) -> Result<bool, StoreError> {
+        let _guard = self.write_lock();
+        let Some(bytes) = self.userid_user.get(id)? else {
+            return Ok(false);
+        };
+        let mut user: User = decode("userid_user", &bytes)?;
+        user.proxy_config = config;
+        self.userid_user.insert(id, encode(&user))?;
+        self.users.invalidate(&id.to_owned());
+        Ok(true)
     }
 
     /// Creates user `id`; convenience for callers that do not care whether it existed.

@@ -6,6 +6,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod mautrix_go;
+pub mod postgres;
 pub mod server;
 pub mod stub;
 pub mod websocket;
