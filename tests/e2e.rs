@@ -46,7 +46,13 @@ impl Drop for Synapse {
     }
 }
 
+/// Synapse loading asmux's registration and the double-puppet one beside it.
 fn start_synapse(dir: &Path, port: u16, registration: &Path) -> Synapse {
+    let double_puppet = registration.with_file_name("doublepuppet.yaml");
+    start_synapse_with(dir, port, &[registration, &double_puppet])
+}
+
+fn start_synapse_with(dir: &Path, port: u16, registrations: &[&Path]) -> Synapse {
     let d = dir.display();
     let config = format!(
         r#"server_name: example.test
@@ -69,7 +75,7 @@ report_stats: false
 signing_key_path: {d}/signing.key
 trusted_key_servers: []
 suppress_key_server_warning: true
-app_service_config_files: ["{registration}", "{double_puppet}"]
+app_service_config_files: {registrations:?}
 experimental_features:
   msc2409_to_device_messages_enabled: true
   msc3202_transaction_extensions: true
@@ -82,8 +88,10 @@ rc_invites:
   per_user: {{per_second: 1000, burst_count: 1000}}
   per_issuer: {{per_second: 1000, burst_count: 1000}}
 "#,
-        registration = registration.display(),
-        double_puppet = registration.with_file_name("doublepuppet.yaml").display(),
+        registrations = registrations
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>(),
     );
     let path = dir.join("homeserver.yaml");
     std::fs::write(&path, config).unwrap();
@@ -219,10 +227,23 @@ struct Stack {
     /// asmux's Prometheus endpoint.
     metrics: String,
     config: PathBuf,
-    _synapse: Synapse,
+    synapse: Option<Synapse>,
 }
 
 impl Stack {
+    fn stop_synapse(&mut self) {
+        self.synapse = None;
+    }
+
+    /// Stops Synapse and starts it again on the same port and database, loading
+    /// `registrations`.
+    async fn restart_synapse(&mut self, registrations: &[&Path]) {
+        let port: u16 = self.hs.rsplit(':').next().unwrap().parse().unwrap();
+        self.stop_synapse();
+        self.synapse = Some(start_synapse_with(self.dir.path(), port, registrations));
+        wait_http(&format!("{}/_matrix/client/versions", self.hs)).await;
+    }
+
     /// The value of the sample `series` (name and labels) on asmux's metrics, 0 when absent.
     async fn metric(&self, series: &str) -> f64 {
         let text = send("GET", &self.metrics, None, None).await.text;
@@ -282,7 +303,7 @@ impl Stack {
             asmux_port,
             metrics,
             config,
-            _synapse: synapse,
+            synapse: Some(synapse),
         }
     }
 }
@@ -1103,4 +1124,192 @@ async fn wait_in_file(path: &Path, needle: &str) -> bool {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
+}
+
+/// `asmux doctor --format json` with `config`: whether it exited 0, and each check by
+/// name as `(outcome, detail and fix)`.
+fn doctor(config: &Path) -> (bool, std::collections::HashMap<String, (String, String)>) {
+    let out = cli(config, &["doctor", "--format", "json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let checks = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let text = format!("{} | fix: {}", c["detail"], c["fix"]);
+            (
+                c["check"].as_str().unwrap().to_owned(),
+                (c["outcome"].as_str().unwrap().to_owned(), text),
+            )
+        })
+        .collect();
+    (out.status.success(), checks)
+}
+
+fn assert_check(
+    checks: &std::collections::HashMap<String, (String, String)>,
+    name: &str,
+    outcome: &str,
+    says: &str,
+) {
+    let (got, text) = checks
+        .get(name)
+        .unwrap_or_else(|| panic!("no check {name:?} in {checks:#?}"));
+    assert_eq!(got, outcome, "{name}: {text}");
+    assert!(text.contains(says), "{name}: {says:?} not in {text}");
+}
+
+/// The doctor against a real Synapse: everything passes when set up right (asmux
+/// stopped, then running), and each mistake is found with its fix: bridges that cannot
+/// be reached, a registration URL that does not lead to asmux, a registration the
+/// homeserver did not load, the homeserver down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doctor_finds_each_setup_mistake() {
+    let mut stack = Stack::start().await;
+    let config = stack.config.clone();
+    let registration = stack.dir.path().join("registration.yaml");
+    let double_puppet = stack.dir.path().join("doublepuppet.yaml");
+
+    let (passed, checks) = doctor(&config);
+    assert!(passed, "{checks:#?}");
+    assert_check(&checks, "config", "ok", "is valid");
+    assert_check(&checks, "data directory", "warn", "does not exist yet");
+    assert_check(&checks, "listener", "ok", "asmux is not running");
+    assert_check(&checks, "homeserver", "ok", "answers");
+    assert_check(
+        &checks,
+        "registration file",
+        "ok",
+        "asks for to-device events",
+    );
+    assert_check(
+        &checks,
+        "homeserver registration",
+        "ok",
+        "@asmuxbot:example.test",
+    );
+    assert_check(
+        &checks,
+        "homeserver -> asmux",
+        "ok",
+        "the homeserver reached asmux",
+    );
+    assert_check(&checks, "double puppeting", "ok", "knows the double-puppet");
+    assert_check(&checks, "to-device and device lists", "skip", "msc3202");
+
+    // Running, with a websocket bridge that never connected and a push bridge nobody
+    // answers for.
+    let mut asmux = Process::serve(&config, stack.asmux_port).await;
+    let ws = cli_create_websocket_bridge(&config, "alice", "whatsapp");
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    cli_ok(
+        &config,
+        &["bridge", "create", "alice", "signal", "--address", &dead],
+    );
+    let (passed, checks) = doctor(&config);
+    assert!(!passed);
+    assert_check(&checks, "listener", "ok", "held by asmux");
+    assert_check(&checks, "data directory", "ok", "private to its owner");
+    assert_check(&checks, "homeserver -> asmux", "ok", "reached asmux");
+    assert_check(&checks, "bridge alice/whatsapp", "fail", "never connected");
+    assert_check(
+        &checks,
+        "bridge alice/whatsapp",
+        "fail",
+        "asmux bridge config alice/whatsapp",
+    );
+    assert_check(
+        &checks,
+        "bridge alice/signal",
+        "fail",
+        &format!("push to {dead} fails"),
+    );
+    let addr = format!("127.0.0.1:{}", stack.asmux_port).parse().unwrap();
+    let mut socket = ws_connect_to(addr, ws["as_token"].as_str().unwrap(), 3)
+        .await
+        .unwrap();
+    assert_eq!(socket.next_json().await["command"], "connect");
+    cli_ok(&config, &["bridge", "delete", "alice/signal"]);
+    let (passed, checks) = doctor(&config);
+    assert!(passed, "{checks:#?}");
+    assert_check(
+        &checks,
+        "bridge alice/whatsapp",
+        "ok",
+        "websocket connected (protocol 3",
+    );
+    socket.close().await;
+    asmux.terminate();
+
+    // A data directory others can read.
+    use std::os::unix::fs::PermissionsExt;
+    let data = stack.dir.path().join("data");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (passed, checks) = doctor(&config);
+    assert!(!passed);
+    assert_check(&checks, "data directory", "fail", "chmod 700");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // The homeserver loads a registration whose URL does not lead to asmux.
+    let wrong = stack.dir.path().join("wrong-url.yaml");
+    let text = std::fs::read_to_string(&registration).unwrap();
+    let url = format!("http://127.0.0.1:{}", stack.asmux_port);
+    assert!(text.contains(&url), "{text}");
+    std::fs::write(
+        &wrong,
+        text.replace(&url, &format!("http://127.0.0.1:{}", free_port())),
+    )
+    .unwrap();
+    stack.restart_synapse(&[&wrong, &double_puppet]).await;
+    let (passed, checks) = doctor(&config);
+    assert!(!passed);
+    assert_check(
+        &checks,
+        "homeserver registration",
+        "ok",
+        "knows asmux's registration",
+    );
+    assert_check(
+        &checks,
+        "homeserver -> asmux",
+        "fail",
+        "could not reach asmux",
+    );
+    assert_check(
+        &checks,
+        "homeserver -> asmux",
+        "fail",
+        "set url in the registration file",
+    );
+
+    // The homeserver does not load asmux's registration at all.
+    stack.restart_synapse(&[&double_puppet]).await;
+    let (passed, checks) = doctor(&config);
+    assert!(!passed);
+    assert_check(
+        &checks,
+        "homeserver registration",
+        "fail",
+        "M_UNKNOWN_TOKEN",
+    );
+    assert_check(
+        &checks,
+        "homeserver registration",
+        "fail",
+        "app_service_config_files",
+    );
+
+    // The homeserver is down.
+    stack.stop_synapse();
+    let (passed, checks) = doctor(&config);
+    assert!(!passed);
+    assert_check(&checks, "homeserver", "fail", "cannot reach");
+    assert_check(&checks, "homeserver", "fail", "start the homeserver");
+    assert_check(&checks, "homeserver registration", "skip", "not reachable");
 }

@@ -2,6 +2,7 @@
 //! `backup` commands, which work on the data directory or through the running server.
 
 mod backend;
+mod doctor;
 mod status;
 
 use std::io::Write;
@@ -68,6 +69,17 @@ enum Command {
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+    /// Check the setup from the outside: config, data directory, listener, homeserver,
+    /// both directions of the registration and every bridge, with a fix for each failure.
+    Doctor {
+        /// The registration file the homeserver loads [default: registration.yaml next to
+        /// the config]
+        #[arg(short, long, value_name = "PATH")]
+        registration: Option<PathBuf>,
+        /// Output format
+        #[arg(long, value_enum, default_value = "text")]
+        format: ChecklistFormat,
     },
     /// Provision and inspect bridges.
     #[command(subcommand)]
@@ -211,6 +223,12 @@ enum Format {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ChecklistFormat {
+    Text,
+    Json,
+}
+
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -268,6 +286,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Backup(command) => backup_command(&config_path, command),
+        Command::Doctor {
+            registration,
+            format,
+        } => {
+            let registration =
+                registration.unwrap_or_else(|| doctor::default_registration(&config_path));
+            let checks = runtime()?.block_on(doctor::run(&config_path, &registration));
+            doctor::print(&checks, matches!(format, ChecklistFormat::Json))
+        }
         Command::ImportConfig { old, output } => import_config(&old, output.as_deref()),
         Command::ImportOriginal {
             database,
