@@ -514,6 +514,18 @@ async fn config_get(
     send_raw("GET", &url, auth.as_deref(), None).await
 }
 
+/// Provisions websocket bridge `alice/{prefix}` with a config password; the password.
+async fn one_time_password(server: &TestServer, prefix: &str) -> String {
+    let path = format!("/_matrix/asmux/appservice/alice/{prefix}");
+    let body = r#"{"push": false, "generate_config": true}"#;
+    let reg = provision(server, &path, SHARED_SECRET, body).await;
+    assert!(reg.status == 201 || reg.status == 200, "{}", reg.text);
+    reg.body["com.beeper.asmux"]["config_password"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// The config download of section 9: the one-time password from provisioning is traded
 /// once for a lasting one (303 to the download URL carrying it), then used to download the
 /// operator's template filled in; a used or expired password is refused.
@@ -602,17 +614,7 @@ async fn config_passwords_are_one_time_and_expire() {
     assert_eq!(again.status, 200);
 
     // An expired one-time password is refused.
-    let reg = provision(
-        &server,
-        "/_matrix/asmux/appservice/alice/telegram",
-        SHARED_SECRET,
-        r#"{"push": false, "generate_config": true}"#,
-    )
-    .await;
-    let password = reg.body["com.beeper.asmux"]["config_password"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let password = one_time_password(&server, "telegram").await;
     let dir = server.stop().await;
     {
         let store = open_store(&dir.path().join("data"));
@@ -724,17 +726,7 @@ async fn syncproxy_errors_are_answered_as_unsupported() {
 async fn download_links_fall_back_to_the_appservice_address() {
     let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
-    let reg = provision(
-        &server,
-        "/_matrix/asmux/appservice/alice/imessage",
-        SHARED_SECRET,
-        r#"{"push": false, "generate_config": true}"#,
-    )
-    .await;
-    let password = reg.body["com.beeper.asmux"]["config_password"]
-        .as_str()
-        .unwrap()
-        .to_lowercase();
+    let password = one_time_password(&server, "imessage").await.to_lowercase();
     let registered = config_get(&server, "imessage", "register", Some(&password)).await;
     assert_eq!(registered.status, 303, "{}", registered.text);
     let location = registered.header("location").unwrap();
