@@ -513,3 +513,69 @@ fn import_config_translates_the_original() {
     let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the config holds secrets");
 }
+
+/// The doctor's checks that need no homeserver, on the real binary: a config that does
+/// not load, a listener another program holds, a registration file that does not match
+/// the config, an unreachable homeserver; the exit status says so. (Multi-threaded: the
+/// stub answers while the test waits for the binary.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doctor_reports_config_listener_and_registration_file_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[mux\nport = ").unwrap();
+    let out = cli(&config, &["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("[FAIL] config:"), "{text}");
+    assert!(
+        text.contains("fix: fix the config (`asmux check-config`"),
+        "{text}"
+    );
+
+    // Another program on asmux's port (a stub that answers anything), a homeserver
+    // address where nothing listens, a registration with another URL.
+    let other = Stub::homeserver().await;
+    let port: u16 = other.url().rsplit(':').next().unwrap().parse().unwrap();
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    std::fs::write(&config, config_text(&nowhere, port)).unwrap();
+    std::fs::write(
+        dir.path().join("registration.yaml"),
+        format!(
+            "id: asmux\nas_token: {AS_TOKEN}\nhs_token: {HS_TOKEN}\nurl: http://elsewhere:1\n\
+             namespaces: {{users: [{{regex: '@_.*', exclusive: true}}]}}\n"
+        ),
+    )
+    .unwrap();
+    let out = cli(&config, &["doctor", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check = |name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {report:#}"))
+    };
+    assert_eq!(check("config")["outcome"], "ok");
+    let listener = check("listener");
+    assert_eq!(listener["outcome"], "fail", "{listener}");
+    assert!(listener["detail"]
+        .as_str()
+        .unwrap()
+        .contains("held by another program"));
+    let file = check("registration file");
+    assert_eq!(file["outcome"], "fail", "{file}");
+    assert!(file["detail"]
+        .as_str()
+        .unwrap()
+        .contains("its url is http://elsewhere:1"));
+    let homeserver = check("homeserver");
+    assert_eq!(homeserver["outcome"], "fail", "{homeserver}");
+    assert!(homeserver["fix"]
+        .as_str()
+        .unwrap()
+        .contains("start the homeserver"));
+    assert_eq!(check("homeserver registration")["outcome"], "skip");
+}

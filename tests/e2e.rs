@@ -1166,9 +1166,10 @@ fn assert_check(
 }
 
 /// The doctor against a real Synapse: everything passes when set up right (asmux
-/// stopped, then running), and each mistake is found with its fix: bridges that cannot
-/// be reached, a registration URL that does not lead to asmux, a registration the
-/// homeserver did not load, the homeserver down.
+/// stopped, then running, with a websocket bridge and a mautrix-python push bridge), and
+/// each mistake is found with its fix: bridges not running, a data directory others can
+/// read, a registration URL that does not lead to asmux, a registration (asmux's, the
+/// double-puppet one) the homeserver did not load, the homeserver down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_doctor_finds_each_setup_mistake() {
     let mut stack = Stack::start().await;
@@ -1207,10 +1208,11 @@ async fn the_doctor_finds_each_setup_mistake() {
     // answers for.
     let mut asmux = Process::serve(&config, stack.asmux_port).await;
     let ws = cli_create_websocket_bridge(&config, "alice", "whatsapp");
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let bridge_port = free_port();
+    let signal = format!("http://127.0.0.1:{bridge_port}");
     cli_ok(
         &config,
-        &["bridge", "create", "alice", "signal", "--address", &dead],
+        &["bridge", "create", "alice", "signal", "--address", &signal],
     );
     let (passed, checks) = doctor(&config);
     assert!(!passed);
@@ -1228,14 +1230,28 @@ async fn the_doctor_finds_each_setup_mistake() {
         &checks,
         "bridge alice/signal",
         "fail",
-        &format!("push to {dead} fails"),
+        &format!("push to {signal} fails"),
     );
     let addr = format!("127.0.0.1:{}", stack.asmux_port).parse().unwrap();
     let mut socket = ws_connect_to(addr, ws["as_token"].as_str().unwrap(), 3)
         .await
         .unwrap();
     assert_eq!(socket.next_json().await["command"], "connect");
-    cli_ok(&config, &["bridge", "delete", "alice/signal"]);
+    // The push bridge started: mautrix-python's appservice answers its ping.
+    let reg_file = stack.dir.path().join("signal.json");
+    let export = [
+        "bridge",
+        "export-registration",
+        "alice",
+        "signal",
+        "--format",
+        "json",
+        "-o",
+        reg_file.to_str().unwrap(),
+    ];
+    cli_ok(&config, &export);
+    let events = stack.dir.path().join("events");
+    let python = PythonBridge::start(&reg_file, bridge_port, &stack.asmux, &events).await;
     let (passed, checks) = doctor(&config);
     assert!(passed, "{checks:#?}");
     assert_check(
@@ -1244,6 +1260,8 @@ async fn the_doctor_finds_each_setup_mistake() {
         "ok",
         "websocket connected (protocol 3",
     );
+    assert_check(&checks, "bridge alice/signal", "ok", "answers its ping");
+    drop(python);
     socket.close().await;
     asmux.terminate();
 
@@ -1266,9 +1284,10 @@ async fn the_doctor_finds_each_setup_mistake() {
         text.replace(&url, &format!("http://127.0.0.1:{}", free_port())),
     )
     .unwrap();
-    stack.restart_synapse(&[&wrong, &double_puppet]).await;
+    stack.restart_synapse(&[&wrong]).await;
     let (passed, checks) = doctor(&config);
     assert!(!passed);
+    assert_check(&checks, "double puppeting", "fail", "doublepuppet.yaml");
     assert_check(
         &checks,
         "homeserver registration",
@@ -1304,6 +1323,8 @@ async fn the_doctor_finds_each_setup_mistake() {
         "fail",
         "app_service_config_files",
     );
+
+    assert_check(&checks, "double puppeting", "ok", "knows the double-puppet");
 
     // The homeserver is down.
     stack.stop_synapse();

@@ -122,3 +122,34 @@ fn metric_names_are_found_in_expressions() {
     );
     assert!(metrics_in("up == 0").is_empty());
 }
+
+/// Prometheus's own checker (Debian's `prometheus` package, installed by scripts/test)
+/// accepts the shipped rules, and refuses a broken copy: it really checks PromQL.
+#[test]
+fn promtool_accepts_the_alert_rules() {
+    let rules =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/monitoring/prometheus-alerts.yml");
+    let check = |path: &Path| {
+        std::process::Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(path)
+            .output()
+            .expect(
+                "promtool is not installed (Debian package prometheus); scripts/test installs it",
+            )
+    };
+    let out = check(&rules);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let broken = tempfile::NamedTempFile::new().unwrap();
+    let text = monitoring("prometheus-alerts.yml");
+    let first_expr = text.find("expr:").unwrap();
+    let mut damaged = text.clone();
+    damaged.insert_str(first_expr + "expr:".len(), " sum(");
+    std::fs::write(broken.path(), damaged).unwrap();
+    assert!(!check(broken.path()).status.success());
+}

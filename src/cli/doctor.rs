@@ -236,8 +236,9 @@ impl Doctor {
             }
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 let url = format!("{}/_matrix/asmux/appservices", local_url(addr));
-                match self.get(&url, Some(&self.config.mux.shared_secret)).await {
-                    Ok(r) if r.status == StatusCode::OK => {
+                let token = self.config.mux.shared_secret.clone();
+                match self.call(Method::GET, &url, Some(&token), None).await {
+                    Ok((StatusCode::OK, body)) if body["appservices"].is_array() => {
                         self.report
                             .ok("listener", format!("{addr} is held by asmux (running)"));
                         Listener::Asmux
