@@ -1,5 +1,10 @@
 //! The `asmux` binary: all of it lives in the library.
 
+/// musl's allocator serialises threads; see Cargo.toml.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     asmux::cli::main()
 }

@@ -6,27 +6,47 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The newest `target/debian/asmux_*.deb`.
-fn package() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debian");
-    let newest = std::fs::read_dir(&dir)
+/// Debian's name of each packaged architecture and the Rust target it is built for.
+const ARCHES: [(&str, &str); 2] = [
+    ("amd64", "x86_64-unknown-linux-musl"),
+    ("arm64", "aarch64-unknown-linux-musl"),
+];
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `target/debian/asmux_*_{arch}.deb`, built by scripts/package.
+fn package(arch: &str) -> PathBuf {
+    let dir = root().join("target/debian");
+    let found = std::fs::read_dir(&dir)
         .ok()
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| {
+        .find(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("asmux_") && n.ends_with(".deb"))
-        })
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok());
-    newest.unwrap_or_else(|| {
+                .is_some_and(|n| n.starts_with("asmux_") && n.ends_with(&format!("_{arch}.deb")))
+        });
+    found.unwrap_or_else(|| {
         panic!(
-            "no package in {}: scripts/test builds it with scripts/package",
+            "no {arch} package in {}: scripts/test builds it with scripts/package",
             dir.display()
         )
     })
+}
+
+/// The static binary scripts/package built for `target`.
+fn static_binary(target: &str) -> PathBuf {
+    let path = root().join("target").join(target).join("release/asmux");
+    assert!(
+        path.exists(),
+        "{} missing: scripts/test builds it with scripts/package",
+        path.display()
+    );
+    path
 }
 
 fn run(command: &mut Command) -> Output {
@@ -47,16 +67,24 @@ fn text(out: &Output) -> String {
 
 #[test]
 fn control_and_contents() {
-    let deb = package();
+    for (arch, _) in ARCHES {
+        control_and_contents_of(arch);
+    }
+}
+
+fn control_and_contents_of(arch: &str) {
+    let deb = package(arch);
     let info = text(&run(Command::new("dpkg-deb").arg("-I").arg(&deb)));
     assert!(info.contains("Package: asmux"), "{info}");
     assert!(info.contains("Section: net"), "{info}");
+    assert!(info.contains(&format!("Architecture: {arch}")), "{info}");
     let depends = info
         .lines()
         .find(|l| l.trim_start().starts_with("Depends:"))
         .unwrap_or_else(|| panic!("no Depends: {info}"));
+    // The binary is static: nothing but the account tool.
     assert!(
-        depends.contains("adduser") && depends.contains("libc6"),
+        depends.contains("adduser") && !depends.contains("libc"),
         "{depends}"
     );
     for script in ["postinst", "prerm", "postrm"] {
@@ -114,17 +142,92 @@ fn control_and_contents() {
 
 #[test]
 fn lintian_finds_no_errors() {
-    let out = Command::new("lintian")
-        .args(["--fail-on", "error", "--tag-display-limit", "0"])
-        .arg(package())
+    for (arch, _) in ARCHES {
+        let out = Command::new("lintian")
+            .args(["--fail-on", "error", "--tag-display-limit", "0"])
+            .arg(package(arch))
+            .output()
+            .expect("lintian is installed by scripts/test");
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && !report.lines().any(|l| l.starts_with("E:")),
+            "lintian ({arch}):\n{report}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Both binaries are static (no interpreter, no shared libraries) and for their machine.
+#[test]
+fn the_binaries_are_static() {
+    for (machine, target) in [("X86-64", ARCHES[0].1), ("AArch64", ARCHES[1].1)] {
+        let binary = static_binary(target);
+        let header = text(&run(Command::new("readelf").arg("-h").arg(&binary)));
+        assert!(
+            header
+                .lines()
+                .any(|l| l.contains("Machine:") && l.contains(machine)),
+            "{header}"
+        );
+        let program = text(&run(Command::new("readelf")
+            .args(["-l", "-W"])
+            .arg(&binary)));
+        assert!(
+            !program.contains("INTERP"),
+            "{target} has an interpreter:\n{program}"
+        );
+        let dynamic = text(&run(Command::new("readelf").arg("-d").arg(&binary)));
+        assert!(
+            !dynamic.contains("(NEEDED)"),
+            "{target} needs libraries:\n{dynamic}"
+        );
+    }
+    let ldd = Command::new("ldd")
+        .arg(static_binary(ARCHES[0].1))
         .output()
-        .expect("lintian is installed by scripts/test");
-    let report = String::from_utf8_lossy(&out.stdout);
+        .unwrap();
+    let said = String::from_utf8_lossy(&ldd.stdout) + String::from_utf8_lossy(&ldd.stderr);
     assert!(
-        out.status.success() && !report.lines().any(|l| l.starts_with("E:")),
-        "lintian:\n{report}{}",
-        String::from_utf8_lossy(&out.stderr)
+        said.contains("not a dynamic executable") || said.contains("statically linked"),
+        "{said}"
     );
+}
+
+/// The tarballs for people not on Debian hold the binary, the unit, the example
+/// config, the docs, the monitoring files and the completions.
+#[test]
+fn the_tarballs_hold_what_an_install_needs() {
+    let version = env!("CARGO_PKG_VERSION");
+    for (arch, target) in [("x86_64", ARCHES[0].1), ("aarch64", ARCHES[1].1)] {
+        let name = format!("asmux-{version}-{arch}");
+        let tarball = root().join(format!("target/dist/{name}.tar.gz"));
+        let listing = text(&run(Command::new("tar").arg("-tvzf").arg(&tarball)));
+        for file in [
+            "asmux",
+            "asmux.service",
+            "config.toml.example",
+            "README.md",
+            "CHANGELOG.md",
+            "monitoring/grafana-dashboard.json",
+            "monitoring/prometheus-alerts.yml",
+            "completions/asmux.bash",
+        ] {
+            assert!(
+                listing.contains(&format!(" {name}/{file}\n")),
+                "{file} not in {name}:\n{listing}"
+            );
+        }
+        let binary = listing
+            .lines()
+            .find(|l| l.ends_with(&format!(" {name}/asmux")))
+            .unwrap();
+        assert!(binary.starts_with("-rwxr-xr-x root/root"), "{binary}");
+        let size: u64 = binary.split_whitespace().nth(2).unwrap().parse().unwrap();
+        assert_eq!(
+            size,
+            std::fs::metadata(static_binary(target)).unwrap().len()
+        );
+    }
 }
 
 /// A copy-on-write view of `/`: commands run chrooted into an overlay whose changes land
@@ -179,11 +282,34 @@ impl Sandbox {
 }
 
 #[test]
-fn maintainer_scripts_install_upgrade_remove_and_purge() {
+fn maintainer_scripts_install_upgrade_remove_and_purge_amd64() {
+    maintainer_scripts("amd64");
+}
+
+/// The arm64 package on this amd64 machine: dpkg takes the foreign architecture, and the
+/// binary it installs runs under qemu's user-mode emulation through a diversion, so the
+/// maintainer scripts run the real arm64 binary.
+#[test]
+fn maintainer_scripts_install_upgrade_remove_and_purge_arm64() {
+    maintainer_scripts("arm64");
+}
+
+fn maintainer_scripts(arch: &str) {
     let sandbox = Sandbox::new();
     // Files in the upper directory appear in the sandbox's root.
-    std::fs::copy(package(), sandbox.dir.path().join("upper/asmux.deb")).unwrap();
+    std::fs::copy(package(arch), sandbox.dir.path().join("upper/asmux.deb")).unwrap();
     let deb = "/asmux.deb";
+    let installed = if arch == "arm64" {
+        sandbox.ok(
+            "dpkg --add-architecture arm64; \
+             dpkg-divert --quiet --local --divert /usr/bin/asmux.arm64 --add /usr/bin/asmux; \
+             printf '#!/bin/sh\\nexec qemu-aarch64-static /usr/bin/asmux.arm64 \"$@\"\\n' >/usr/bin/asmux; \
+             chmod 755 /usr/bin/asmux",
+        );
+        "/usr/bin/asmux.arm64"
+    } else {
+        "/usr/bin/asmux"
+    };
     assert!(
         sandbox
             .sh("test ! -e /etc/asmux && ! getent passwd asmux")
@@ -193,6 +319,13 @@ fn maintainer_scripts_install_upgrade_remove_and_purge() {
     );
 
     let install = sandbox.ok(&format!("dpkg -i {deb} 2>&1"));
+    let file = sandbox.ok(&format!("file -b {installed}"));
+    let machine = if arch == "arm64" {
+        "ARM aarch64"
+    } else {
+        "x86-64"
+    };
+    assert!(file.contains(machine), "{file}");
     assert!(
         install.contains("systemctl enable --now asmux"),
         "{install}"
@@ -239,8 +372,9 @@ fn maintainer_scripts_install_upgrade_remove_and_purge() {
 
     // Remove keeps config and data; purge deletes them (the user stays, per policy).
     sandbox.ok("dpkg -r asmux");
-    sandbox
-        .ok("test ! -e /usr/bin/asmux && test -e /etc/asmux/config.toml && test -d /var/lib/asmux");
+    sandbox.ok(&format!(
+        "test ! -e {installed} && test -e /etc/asmux/config.toml && test -d /var/lib/asmux"
+    ));
     sandbox.ok("dpkg -P asmux");
     sandbox.ok("test ! -e /etc/asmux && test ! -e /var/lib/asmux");
 }
