@@ -114,12 +114,11 @@ async fn read_tables(client: &mut tokio_postgres::Client) -> Result<Original, Im
         .start()
         .await
         .map_err(query)?;
-    let has_version_table = tx
+    let version_table = tx
         .query_one("SELECT to_regclass('public.version') IS NOT NULL", &[])
         .await
-        .map_err(query)?
-        .get::<_, bool>(0);
-    if !has_version_table {
+        .map_err(query)?;
+    if !col::<bool>(&version_table, 0)? {
         return Err(ImportError::NotOriginal);
     }
     let versions: Vec<i32> = tx
