@@ -35,6 +35,17 @@ pub enum Backend {
     },
 }
 
+/// The `http://` URL of a listening address, the unspecified address made local.
+pub fn local_url(addr: std::net::SocketAddr) -> String {
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "[::1]".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("http://{ip}:{}", addr.port())
+}
+
 impl Backend {
     pub fn open(config: &Config) -> Result<Backend> {
         let client = HttpClient::new().context("cannot load TLS root certificates")?;
@@ -59,16 +70,9 @@ impl Backend {
                 if config.shared_secret_pending() {
                     anyhow::bail!("the server holds the database but mux.shared_secret is not set in the config");
                 }
-                let addr = config.listen_addr();
-                let ip = match addr.ip() {
-                    ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
-                    ip if ip.is_unspecified() => "[::1]".to_owned(),
-                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-                    ip => ip.to_string(),
-                };
                 Ok(Backend::Remote {
                     client,
-                    base: format!("http://{ip}:{}/_matrix/asmux", addr.port()),
+                    base: format!("{}/_matrix/asmux", local_url(config.listen_addr())),
                     secret: config.mux.shared_secret.clone(),
                 })
             }

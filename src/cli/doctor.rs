@@ -6,7 +6,6 @@
 //! and answers the homeserver's MSC2659 ping, so the round trip through the
 //! registration's URL is still checked.
 
-use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,7 +15,7 @@ use http::{Method, Request, StatusCode};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::backend::Backend;
+use super::backend::{local_url, Backend};
 use crate::config::Config;
 use crate::http_client::{full_body, BufferedResponse, HttpClient};
 use crate::secret::Secret;
@@ -349,12 +348,9 @@ impl Doctor {
             .address
             .trim_end_matches('/')
             .to_owned();
-        match self
-            .get(&format!("{address}/_matrix/client/versions"), None)
-            .await
-        {
-            Ok(r) if r.status == StatusCode::OK => {
-                let body: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        let url = format!("{address}/_matrix/client/versions");
+        match self.call(Method::GET, &url, None, None).await {
+            Ok((StatusCode::OK, body)) => {
                 let versions = body["versions"].as_array().cloned().unwrap_or_default();
                 let newest = versions
                     .last()
@@ -366,10 +362,10 @@ impl Doctor {
                 );
                 true
             }
-            Ok(r) => {
+            Ok((status, _)) => {
                 self.report.fail(
                     "homeserver",
-                    format!("{address}/_matrix/client/versions answered {}", r.status),
+                    format!("{url} answered {status}"),
                     "set homeserver.address to the homeserver's client-server API URL",
                 );
                 false
@@ -644,10 +640,6 @@ impl Doctor {
         }
     }
 
-    async fn get(&self, url: &str, token: Option<&Secret>) -> Result<BufferedResponse, String> {
-        self.send(Method::GET, url, token, None).await
-    }
-
     async fn call(
         &self,
         method: Method,
@@ -685,15 +677,6 @@ impl Doctor {
             .send_buffered(request, TIMEOUT)
             .await
             .map_err(|e| e.to_string())
-    }
-}
-
-/// `http://` URL of a listening address, with the unspecified address made local.
-fn local_url(addr: SocketAddr) -> String {
-    match addr.ip() {
-        ip if ip.is_unspecified() && ip.is_ipv4() => format!("http://127.0.0.1:{}", addr.port()),
-        ip if ip.is_unspecified() => format!("http://[::1]:{}", addr.port()),
-        _ => format!("http://{addr}"),
     }
 }
 

@@ -424,10 +424,6 @@ impl Management {
     /// `GET|PUT /user/{id}`: the user record, created when `create` (root only).
     pub async fn user(&self, caller: &Caller, id: &str, create: bool) -> Result<UserRecord, Error> {
         let user = match caller {
-            Caller::User(user) if user.id == id => user.clone(),
-            Caller::User(_) => {
-                return Err(Error::Unauthorized("You can only access your own user"))
-            }
             Caller::Root if create => {
                 if !is_valid_name(id) {
                     return Err(Error::BadRequest(
@@ -441,10 +437,7 @@ impl Management {
                 }
                 user
             }
-            Caller::Root => self
-                .store
-                .user(id)?
-                .ok_or(Error::NotFound("User not found."))?,
+            _ => self.user_record(caller, id)?,
         };
         Ok(UserRecord {
             id: user.id.clone(),
