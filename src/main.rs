@@ -1,7 +1,8 @@
 //! The `asmux` binary: all of it lives in the library.
 
-/// musl's allocator serialises threads; see Cargo.toml.
-#[cfg(target_env = "musl")]
+/// jemalloc, in every build: glibc's and musl's allocators both make threads wait for
+/// each other's arena locks when memory allocated on one worker is freed on another,
+/// which asmux does for every request and delivery (figures in the README).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
