@@ -28,7 +28,15 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Clone)]
 pub struct HttpClient {
     client: Client<HttpsConnector<HttpConnector>, Body>,
+    connector: HttpsConnector<HttpConnector>,
 }
+
+/// An HTTP/1 connection outside the pool: requests go in through the sender, and the
+/// connection runs while its caller polls the future.
+pub type OwnConnection = (
+    hyper::client::conn::http1::SendRequest<Body>,
+    std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+);
 
 /// Why an outgoing request produced no usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +71,30 @@ impl HttpClient {
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(https);
-        Ok(HttpClient { client })
+            .build(https.clone());
+        Ok(HttpClient {
+            client,
+            connector: https,
+        })
+    }
+
+    /// Opens a connection of its own to `uri`'s host, with the pool's connector (same
+    /// timeout, TLS and `TCP_NODELAY`). Requests sent on it need an origin-form URI and
+    /// a `Host` header.
+    pub async fn connect(&self, uri: &http::Uri) -> Result<OwnConnection, RequestError> {
+        let mut connector = self.connector.clone();
+        let io = tower_service::Service::call(&mut connector, uri.clone())
+            .await
+            .map_err(|e| RequestError::Connect(error_chain(e.as_ref())))?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| RequestError::Connect(error_chain(&e)))?;
+        let connection = Box::pin(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "homeserver connection ended with an error");
+            }
+        });
+        Ok((sender, connection))
     }
 
     /// Sends `request` and returns the response with its body still streaming. Only the
@@ -153,7 +183,7 @@ where
 }
 
 /// An error and its sources on one line: hyper's top-level messages alone say little.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {

@@ -40,6 +40,14 @@ pub struct RequestLabels {
     pub endpoint: String,
 }
 
+/// The two counters of one kind of proxied request; received minus handled is the
+/// number in flight.
+#[derive(Clone)]
+pub struct RequestCounters {
+    pub received: Counter,
+    pub handled: Counter,
+}
+
 /// A metric family exposed with its HELP and TYPE lines before it has any sample, so
 /// that dashboards and alert rules find every family from the first scrape
 /// (prometheus-client leaves out families without samples).
@@ -220,6 +228,14 @@ pub fn endpoint(path: &str) -> String {
 }
 
 impl Metrics {
+    /// The counters of requests with `labels`, created on first use.
+    pub fn request_counters(&self, labels: &RequestLabels) -> RequestCounters {
+        RequestCounters {
+            received: self.requests_received.get_or_create(labels).clone(),
+            handled: self.requests_handled.get_or_create(labels).clone(),
+        }
+    }
+
     /// The text exposition, with the per-bridge gauges from `bridges` and process metrics
     /// read now.
     pub fn render(&self, bridges: &[BridgeSample]) -> String {

@@ -588,3 +588,181 @@ async fn hop_by_hop_headers_stay_behind() {
     assert_eq!(echo["headers"]["x-public"], "kept");
     assert!(echo["headers"].get("x-private").is_none());
 }
+
+/// A homeserver stand-in at the socket level: counts its connections, records the `Host`
+/// of every request and answers each with an event ID. With `close_idle_after`, it closes
+/// a connection that long after each answer without announcing it, as a homeserver's
+/// keep-alive timeout does.
+struct RawHomeserver {
+    addr: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    hosts: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RawHomeserver {
+    async fn start(close_idle_after: Option<std::time::Duration>) -> RawHomeserver {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = RawHomeserver {
+            addr: listener.local_addr().unwrap(),
+            connections: Default::default(),
+            hosts: Default::default(),
+        };
+        let (connections, hosts) = (server.connections.clone(), server.hosts.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let hosts = hosts.clone();
+                tokio::spawn(async move {
+                    let mut stream = tokio::io::BufReader::new(stream);
+                    loop {
+                        let mut length = 0;
+                        loop {
+                            let mut line = String::new();
+                            let next = stream.read_line(&mut line);
+                            let read = match close_idle_after {
+                                Some(idle) => match tokio::time::timeout(idle, next).await {
+                                    Ok(read) => read,
+                                    Err(_) => return,
+                                },
+                                None => next.await,
+                            };
+                            if read.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let lower = line.to_ascii_lowercase();
+                            if let Some(v) = lower.strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap();
+                            }
+                            if let Some(v) = lower.strip_prefix("host:") {
+                                hosts.lock().unwrap().push(v.trim().to_owned());
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        stream.read_exact(&mut body).await.unwrap();
+                        let answer = r#"{"event_id":"$raw"}"#;
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        if stream
+                            .get_mut()
+                            .write_all(response.as_bytes())
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        server
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// One client connection to asmux, as a bridge keeps it.
+async fn bridge_connection(
+    server: &TestServer,
+) -> hyper::client::conn::http1::SendRequest<asmux::http_client::Body> {
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// Sends an event on `connection` with `token`; the status and the event ID.
+async fn send_on(
+    connection: &mut hyper::client::conn::http1::SendRequest<asmux::http_client::Body>,
+    token: &str,
+    txn: &str,
+) -> (u16, Value) {
+    use http_body_util::BodyExt;
+    connection.ready().await.unwrap();
+    let request = http::Request::put(format!(
+        "/_matrix/client/v3/rooms/%21r%3Aexample.test/send/m.room.message/{txn}"
+    ))
+    .header("host", "asmux.test")
+    .header("authorization", format!("Bearer {token}"))
+    .body(asmux::http_client::full_body(
+        r#"{"msgtype":"m.text","body":"hi"}"#,
+    ))
+    .unwrap();
+    let response = connection.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// Starts asmux in front of `homeserver` with the bridge alice/whatsapp; its token.
+async fn behind(homeserver: &RawHomeserver) -> (TestServer, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_text_with(
+        &format!("http://{}", homeserver.addr),
+        0,
+        "max_pdu_age_seconds = 0",
+    );
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let server = TestServer::start_in(dir).await;
+    let reg = provision(&server, "alice", "whatsapp", json!({"push": false})).await;
+    (server, token(&reg).to_owned())
+}
+
+#[tokio::test]
+async fn each_bridge_connection_keeps_one_homeserver_connection() {
+    let homeserver = RawHomeserver::start(None).await;
+    let (server, token) = behind(&homeserver).await;
+    let before = homeserver.connections();
+    let mut first = bridge_connection(&server).await;
+    let mut second = bridge_connection(&server).await;
+    for i in 0..10 {
+        for (connection, name) in [(&mut first, "a"), (&mut second, "b")] {
+            let (status, body) = send_on(connection, &token, &format!("{name}{i}")).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["event_id"], "$raw");
+        }
+    }
+    assert_eq!(
+        homeserver.connections() - before,
+        2,
+        "twenty requests on two bridge connections"
+    );
+    let hosts = homeserver.hosts.lock().unwrap().clone();
+    let expected = homeserver.addr.to_string();
+    assert!(
+        hosts.iter().rev().take(20).all(|h| *h == expected),
+        "the homeserver is named in Host, not asmux: {hosts:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_homeserver_closing_idle_connections_loses_no_request() {
+    let idle = std::time::Duration::from_millis(100);
+    let homeserver = RawHomeserver::start(Some(idle)).await;
+    let (server, token) = behind(&homeserver).await;
+    let mut connection = bridge_connection(&server).await;
+    let before = homeserver.connections();
+    for i in 0..3 {
+        let (status, body) = send_on(&mut connection, &token, &format!("t{i}")).await;
+        assert_eq!(status, 200, "request {i}: {body}");
+        assert_eq!(body["event_id"], "$raw");
+        // The homeserver closes the connection meanwhile.
+        tokio::time::sleep(idle * 3).await;
+    }
+    assert_eq!(
+        homeserver.connections() - before,
+        3,
+        "a new homeserver connection after each close"
+    );
+}

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use warp::Reply;
 
 use crate::http_client::{boxed_body, Body};
-use crate::service::proxy::ProxyRequest;
+use crate::service::proxy::{ConnectionState, ProxyRequest};
 use crate::service::Services;
 
 /// Whether the proxy serves `path`: the client-server and media APIs, except the one
@@ -23,9 +23,12 @@ pub fn is_proxied(path: &str) -> bool {
 }
 
 /// # `* /_matrix/client/{...}` and `* /_matrix/media/{...}`
+///
+/// `connection` is what the proxy keeps for the connection the request came on.
 pub async fn proxy(
     services: Arc<Services>,
     request: http::Request<hyper::body::Incoming>,
+    connection: ConnectionState,
 ) -> http::Response<Body> {
     let (parts, body) = request.into_parts();
     let request = ProxyRequest {
@@ -34,6 +37,7 @@ pub async fn proxy(
         query: parts.uri.query().unwrap_or_default().to_owned(),
         headers: parts.headers,
         body: boxed_body(body),
+        connection: Some(connection),
     };
     match services.proxy.handle(request).await {
         Ok(response) => response,

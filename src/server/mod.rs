@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use warp::Filter;
 
 use crate::metrics::{BridgeLabels, BridgeSample};
+use crate::service::proxy::ConnectionState;
 use crate::service::Services;
 use crate::store::{now_ms, Store};
 
@@ -96,7 +97,7 @@ pub async fn run(
 
 /// Who answers a request: the proxy directly, or the warp routes.
 enum Target<R> {
-    Proxy(Arc<Services>),
+    Proxy(Arc<Services>, ConnectionState),
     Routes(R),
 }
 
@@ -153,19 +154,21 @@ async fn serve(listener: TcpListener, services: Arc<Services>, stop: impl Future
             _ = &mut stop => break,
         };
         let (routes, for_request) = (routes.clone(), services.clone());
+        // The driver runs in this connection's task, beside it.
+        let (proxy_state, upstream_driver) = ConnectionState::new();
         let handler = hyper::service::service_fn(
             move |mut request: hyper::Request<hyper::body::Incoming>| {
                 // Cloning the warp routes costs more than a proxied request's own work:
                 // only the requests that use them pay for it.
                 let target = if crate::api::is_proxied(request.uri().path()) {
-                    Target::Proxy(for_request.clone())
+                    Target::Proxy(for_request.clone(), proxy_state.clone())
                 } else {
                     Target::Routes(routes.clone())
                 };
                 async move {
                     match target {
-                        Target::Proxy(services) => {
-                            Ok::<_, Infallible>(crate::api::proxy(services, request).await)
+                        Target::Proxy(services, state) => {
+                            Ok::<_, Infallible>(crate::api::proxy(services, request, state).await)
                         }
                         Target::Routes(routes) => {
                             if let Some(pending) =
@@ -189,12 +192,17 @@ async fn serve(listener: TcpListener, services: Arc<Services>, stop: impl Future
             // session: a bridge's websocket does not hold a slot.
             let _slot = slot;
             let mut connection = std::pin::pin!(connection);
+            let mut upstream = std::pin::pin!(upstream_driver.run());
             let ended = tokio::select! {
                 ended = connection.as_mut() => ended,
+                never = upstream.as_mut() => match never {},
                 () = draining.cancelled() => {
                     // Finishes the request in flight, then closes.
                     connection.as_mut().graceful_shutdown();
-                    connection.await
+                    tokio::select! {
+                        ended = connection.as_mut() => ended,
+                        never = upstream.as_mut() => match never {},
+                    }
                 }
             };
             if let Err(e) = ended {

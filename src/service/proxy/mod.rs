@@ -3,9 +3,11 @@
 //! streams bodies both ways. Only the few endpoints whose JSON must be read or rewritten
 //! are buffered, with a size limit.
 
+mod counters;
 mod dms;
 mod guard;
 mod login;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,7 +27,9 @@ use crate::service::bridge_requests::{self, PingFailure};
 use crate::service::delivery::Delivery;
 use crate::service::homeserver::Homeserver;
 use crate::store::{Bridge, Store};
+use counters::CounterMemo;
 use guard::Masquerade;
+use upstream::{Upstream, UpstreamDriver};
 
 /// Largest request or response body read into memory for the endpoints asmux rewrites.
 pub const MAX_REWRITE_BODY: usize = 1024 * 1024;
@@ -54,6 +58,29 @@ pub struct ProxyRequest {
     pub query: String,
     pub headers: HeaderMap,
     pub body: Body,
+    /// What the proxy keeps for the connection the request came on, if it has one; the
+    /// pooled client serves the request otherwise.
+    pub connection: Option<ConnectionState>,
+}
+
+/// What the proxy keeps for one client connection between its requests.
+#[derive(Clone)]
+pub struct ConnectionState {
+    upstream: Upstream,
+    counters: CounterMemo,
+}
+
+impl ConnectionState {
+    /// The state of a new connection, and the driver of its homeserver connection, to be
+    /// polled by the connection's task (see [`upstream`]).
+    pub fn new() -> (ConnectionState, UpstreamDriver) {
+        let (upstream, driver) = upstream::upstream();
+        let state = ConnectionState {
+            upstream,
+            counters: CounterMemo::default(),
+        };
+        (state, driver)
+    }
 }
 
 pub type ProxyResponse = http::Response<Body>;
@@ -66,6 +93,9 @@ pub struct Proxy {
     client: HttpClient,
     /// Homeserver base URL without a trailing slash.
     base: String,
+    /// The same, split for requests on an [`Upstream`]; `None` when the address is no
+    /// URI (config validation refuses those).
+    origin: Option<Origin>,
     /// `Bearer {as_token}`, built once: every bridge request carries it.
     as_authorization: Option<HeaderValue>,
     /// The same for the double-puppet registration's token, when it is set up.
@@ -74,6 +104,33 @@ pub struct Proxy {
     login_shared_secret: Option<Secret>,
     /// One lock per user whose `m.direct` the DM endpoint rewrites.
     dm_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The homeserver's address as a connection to it needs it.
+struct Origin {
+    /// Scheme and authority, to connect to.
+    uri: http::Uri,
+    /// The `Host` header of every request.
+    host: HeaderValue,
+    /// The address's path, without a trailing slash, before every request's path.
+    path_prefix: String,
+}
+
+impl Origin {
+    fn parse(base: &str) -> Option<Origin> {
+        let uri: http::Uri = base.parse().ok()?;
+        let authority = uri.authority()?.clone();
+        Some(Origin {
+            host: HeaderValue::from_str(authority.as_str()).ok()?,
+            path_prefix: uri.path().trim_end_matches('/').to_owned(),
+            uri: http::Uri::builder()
+                .scheme(uri.scheme()?.clone())
+                .authority(authority)
+                .path_and_query("/")
+                .build()
+                .ok()?,
+        })
+    }
 }
 
 /// Which rewrite an endpoint needs.
@@ -95,12 +152,14 @@ impl Proxy {
         homeserver: Arc<Homeserver>,
         client: HttpClient,
     ) -> Proxy {
+        let base = config.homeserver.address.trim_end_matches('/').to_owned();
         Proxy {
             store,
             delivery,
             homeserver,
             client,
-            base: config.homeserver.address.trim_end_matches('/').to_owned(),
+            origin: Origin::parse(&base),
+            base,
             as_authorization: bearer_header(&config.appservice.as_token),
             double_puppet_authorization: config.double_puppet_token().and_then(bearer_header),
             namespace: config.namespace(),
@@ -120,15 +179,20 @@ impl Proxy {
         let Some(counted) = &bridge else {
             return self.proxy(req, None, &decoded).await;
         };
-        let labels = RequestLabels {
-            bridge: counted.name(),
-            method: req.method.to_string(),
-            endpoint: endpoint(&decoded),
-        };
         let metrics = &self.delivery.metrics;
-        metrics.requests_received.get_or_create(&labels).inc();
+        let counters = match &req.connection {
+            Some(connection) => {
+                (connection.counters).counters(metrics, counted, &req.method, &decoded)
+            }
+            None => metrics.request_counters(&RequestLabels {
+                bridge: counted.name(),
+                method: req.method.to_string(),
+                endpoint: endpoint(&decoded),
+            }),
+        };
+        counters.received.inc();
         let response = self.proxy(req, bridge, &decoded).await;
-        metrics.requests_handled.get_or_create(&labels).inc();
+        counters.handled.inc();
         response
     }
 
@@ -221,7 +285,14 @@ impl Proxy {
         };
 
         let response = self
-            .forward(&req.method, &req.path, &query, headers, body)
+            .forward(
+                &req.method,
+                &req.path,
+                &query,
+                headers,
+                body,
+                req.connection.as_ref().map(|c| &c.upstream),
+            )
             .await?;
         match (special, bridge) {
             (Special::CreateRoom, Some(bridge)) if response.status().is_success() => {
@@ -338,13 +409,22 @@ impl Proxy {
         method: &Method,
         path: &str,
         query: &str,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: Body,
+        upstream: Option<&Upstream>,
     ) -> Result<ProxyResponse, Error> {
-        let uri = if query.is_empty() {
-            format!("{}{path}", self.base)
+        let query = if query.is_empty() {
+            String::new()
         } else {
-            format!("{}{path}?{query}", self.base)
+            format!("?{query}")
+        };
+        let own = upstream.zip(self.origin.as_ref());
+        let uri = match own {
+            Some((_, origin)) => {
+                headers.insert(header::HOST, origin.host.clone());
+                format!("{}{path}{query}", origin.path_prefix)
+            }
+            None => format!("{}{path}{query}", self.base),
         };
         let mut request = http::Request::builder()
             .method(method.clone())
@@ -352,7 +432,11 @@ impl Proxy {
             .body(body)
             .map_err(|_| Error::BadRequest("Invalid request".into()))?;
         *request.headers_mut() = headers;
-        let response = self.client.send(request).await.map_err(|e| {
+        let response = match own {
+            Some((upstream, origin)) => upstream.send(&self.client, &origin.uri, request).await,
+            None => self.client.send(request).await,
+        };
+        let response = response.map_err(|e| {
             tracing::warn!(error = %e, "homeserver request failed");
             Error::BadGateway
         })?;
