@@ -207,24 +207,45 @@ pub struct BridgeSample {
 }
 
 /// A path with its identifiers replaced by `{}`, so that labels stay few:
-/// `/_matrix/client/v3/rooms/{}/send/m.room.message/{}`.
+/// `/_matrix/client/v3/rooms/{}/send/m.room.message/{}`. Every distinct label set is a
+/// series kept for the life of the process, so what a client chooses (transaction IDs,
+/// state keys, media IDs, server names) must never become a label.
 pub fn endpoint(path: &str) -> String {
-    path.split('/')
-        .map(|segment| {
-            let word = !segment.is_empty()
-                && segment.len() <= 40
-                && !segment.bytes().all(|b| b.is_ascii_digit())
-                && segment
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._".contains(&b));
-            if word || segment.is_empty() {
-                segment
-            } else {
-                "{}"
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/")
+    let segments: Vec<&str> = path.split('/').collect();
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in segments.iter().enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let back = |n: usize| i.checked_sub(n).map(|j| segments[j]);
+        // `send/{type}/{txnId}`, `state/{type}/{stateKey}`, `redact/{eventId}/{txnId}`,
+        // `download/{server}/{mediaId}` and the like.
+        let chosen_by_client = matches!(
+            back(2),
+            Some("send" | "sendToDevice" | "state" | "redact" | "download" | "thumbnail")
+        ) || matches!(back(1), Some("download" | "thumbnail"));
+        if segment.is_empty() || (!chosen_by_client && is_api_word(segment)) {
+            out.push_str(segment);
+        } else {
+            out.push_str("{}");
+        }
+    }
+    out
+}
+
+/// Whether a path segment is a word of the API (`rooms`, `v3`, `createRoom`,
+/// `m.room.message`, `org.matrix.msc3202`) rather than an identifier.
+fn is_api_word(segment: &str) -> bool {
+    let version = segment.len() <= 3
+        && matches!(segment.as_bytes().first(), Some(b'v' | b'r'))
+        && segment[1..].bytes().all(|b| b.is_ascii_digit());
+    // Capitals only inside a camel-case word: device IDs are capitals throughout.
+    segment.len() <= 40
+        && matches!(segment.as_bytes().first(), Some(b'a'..=b'z' | b'_'))
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._".contains(&b))
+        && (version || segment.contains("msc") || !segment.bytes().any(|b| b.is_ascii_digit()))
 }
 
 impl Metrics {
@@ -374,8 +395,37 @@ mod tests {
             "/_matrix/client/v3/sync"
         );
         assert_eq!(
-            endpoint("/_matrix/media/v3/download/example.test/AbCd"),
-            "/_matrix/media/v3/download/example.test/{}"
+            endpoint("/_matrix/media/v3/download/example.test/abcd"),
+            "/_matrix/media/v3/download/{}/{}"
+        );
+        // Transaction IDs and state keys a client makes of lowercase letters and digits.
+        assert_eq!(
+            endpoint("/_matrix/client/v3/rooms/!r:e.test/send/m.room.message/m1701.0"),
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/{}"
+        );
+        assert_eq!(
+            endpoint("/_matrix/client/r0/rooms/!r:e.test/state/m.room.member/bot"),
+            "/_matrix/client/r0/rooms/{}/state/m.room.member/{}"
+        );
+        assert_eq!(
+            endpoint("/_matrix/client/v3/rooms/!r:e.test/state/m.room.name/"),
+            "/_matrix/client/v3/rooms/{}/state/m.room.name/"
+        );
+        assert_eq!(
+            endpoint("/_matrix/client/v3/sendToDevice/m.room.encrypted/abc"),
+            "/_matrix/client/v3/sendToDevice/m.room.encrypted/{}"
+        );
+        assert_eq!(
+            endpoint("/_matrix/client/unstable/org.matrix.msc3202/sync"),
+            "/_matrix/client/unstable/org.matrix.msc3202/sync"
+        );
+        assert_eq!(
+            endpoint("/_matrix/client/v1/media/download/e.test/abc"),
+            "/_matrix/client/v1/media/download/{}/{}"
+        );
+        assert_eq!(
+            endpoint("/_matrix/client/v3/user/12345/filter"),
+            "/_matrix/client/v3/user/{}/filter"
         );
         assert_eq!(
             endpoint("/_matrix/client/v3/profile/@a:b/displayname"),

@@ -31,6 +31,12 @@ async fn metrics_count_events_sockets_and_requests() {
         None,
     )
     .await;
+    // Transaction IDs of lowercase letters and digits, as Element's and many others are.
+    for txn in ["m1701.1", "m1701.2", "abc"] {
+        let path =
+            format!("/_matrix/client/v3/rooms/%21r%3Aexample.test/send/m.room.message/{txn}");
+        send("PUT", &server.url(&path), Some(token), Some("{}")).await;
+    }
 
     let scrape = send(
         "GET",
@@ -54,11 +60,17 @@ async fn metrics_count_events_sockets_and_requests() {
         r#"asmux_connected_websockets{owner="alice",bridge="whatsapp"} 1"#,
         r#"asmux_requests_received_total{bridge="alice/whatsapp",method="GET",endpoint="/_matrix/client/v3/joined_rooms"} 1"#,
         r#"asmux_requests_handled_total{bridge="alice/whatsapp",method="GET",endpoint="/_matrix/client/v3/joined_rooms"} 1"#,
+        r#"asmux_requests_handled_total{bridge="alice/whatsapp",method="PUT",endpoint="/_matrix/client/v3/rooms/{}/send/m.room.message/{}"} 3"#,
         r#"asmux_queue_depth{owner="alice",bridge="whatsapp"} 0"#,
         r#"asmux_bridge_unreachable_since_seconds{owner="alice",bridge="whatsapp"} 0"#,
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
     }
+    assert_eq!(
+        text.matches("asmux_requests_received_total{").count(),
+        2,
+        "one series per kind of request, not per transaction ID:\n{text}"
+    );
     assert!(text.contains("process_resident_memory_bytes "));
     assert!(text.contains("process_open_fds "));
     assert!(text.trim_end().ends_with("# EOF"));
