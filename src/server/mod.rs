@@ -193,13 +193,16 @@ async fn serve(listener: TcpListener, services: Arc<Services>, stop: impl Future
             let _slot = slot;
             let mut connection = std::pin::pin!(connection);
             let mut upstream = std::pin::pin!(upstream_driver.run());
+            // Biased: the connection is what wakes the task nearly every time.
             let ended = tokio::select! {
+                biased;
                 ended = connection.as_mut() => ended,
                 never = upstream.as_mut() => match never {},
                 () = draining.cancelled() => {
                     // Finishes the request in flight, then closes.
                     connection.as_mut().graceful_shutdown();
                     tokio::select! {
+                        biased;
                         ended = connection.as_mut() => ended,
                         never = upstream.as_mut() => match never {},
                     }

@@ -565,8 +565,15 @@ fn msc2659_target(path: &str) -> Option<&str> {
     rest.strip_suffix("/ping").filter(|id| !id.contains('/'))
 }
 
-/// Removes hop-by-hop headers (and those the `Connection` header names).
+/// Removes hop-by-hop headers (and those the `Connection` header names). A message
+/// carries one or two of them (`Host`, `Connection`): they are found in one pass over
+/// the headers, then only those are removed.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(&name.as_str()))
+        .cloned()
+        .collect();
     let named: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -574,12 +581,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(',').map(|n| n.trim().to_ascii_lowercase()))
         .filter(|n| !n.is_empty())
         .collect();
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(named.iter().map(String::as_str))
-    {
+    for name in &present {
         headers.remove(name);
+    }
+    for name in &named {
+        headers.remove(name.as_str());
     }
 }
 
