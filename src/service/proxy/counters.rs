@@ -34,9 +34,8 @@ impl CounterMemo {
         path: &str,
     ) -> RequestCounters {
         let endpoint = endpoint(path);
-        // Only this connection's requests, one at a time, take the lock; a panic cannot
-        // leave the list half-changed.
-        let mut memo = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Only this connection's requests, one at a time, take the lock.
+        let mut memo = crate::sync::lock(&self.0);
         let found = memo
             .iter()
             .position(|r| r.bridge == bridge.id && r.method == method && r.endpoint == endpoint);

@@ -92,8 +92,8 @@ impl Upstream {
         let (mut sender, connection) = client.connect(origin).await?;
         // The driver lives as long as the bridge connection, which holds this upstream.
         let _ = self.opened.send(connection);
-        // The handshake's sender is ready at once; nothing to wait for before the first
-        // request, but a connection refused right away shows here.
+        // Ready once the driver has polled the new connection; one the homeserver
+        // closed at once fails here instead of with the request.
         sender
             .ready()
             .await
@@ -102,11 +102,7 @@ impl Upstream {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<SendRequest<Body>>> {
-        // The guarded value is only ever replaced whole: a panic elsewhere cannot leave
-        // it half-written.
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.idle)
     }
 }
 
