@@ -661,6 +661,20 @@ mod tests {
     }
 
     #[test]
+    fn the_homeserver_address_splits_into_connection_host_and_path() {
+        let origin = Origin::parse("https://matrix.example.test:8448/synapse").unwrap();
+        assert_eq!(origin.uri, "https://matrix.example.test:8448/");
+        assert_eq!(origin.host, "matrix.example.test:8448");
+        assert_eq!(origin.path_prefix, "/synapse");
+        let origin = Origin::parse("http://127.0.0.1:8008").unwrap();
+        assert_eq!(
+            (origin.host.to_str().unwrap(), origin.path_prefix.as_str()),
+            ("127.0.0.1:8008", "")
+        );
+        assert!(Origin::parse("not a url").is_none());
+    }
+
+    #[test]
     fn bridge_tokens_are_recognised_by_shape() {
         let id = uuid::Uuid::new_v4();
         assert!(is_bridge_token(&format!("{id}-secret")));
