@@ -46,6 +46,7 @@ async fn bench(bridges: usize, transactions: usize, concurrency: usize) -> Value
     let data = tempfile::tempdir().unwrap();
     let tokens = populate(data.path(), bridges, ROOMS_PER_BRIDGE).await;
     let server = Server::start(data.path()).await;
+    let disk_before = dir_bytes(data.path());
     let delivered = Arc::new(AtomicU64::new(0));
     for token in &tokens {
         let socket = connect(server.addr, token).await;
@@ -109,6 +110,9 @@ async fn bench(bridges: usize, transactions: usize, concurrency: usize) -> Value
     wait_for(&delivered, total).await;
     let elapsed = started.elapsed();
     let cpu_percent = (cpu_ticks(server.pid()) - cpu_before) as f64 / elapsed.as_secs_f64();
+    // Acknowledged deliveries are removed and flushed in the background within a second.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let disk_after = dir_bytes(data.path());
     latencies.sort();
     let ms = |p: f64| {
         let i = ((latencies.len() as f64 * p) as usize).min(latencies.len() - 1);
@@ -133,11 +137,18 @@ async fn bench(bridges: usize, transactions: usize, concurrency: usize) -> Value
         ms(0.99)
     );
     println!("| asmux CPU | {cpu_percent:.0} % |");
+    let mib = |bytes: u64| bytes as f64 / 1048576.0;
+    println!(
+        "| data dir before / after (every queue drained) | {:.1} / {:.1} MiB |",
+        mib(disk_before),
+        mib(disk_after)
+    );
     json!({
         "scenario": "fan-in/out", "bridges": bridges, "transactions": transactions,
         "events_per_transaction": EVENTS_PER_TXN, "concurrency": concurrency,
         "events": total, "seconds": elapsed.as_secs_f64(), "events_per_second": events_per_s,
         "put_p50_ms": ms(0.50), "put_p99_ms": ms(0.99), "asmux_cpu_percent": cpu_percent,
+        "data_dir_mib_before": mib(disk_before), "data_dir_mib_after": mib(disk_after),
     })
 }
 
