@@ -113,6 +113,13 @@ async fn bench(bridges: usize, transactions: usize, concurrency: usize) -> Value
     // Acknowledged deliveries are removed and flushed in the background within a second.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let disk_after = dir_bytes(data.path());
+    let mut server = server;
+    server.stop();
+    let records = asmux::store::Store::open(data.path())
+        .unwrap()
+        .logical_bytes()
+        .unwrap();
+    let disk_compacted = compacted_size(data.path());
     latencies.sort();
     let ms = |p: f64| {
         let i = ((latencies.len() as f64 * p) as usize).min(latencies.len() - 1);
@@ -143,13 +150,38 @@ async fn bench(bridges: usize, transactions: usize, concurrency: usize) -> Value
         mib(disk_before),
         mib(disk_after)
     );
+    println!(
+        "| records kept (processed transactions for 24 h, bridges, rooms) | {:.1} MiB |",
+        mib(records)
+    );
+    println!(
+        "| data dir after a backup and restore | {:.1} MiB |",
+        mib(disk_compacted)
+    );
     json!({
         "scenario": "fan-in/out", "bridges": bridges, "transactions": transactions,
         "events_per_transaction": EVENTS_PER_TXN, "concurrency": concurrency,
         "events": total, "seconds": elapsed.as_secs_f64(), "events_per_second": events_per_s,
         "put_p50_ms": ms(0.50), "put_p99_ms": ms(0.99), "asmux_cpu_percent": cpu_percent,
         "data_dir_mib_before": mib(disk_before), "data_dir_mib_after": mib(disk_after),
+        "data_dir_mib_after_backup_and_restore": mib(disk_compacted),
+        "records_mib": mib(records),
     })
+}
+
+/// The size of `dir`'s data written into a new directory by a backup and a restore: the
+/// operator's way of compacting it.
+fn compacted_size(dir: &std::path::Path) -> u64 {
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("backup");
+    let store = asmux::store::Store::open(dir).unwrap();
+    store
+        .write_backup(std::fs::File::create(&file).unwrap(), 0)
+        .unwrap();
+    drop(store);
+    let restored = work.path().join("restored");
+    asmux::store::backup::restore(&file, &restored, false).unwrap();
+    dir_bytes(&restored)
 }
 
 /// A bridge that acknowledges every transaction as mautrix-go does, and counts its events.
