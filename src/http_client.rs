@@ -31,11 +31,13 @@ pub struct HttpClient {
     connector: HttpsConnector<HttpConnector>,
 }
 
-/// An HTTP/1 connection outside the pool: requests go in through the sender, and the
-/// connection runs while its caller polls the future.
+/// An HTTP/1 connection outside the pool, running while its owner polls it.
+pub type RunningConnection = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Such a connection and the sender its requests go in through.
 pub type OwnConnection = (
     hyper::client::conn::http1::SendRequest<Body>,
-    std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    RunningConnection,
 );
 
 /// Why an outgoing request produced no usable answer.

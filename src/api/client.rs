@@ -37,7 +37,7 @@ pub async fn proxy(
         query: parts.uri.query().unwrap_or_default().to_owned(),
         headers: parts.headers,
         body: boxed_body(body),
-        connection: Some(connection),
+        connection,
     };
     match services.proxy.handle(request).await {
         Ok(response) => response,

@@ -21,7 +21,6 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::http_client::{boxed_body, collect_limited, full_body, Body, HttpClient};
 use crate::matrix::Namespace;
-use crate::metrics::{endpoint, RequestLabels};
 use crate::secret::{presented_token, Secret};
 use crate::service::bridge_requests::{self, PingFailure};
 use crate::service::delivery::Delivery;
@@ -58,9 +57,8 @@ pub struct ProxyRequest {
     pub query: String,
     pub headers: HeaderMap,
     pub body: Body,
-    /// What the proxy keeps for the connection the request came on, if it has one; the
-    /// pooled client serves the request otherwise.
-    pub connection: Option<ConnectionState>,
+    /// What the proxy keeps for the connection the request came on.
+    pub connection: ConnectionState,
 }
 
 /// What the proxy keeps for one client connection between its requests.
@@ -179,17 +177,12 @@ impl Proxy {
         let Some(counted) = &bridge else {
             return self.proxy(req, None, &decoded).await;
         };
-        let metrics = &self.delivery.metrics;
-        let counters = match &req.connection {
-            Some(connection) => {
-                (connection.counters).counters(metrics, counted, &req.method, &decoded)
-            }
-            None => metrics.request_counters(&RequestLabels {
-                bridge: counted.name(),
-                method: req.method.to_string(),
-                endpoint: endpoint(&decoded),
-            }),
-        };
+        let counters = (req.connection.counters).counters(
+            &self.delivery.metrics,
+            counted,
+            &req.method,
+            &decoded,
+        );
         counters.received.inc();
         let response = self.proxy(req, bridge, &decoded).await;
         counters.handled.inc();
@@ -291,7 +284,7 @@ impl Proxy {
                 &query,
                 headers,
                 body,
-                req.connection.as_ref().map(|c| &c.upstream),
+                &req.connection.upstream,
             )
             .await?;
         match (special, bridge) {
@@ -411,20 +404,15 @@ impl Proxy {
         query: &str,
         mut headers: HeaderMap,
         body: Body,
-        upstream: Option<&Upstream>,
+        upstream: &Upstream,
     ) -> Result<ProxyResponse, Error> {
-        let query = if query.is_empty() {
-            String::new()
-        } else {
-            format!("?{query}")
-        };
-        let own = upstream.zip(self.origin.as_ref());
-        let uri = match own {
-            Some((_, origin)) => {
+        let separator = if query.is_empty() { "" } else { "?" };
+        let uri = match &self.origin {
+            Some(origin) => {
                 headers.insert(header::HOST, origin.host.clone());
-                format!("{}{path}{query}", origin.path_prefix)
+                format!("{}{path}{separator}{query}", origin.path_prefix)
             }
-            None => format!("{}{path}{query}", self.base),
+            None => format!("{}{path}{separator}{query}", self.base),
         };
         let mut request = http::Request::builder()
             .method(method.clone())
@@ -432,8 +420,8 @@ impl Proxy {
             .body(body)
             .map_err(|_| Error::BadRequest("Invalid request".into()))?;
         *request.headers_mut() = headers;
-        let response = match own {
-            Some((upstream, origin)) => upstream.send(&self.client, &origin.uri, request).await,
+        let response = match &self.origin {
+            Some(origin) => upstream.send(&self.client, &origin.uri, request).await,
             None => self.client.send(request).await,
         };
         let response = response.map_err(|e| {

@@ -9,16 +9,12 @@
 //! its answer never leave the task (figures in `benches/PROFILE.md`).
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use hyper::client::conn::http1::SendRequest;
 use tokio::sync::mpsc;
 
-use crate::http_client::{error_chain, Body, HttpClient, RequestError};
-
-type Running = Pin<Box<dyn Future<Output = ()> + Send>>;
+use crate::http_client::{error_chain, Body, HttpClient, RequestError, RunningConnection};
 
 /// The homeserver connection of one bridge connection, given to each of its requests.
 #[derive(Clone)]
@@ -26,13 +22,13 @@ pub struct Upstream {
     /// The sender of the open connection, between requests.
     idle: Arc<Mutex<Option<SendRequest<Body>>>>,
     /// New connections, to the [`UpstreamDriver`] that runs them.
-    opened: mpsc::UnboundedSender<Running>,
+    opened: mpsc::UnboundedSender<RunningConnection>,
 }
 
 /// Runs the connections an [`Upstream`] opens; polled by the task that serves the bridge
 /// connection, beside it.
 pub struct UpstreamDriver {
-    opened: mpsc::UnboundedReceiver<Running>,
+    opened: mpsc::UnboundedReceiver<RunningConnection>,
 }
 
 /// An [`Upstream`] and its driver.
@@ -111,7 +107,7 @@ impl UpstreamDriver {
     /// opens one only when the previous one can take no more requests). Never ends: the
     /// caller stops polling when the bridge connection ends.
     pub async fn run(mut self) -> Infallible {
-        let mut current: Option<Running> = None;
+        let mut current: Option<RunningConnection> = None;
         loop {
             tokio::select! {
                 Some(next) = self.opened.recv() => current = Some(next),
