@@ -5,29 +5,66 @@
 use std::future::Future;
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// A set of tasks that end together. Clones share the set.
-#[derive(Clone, Default)]
+///
+/// Its tasks run on the runtime it was made in (the server's main one), whichever thread
+/// spawns them: background work started by a request stays off the connection threads
+/// (see `server::threads`). [`Tasks::spawn_on`] chooses the runtime instead.
+#[derive(Clone)]
 pub struct Tasks {
     tracker: TaskTracker,
     cancel: CancellationToken,
+    home: Option<Handle>,
+}
+
+impl Default for Tasks {
+    fn default() -> Self {
+        Tasks {
+            tracker: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            home: Handle::try_current().ok(),
+        }
+    }
 }
 
 impl Tasks {
     /// Runs `task` until it ends or the set is stopped, whichever comes first: at its
     /// next await once the set is stopped (at once if it already is).
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+        match &self.home {
+            Some(home) => self.spawn_on(home, task),
+            None => self.spawn_here(task),
+        }
+    }
+
+    /// As [`Tasks::spawn`], on `runtime`.
+    pub fn spawn_on(
+        &self,
+        runtime: &Handle,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) -> JoinHandle<()> {
         let cancel = self.cancel.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => {}
-                () = task => {}
-            }
-        })
+        self.tracker.spawn_on(
+            async move {
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => {}
+                    () = task => {}
+                }
+            },
+            runtime,
+        )
+    }
+
+    /// As [`Tasks::spawn`], on the calling thread's runtime: for a task that belongs beside
+    /// a connection's socket.
+    pub fn spawn_here(&self, task: impl Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+        self.spawn_on(&Handle::current(), task)
     }
 
     /// Runs blocking work (disk scans, fsyncs) on tokio's blocking threads, so async
@@ -36,7 +73,10 @@ impl Tasks {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> JoinHandle<T> {
-        self.tracker.spawn_blocking(work)
+        match &self.home {
+            Some(home) => self.tracker.spawn_blocking_on(work, home),
+            None => self.tracker.spawn_blocking(work),
+        }
     }
 
     /// Runs blocking work off the async threads and waits for its result; `None` if it

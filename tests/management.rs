@@ -501,6 +501,22 @@ async fn bodies_are_limited() {
     server.root_get(WA).await.assert_error(404, "M_NOT_FOUND");
 }
 
+/// A body far over the limit is refused before it is read; the client is still writing
+/// it then, and must get the 413 rather than a connection reset (the rest is read and
+/// dropped after the answer).
+#[tokio::test]
+async fn an_oversized_body_gets_its_answer_while_still_being_sent() {
+    let hs = Stub::homeserver().await;
+    let server = TestServer::start(&hs).await;
+    let huge = format!(r#"{{"address": "http://x/{}"}}"#, "a".repeat(8 << 20));
+    for _ in 0..3 {
+        provision(&server, WA, SHARED_SECRET, &huge)
+            .await
+            .assert_error(413, "M_TOO_LARGE");
+    }
+    server.root_get(WA).await.assert_error(404, "M_NOT_FOUND");
+}
+
 /// `GET /_matrix/asmux/public/config/{prefix}/{what}` with HTTP Basic `alice:password`.
 async fn config_get(
     server: &TestServer,

@@ -1,8 +1,10 @@
 //! The running server: the accept loop around the HTTP surfaces, the metrics listener,
 //! background flushing and maintenance, and the orderly shutdown.
 
+mod lingering;
 pub mod shutdown;
 pub mod systemd;
+mod threads;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,6 +15,8 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use warp::Filter;
 
+use self::lingering::LingeringBody;
+use self::threads::ConnectionThreads;
 use crate::metrics::{BridgeLabels, BridgeSample};
 use crate::service::proxy::ConnectionState;
 use crate::service::Services;
@@ -78,11 +82,13 @@ pub async fn run(
             }
         }
     };
-    serve(listener, services.clone(), stop).await;
+    let mut threads = ConnectionThreads::start().context("cannot start connection threads")?;
+    serve(listener, services.clone(), stop, &mut threads).await;
     // What is still running now (sessions and connections past the deadline, timers,
     // reports) is cut. The tasks hold the store, and the data directory stays locked
     // until the last holder drops it.
     tasks.stop(BLOCKING_DEADLINE).await;
+    threads.stop().await;
     // A failed write is final: sled refuses every write after an I/O error until the
     // database is reopened (and a flush could wait for data it will never write). The
     // service manager starts asmux again, which reopens it and releases the disk reserve
@@ -107,8 +113,14 @@ enum Target<R> {
 /// As `warp::serve` does, except that proxied client-server requests skip warp (see
 /// [`crate::api::is_proxied`]), each request's pending upgrade is handed to the websocket
 /// filter (see [`crate::api::PendingUpgrade`]), at most `mux.max_connections` are served
-/// at once and a client has `mux.header_read_timeout_seconds` to send its headers.
-async fn serve(listener: TcpListener, services: Arc<Services>, stop: impl Future<Output = ()>) {
+/// at once, a client has `mux.header_read_timeout_seconds` to send its headers, and each
+/// connection is served on one of the connection threads (see [`threads`]).
+async fn serve(
+    listener: TcpListener,
+    services: Arc<Services>,
+    stop: impl Future<Output = ()>,
+    threads: &mut ConnectionThreads,
+) {
     let routes = hyper_util::service::TowerToHyperService::new(warp::service(crate::api::routes(
         services.clone(),
     )));
@@ -142,8 +154,9 @@ async fn serve(listener: TcpListener, services: Arc<Services>, stop: impl Future
             _ = &mut stop => break,
         };
         let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+            // Handed over as a plain socket, to join the event loop of its thread.
+            accepted = listener.accept() => match accepted.and_then(|(s, _)| s.into_std()) {
+                Ok(stream) => stream,
                 Err(e) => {
                     // Out of descriptors, or a connection reset before it was accepted.
                     tracing::warn!(error = %e, "cannot accept a connection");
@@ -176,6 +189,7 @@ async fn serve(listener: TcpListener, services: Arc<Services>, stop: impl Future
                             {
                                 request.extensions_mut().insert(pending);
                             }
+                            let request = request.map(LingeringBody::new);
                             let response = hyper::service::Service::call(&routes, request).await?;
                             Ok(crate::api::boxed(response))
                         }
@@ -183,35 +197,46 @@ async fn serve(listener: TcpListener, services: Arc<Services>, stop: impl Future
                 }
             },
         );
-        let connection = http
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
-            .with_upgrades();
+        let http = http.clone();
         let draining = draining.clone();
-        services.tasks.spawn(connections.track_future(async move {
-            // An upgraded connection ends here too, handing its socket to the websocket
-            // session: a bridge's websocket does not hold a slot.
-            let _slot = slot;
-            let mut connection = std::pin::pin!(connection);
-            let mut upstream = std::pin::pin!(upstream_driver.run());
-            // Biased: the connection is what wakes the task nearly every time.
-            let ended = tokio::select! {
-                biased;
-                ended = connection.as_mut() => ended,
-                never = upstream.as_mut() => match never {},
-                () = draining.cancelled() => {
-                    // Finishes the request in flight, then closes.
-                    connection.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        biased;
-                        ended = connection.as_mut() => ended,
-                        never = upstream.as_mut() => match never {},
+        services.tasks.spawn_on(
+            threads.next(),
+            connections.track_future(async move {
+                let stream = match tokio::net::TcpStream::from_std(stream) {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot serve a connection");
+                        return;
                     }
+                };
+                let connection = http
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
+                    .with_upgrades();
+                // An upgraded connection ends here too, handing its socket to the websocket
+                // session: a bridge's websocket does not hold a slot.
+                let _slot = slot;
+                let mut connection = std::pin::pin!(connection);
+                let mut upstream = std::pin::pin!(upstream_driver.run());
+                // Biased: the connection is what wakes the task nearly every time.
+                let ended = tokio::select! {
+                    biased;
+                    ended = connection.as_mut() => ended,
+                    never = upstream.as_mut() => match never {},
+                    () = draining.cancelled() => {
+                        // Finishes the request in flight, then closes.
+                        connection.as_mut().graceful_shutdown();
+                        tokio::select! {
+                            biased;
+                            ended = connection.as_mut() => ended,
+                            never = upstream.as_mut() => match never {},
+                        }
+                    }
+                };
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
                 }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        }));
+            }),
+        );
     }
     drop(listener);
     draining.cancel();

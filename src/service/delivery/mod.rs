@@ -224,7 +224,8 @@ impl Delivery {
     /// Runs a websocket session (from the upgrade on); shutdown waits for it to close its
     /// socket.
     pub fn spawn_session(&self, session: impl std::future::Future<Output = ()> + Send + 'static) {
-        self.tasks.spawn(self.sessions.track_future(session));
+        // On the thread of the connection it was upgraded from, beside its socket.
+        self.tasks.spawn_here(self.sessions.track_future(session));
     }
 
     /// Closes every websocket with 1012 and stops taking new batches. Deliveries in flight

@@ -75,7 +75,9 @@ async fn serve(
         delivery.websocket_write_timeout,
     ));
 
-    let writer = delivery.tasks.spawn(write(sink, outgoing, conn.clone()));
+    let writer = delivery
+        .tasks
+        .spawn_here(write(sink, outgoing, conn.clone()));
 
     if let Some(old) = delivery.hub.insert(conn.clone()) {
         tracing::info!(old_serial = old.serial, "replacing the older connection");
