@@ -220,6 +220,22 @@ async fn names_in_bodies_and_paths_are_confined() {
     .assert_error(403, "M_FORBIDDEN");
 }
 
+/// A refusal that comes before the body (here a token of no bridge) reaches a client
+/// still sending a large upload as the Matrix error, not as a reset connection.
+#[tokio::test]
+async fn a_refused_upload_gets_its_answer_while_still_being_sent() {
+    let (hs, server, reg) = setup("").await;
+    let url = server.url("/_matrix/media/v3/upload?filename=big.bin");
+    let wrong = format!("{}-wrongsecret", reg["id"].as_str().unwrap());
+    let upload = "x".repeat(8 << 20);
+    for _ in 0..3 {
+        send("POST", &url, Some(&wrong), Some(&upload))
+            .await
+            .assert_error(403, "M_UNKNOWN_TOKEN");
+    }
+    assert!(hs.requests_to("/_matrix/media/v3/upload").is_empty());
+}
+
 #[tokio::test]
 async fn created_rooms_belong_to_the_bridge() {
     let (_hs, server, reg) = setup("").await;

@@ -25,11 +25,14 @@ pub fn is_proxied(path: &str) -> bool {
 /// # `* /_matrix/client/{...}` and `* /_matrix/media/{...}`
 ///
 /// `connection` is what the proxy keeps for the connection the request came on.
-pub async fn proxy(
+pub async fn proxy<B>(
     services: Arc<Services>,
-    request: http::Request<hyper::body::Incoming>,
+    request: http::Request<B>,
     connection: ConnectionState,
-) -> http::Response<Body> {
+) -> http::Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + Sync + 'static,
+{
     let (parts, body) = request.into_parts();
     let request = ProxyRequest {
         method: parts.method,

@@ -181,6 +181,7 @@ async fn serve(
                 async move {
                     match target {
                         Target::Proxy(services, state) => {
+                            let request = request.map(LingeringBody::new);
                             Ok::<_, Infallible>(crate::api::proxy(services, request, state).await)
                         }
                         Target::Routes(routes) => {
