@@ -2,7 +2,8 @@
 //!
 //! - `idle N`: N websocket bridges connected and idle; the server's RSS and CPU.
 //! - `startup BRIDGES ROOMS`: time from exec to READY=1 and RSS with that many bridges and
-//!   rooms stored; the data directory's size against the logical size of its records.
+//!   rooms stored; the data directory's size against the logical size of its records,
+//!   before and after `asmux compact`.
 //! - `recovery EVENTS`: EVENTS queued for an offline bridge, SIGKILL, restart: time to
 //!   READY=1 and time until a reconnecting bridge has acknowledged every event.
 //!
@@ -124,6 +125,14 @@ async fn startup(bridges: usize, rooms: usize) -> Value {
     }
     // sled reclaims log segments in the background; see whether running shrank them.
     let disk_after = dir_bytes(data.path());
+    // `asmux compact`, then one more start on the compacted directory.
+    let started = Instant::now();
+    let compaction = asmux::store::replace::compact(data.path()).unwrap();
+    let compact_seconds = started.elapsed().as_secs_f64();
+    let mut server = Server::start(data.path()).await;
+    let ready_ms_compacted = server.ready.as_secs_f64() * 1000.0;
+    server.stop();
+    let disk_compacted = dir_bytes(data.path());
     ready_ms.sort_by(f64::total_cmp);
     json!({
         "bridges": bridges,
@@ -136,6 +145,12 @@ async fn startup(bridges: usize, rooms: usize) -> Value {
         "disk_mib": disk as f64 / 1048576.0,
         "space_amplification": disk as f64 / logical as f64,
         "disk_mib_after_restarts": disk_after as f64 / 1048576.0,
+        "space_amplification_after_restarts": disk_after as f64 / logical as f64,
+        "compact_seconds": compact_seconds,
+        "compacted_records": compaction.records,
+        "disk_mib_compacted": disk_compacted as f64 / 1048576.0,
+        "space_amplification_compacted": disk_compacted as f64 / logical as f64,
+        "ready_ms_compacted": ready_ms_compacted,
     })
 }
 

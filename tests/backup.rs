@@ -194,7 +194,30 @@ async fn cli_backup_goes_through_the_running_server() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+    let refused = cli(&config, &["compact"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     assert!(process.terminate().success());
+
+    // Stopped, the server's directory is compacted in place and keeps every record.
+    let compacted = cli(&config, &["compact"]);
+    let out = String::from_utf8_lossy(&compacted.stdout);
+    assert!(
+        compacted.status.success() && out.starts_with("Compacted ") && out.contains(" MiB -> "),
+        "{out}{}",
+        String::from_utf8_lossy(&compacted.stderr)
+    );
+    let store = open_store(&dir.path().join("data"));
+    let bridge = store
+        .bridge_by_token(reg["as_token"].as_str().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(bridge.hs_token.expose(), reg["hs_token"].as_str().unwrap());
+    drop(store);
 
     let restored = dir.path().join("restored");
     let restore = cli(
@@ -213,11 +236,11 @@ async fn cli_backup_goes_through_the_running_server() {
         String::from_utf8_lossy(&restore.stderr)
     );
     let store = open_store(&restored);
-    let bridge = store
+    let restored_bridge = store
         .bridge_by_token(reg["as_token"].as_str().unwrap())
         .unwrap()
         .unwrap();
-    assert_eq!(bridge.hs_token.expose(), reg["hs_token"].as_str().unwrap());
+    assert_eq!(*restored_bridge, *bridge);
 
     let mut damaged = std::fs::read(&file).unwrap();
     let n = damaged.len();

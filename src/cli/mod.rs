@@ -87,6 +87,13 @@ enum Command {
     /// Single-file backups of the whole database.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Rewrite the database compactly, giving back the disk space sled does not (the
+    /// server must be stopped; needs room for a second copy while it runs).
+    Compact {
+        /// The data directory to compact [default: mux.data_dir of the config]
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Translate the config.yaml of mautrix-asmux (the original) into asmux's config,
     /// keeping its tokens, and list every key without an equivalent.
     ImportConfig {
@@ -294,6 +301,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 registration.unwrap_or_else(|| doctor::default_registration(&config_path));
             let checks = runtime()?.block_on(doctor::run(&config_path, &registration));
             doctor::print(&checks, matches!(format, ChecklistFormat::Json))
+        }
+        Command::Compact { data_dir } => {
+            let dir = match data_dir {
+                Some(dir) => dir,
+                None => Config::load(&config_path)?.data_dir(),
+            };
+            let done = store::replace::compact(&dir)
+                .with_context(|| format!("cannot compact {}", dir.display()))?;
+            let mib = |bytes: u64| bytes as f64 / 1048576.0;
+            println!(
+                "Compacted {}: {} records, {:.1} MiB -> {:.1} MiB",
+                dir.display(),
+                done.records,
+                mib(done.bytes_before),
+                mib(done.bytes_after)
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::ImportConfig { old, output } => import_config(&old, output.as_deref()),
         Command::ImportOriginal {

@@ -241,10 +241,12 @@ pub fn verify(path: &Path) -> Result<Summary, BackupError> {
 pub fn restore(path: &Path, dir: &Path, force: bool) -> Result<Summary, BackupError> {
     verify(path)?;
     super::replace::replace_data_dir(dir, force, |store| {
-        read(std::fs::File::open(path)?, |tree, key, value| {
-            store.db.open_tree(tree)?.insert(key, value)?;
-            Ok(())
-        })
+        let mut loader = super::replace::BulkLoader::new(store);
+        let summary = read(std::fs::File::open(path)?, |tree, key, value| {
+            Ok(loader.insert(tree, key, value)?)
+        })?;
+        loader.finish()?;
+        Ok(summary)
     })
 }
 

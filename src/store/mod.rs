@@ -36,13 +36,24 @@ pub use users::User;
 use cache::ReadThrough;
 use reserve::DiskReserve;
 
-fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
+/// How the database is written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// Serving: asmux flushes itself before acknowledging anything, so sled's own flusher
+    /// thread stays off (it would also keep the directory locked after the store is
+    /// dropped).
+    Serving,
+    /// Filled all at once (restore, compaction) into a directory nobody else uses: sled's
+    /// flusher thread is also its only segment cleaner, and cleaning while filling lets
+    /// sled reuse the segments that superseded pages leave behind.
+    Filling,
+}
+
+fn open_sled(dir: &Path, usage: Use) -> Result<sled::Db, StoreError> {
     sled::Config::new()
         .path(dir)
         .cache_capacity(SLED_CACHE_BYTES)
-        // asmux flushes itself before acknowledging anything; sled's own flusher
-        // thread would also keep the directory locked after the store is dropped.
-        .flush_every_ms(None)
+        .flush_every_ms((usage == Use::Filling).then_some(FILLING_FLUSH_MS))
         .open()
         .map_err(|e| match e {
             sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
@@ -58,6 +69,8 @@ pub const SCHEMA_VERSION: u32 = 2;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 /// sled's page cache: the data of a homelab install fits many times over.
 const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+/// How often sled's flusher runs, and cleans segments, while a database is filled.
+const FILLING_FLUSH_MS: u64 = 20;
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +92,10 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("{0} is not empty (use --force to replace it)")]
     NotEmpty(PathBuf),
+    #[error("{0} holds no asmux database")]
+    NoDatabase(PathBuf),
+    #[error("compacting needs room for a copy: {needed} bytes, and the disk has {available} free")]
+    NoRoomToCompact { needed: u64, available: u64 },
     #[error("the data directory takes no new data: its disk is nearly full, or it is gone")]
     DiskFull,
 }
@@ -126,6 +143,15 @@ impl Store {
     /// [`reserve`]): on a disk that is already short it is released before the database
     /// opens, so a server stopped by a full disk starts again and drains its queues.
     pub fn open_with_reserve(dir: &Path, reserve_bytes: u64) -> Result<Store, StoreError> {
+        Store::open_for(dir, reserve_bytes, Use::Serving)
+    }
+
+    /// Opens a new database that is filled all at once (see [`replace`]).
+    fn open_to_fill(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_for(dir, 0, Use::Filling)
+    }
+
+    fn open_for(dir: &Path, reserve_bytes: u64, usage: Use) -> Result<Store, StoreError> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -133,12 +159,12 @@ impl Store {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         let reserve = DiskReserve::new(dir, reserve_bytes);
         reserve.admits_growth();
-        let db = match open_sled(dir) {
+        let db = match open_sled(dir, usage) {
             Err(StoreError::Sled(sled::Error::Io(e)))
                 if reserve::is_disk_full(&e) && reserve.release()? =>
             {
                 tracing::error!("the disk is full: released the disk reserve to open the database");
-                open_sled(dir)?
+                open_sled(dir, usage)?
             }
             result => result?,
         };
@@ -416,13 +442,14 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let store = Store::open(tmp.path()).unwrap();
+        let store = Store::open_when_free(tmp.path(), std::time::Duration::from_secs(2)).unwrap();
         let alice = store.user("alice").unwrap().unwrap();
         assert_eq!(alice.login_token.expose(), "login");
         assert_eq!(alice.api_token.expose(), "api");
         assert_eq!(alice.proxy_config, None);
         drop(store);
-        let reopened = Store::open(tmp.path()).unwrap();
+        let reopened =
+            Store::open_when_free(tmp.path(), std::time::Duration::from_secs(2)).unwrap();
         assert_eq!(*reopened.user("alice").unwrap().unwrap(), *alice);
     }
 
@@ -436,7 +463,7 @@ mod tests {
             db.flush().unwrap();
         }
         assert!(matches!(
-            Store::open(tmp.path()),
+            Store::open_when_free(tmp.path(), std::time::Duration::from_secs(2)),
             Err(StoreError::NewerSchema { found }) if found == SCHEMA_VERSION + 1
         ));
     }

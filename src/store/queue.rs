@@ -583,7 +583,7 @@ mod tests {
             queue.insert(queue_key(bridge, 1000), value).unwrap();
             db.flush().unwrap();
         }
-        let store = Store::open(tmp.path()).unwrap();
+        let store = Store::open_when_free(tmp.path(), std::time::Duration::from_secs(2)).unwrap();
         let commit = TransactionCommit {
             txn_id: "1",
             entries: vec![(bridge, b"new".to_vec())],
