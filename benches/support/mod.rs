@@ -57,6 +57,8 @@ pub struct Server {
     pub addr: std::net::SocketAddr,
     /// From exec to READY=1.
     pub ready: Duration,
+    /// Kept open for the server's later notifications (STOPPING=1).
+    _notify: UnixDatagram,
     _config: tempfile::TempDir,
 }
 
@@ -95,11 +97,11 @@ impl Server {
             .spawn()
             .unwrap();
         raise_nofile(child.id());
-        let ready = tokio::task::spawn_blocking(move || {
+        let (ready, notify) = tokio::task::spawn_blocking(move || {
             let mut buf = [0u8; 64];
             let n = socket.recv(&mut buf).expect("READY=1 within 120 s");
             assert_eq!(&buf[..n], b"READY=1\n");
-            started.elapsed()
+            (started.elapsed(), socket)
         })
         .await
         .unwrap();
@@ -107,6 +109,7 @@ impl Server {
             child,
             addr: ([127, 0, 0, 1], port).into(),
             ready,
+            _notify: notify,
             _config: config,
         }
     }

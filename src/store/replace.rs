@@ -99,9 +99,9 @@ pub struct Compaction {
 }
 
 /// Rewrites the database in `dir` into a new one, every tree in key order, and swaps it
-/// in. sled 0.34 never shrinks its file and stores records written one at a time in
-/// random order at 6-7x their size; written in order they take about 2x. The server must
-/// be stopped; the disk needs room for a second copy while this runs.
+/// in. sled 0.34 never shrinks its file and stores rooms registered one at a time at about
+/// 6x their size; the copy takes about 3.5x. The server must be stopped; the disk needs
+/// room for a second copy while this runs.
 pub fn compact(dir: &Path) -> Result<Compaction, StoreError> {
     if !dir.join("conf").exists() {
         return Err(StoreError::NoDatabase(dir.to_owned()));
