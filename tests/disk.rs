@@ -2,7 +2,8 @@
 //! private mount namespace of the asmux process): filled up by another writer, asmux
 //! refuses new transactions with 500s, delivers what it acknowledged, recovers by itself
 //! when space is freed, and starts again after a SIGKILL on a disk that is still full.
-//! Also a read-only data directory and one deleted under the running server.
+//! Also a read-only data directory and one deleted under the running server, and
+//! compactions refused on a mount point and on a disk without room for the copy.
 
 mod common;
 
@@ -133,6 +134,18 @@ impl Disk {
         }
         // The last partial blocks too.
         while file.write_all(&chunk[..4096]).is_ok() {}
+    }
+
+    /// `script` run by `sh` in a new mount namespace where the image is mounted on
+    /// `data`, in the test's directory, with `$ASMUX` naming the binary.
+    fn in_namespace(&self, script: &str) -> std::process::Output {
+        let d = self.dir.path().display();
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!("cd {d} && mount -o loop image data && {script}"))
+            .env("ASMUX", binary())
+            .output()
+            .expect("unshare runs")
     }
 
     fn asmux_status(&self, process: &Process) -> String {
@@ -367,4 +380,46 @@ async fn a_data_directory_deleted_under_the_server_stops_new_writes() {
     );
     let status = process.terminate();
     assert!(status.success(), "{status}");
+}
+
+/// The copy is built beside the data directory; a mount point cannot be replaced by it.
+#[tokio::test]
+async fn compacting_a_mount_point_is_refused_before_anything_is_copied() {
+    let disk = Disk::new("http://127.0.0.1:9");
+    let out = disk.in_namespace(
+        "$ASMUX -c config.toml bridge create alice whatsapp --websocket >/dev/null \
+         && $ASMUX -c config.toml compact; echo \"exit=$?\"; ls -a",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("exit=1"), "{stdout}{stderr}");
+    assert!(stderr.contains("is a mount point"), "{stderr}");
+    assert!(!stdout.contains(".data.filling"), "{stdout}");
+}
+
+/// A disk that cannot hold the copy is refused up front, the database untouched.
+#[tokio::test]
+async fn compacting_without_room_for_a_copy_is_refused() {
+    let disk = Disk::new("http://127.0.0.1:9");
+    let config = std::fs::read_to_string(disk.dir.path().join("config.toml")).unwrap();
+    std::fs::write(
+        disk.dir.path().join("inner.toml"),
+        config.replace("data_dir = \"data\"", "data_dir = \"data/db\""),
+    )
+    .unwrap();
+    let out = disk.in_namespace(
+        "$ASMUX -c inner.toml bridge create alice whatsapp --websocket >/dev/null \
+         && { dd if=/dev/zero of=data/filler bs=1M 2>/dev/null; \
+              $ASMUX -c inner.toml compact; echo \"exit=$?\"; ls -a data; \
+              rm data/filler; $ASMUX -c inner.toml bridge list; }",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("exit=1"), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("compacting needs room for a copy"),
+        "{stdout}{stderr}"
+    );
+    assert!(!stdout.contains(".db.filling"), "{stdout}");
+    assert!(stdout.contains("alice/whatsapp"), "{stdout}{stderr}");
 }

@@ -94,6 +94,11 @@ pub enum StoreError {
     NotEmpty(PathBuf),
     #[error("{0} holds no asmux database")]
     NoDatabase(PathBuf),
+    #[error(
+        "{0} is a mount point: the new database is built beside it and cannot be renamed into \
+         its place (make mux.data_dir a directory inside the mounted filesystem)"
+    )]
+    MountPoint(PathBuf),
     #[error("compacting needs room for a copy: {needed} bytes, and the disk has {available} free")]
     NoRoomToCompact { needed: u64, available: u64 },
     #[error("the data directory takes no new data: its disk is nearly full, or it is gone")]

@@ -29,10 +29,10 @@ pub fn replace_data_dir<T, E: From<StoreError> + From<std::io::Error>>(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = parent_of(dir);
+    if is_mount_point(dir, parent) {
+        return Err(StoreError::MountPoint(dir.to_owned()).into());
+    }
     // A directory replaced by root (restoring, compacting with sudo) stays the service
     // user's.
     let owner = std::fs::metadata(dir).ok().map(|m| (m.uid(), m.gid()));
@@ -76,6 +76,21 @@ pub fn replace_data_dir<T, E: From<StoreError> + From<std::io::Error>>(
     Ok(value)
 }
 
+fn parent_of(dir: &Path) -> &Path {
+    dir.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Whether `dir` is on another filesystem than `parent`: the new database, built beside
+/// it, could not be renamed into its place.
+fn is_mount_point(dir: &Path, parent: &Path) -> bool {
+    match (std::fs::metadata(dir), std::fs::metadata(parent)) {
+        (Ok(dir), Ok(parent)) => dir.dev() != parent.dev(),
+        _ => false,
+    }
+}
+
 /// Makes `uid:gid` the owner of `path` and everything under it.
 fn give_to(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     let meta = std::fs::symlink_metadata(path)?;
@@ -98,6 +113,9 @@ pub struct Compaction {
     pub bytes_after: u64,
 }
 
+/// Free space a compaction wants beyond the size of the database it copies.
+const COMPACTION_MARGIN: u64 = 16 << 20;
+
 /// Rewrites the database in `dir` into a new one, every tree in key order, and swaps it
 /// in. sled 0.34 never shrinks its file and stores rooms registered one at a time at about
 /// 6x their size; the copy takes about 3.5x. The server must be stopped; the disk needs
@@ -106,16 +124,19 @@ pub fn compact(dir: &Path) -> Result<Compaction, StoreError> {
     if !dir.join("conf").exists() {
         return Err(StoreError::NoDatabase(dir.to_owned()));
     }
+    if is_mount_point(dir, parent_of(dir)) {
+        return Err(StoreError::MountPoint(dir.to_owned()));
+    }
     let bytes_before = allocated_bytes(dir)?;
-    // The copy is rarely larger than the original. Running out of disk half-way would
-    // leave the original as it was, but sled 0.34 can hang closing a database whose
-    // write failed, so a disk that cannot hold the copy is refused up front.
-    let available = super::reserve::available_bytes(dir)?;
-    if available < bytes_before {
-        return Err(StoreError::NoRoomToCompact {
-            needed: bytes_before,
-            available,
-        });
+    // The copy, built beside `dir`, is rarely larger than the original. Running out of
+    // disk half-way leaves the original as it was, but sled 0.34 can hang closing a
+    // database whose write failed, so a disk that cannot hold the copy is refused up
+    // front, with a margin for sled's open segments and for blocks the filesystem counts
+    // as free but keeps for itself (ext4 refused writes with 1 MiB shown free).
+    let needed = bytes_before + COMPACTION_MARGIN;
+    let available = super::reserve::available_bytes(parent_of(dir))?;
+    if available < needed {
+        return Err(StoreError::NoRoomToCompact { needed, available });
     }
     let records = replace_data_dir(dir, true, |new| -> Result<u64, StoreError> {
         // The lock check above has just let go of the directory.
