@@ -14,6 +14,7 @@ pub fn replace_data_dir<T, E: From<StoreError> + From<std::io::Error>>(
     force: bool,
     fill: impl FnOnce(&Store) -> Result<T, E>,
 ) -> Result<T, E> {
+    let dir = &real_path(dir);
     let non_empty = holds_anything(dir);
     if non_empty && !force {
         return Err(StoreError::NotEmpty(dir.to_owned()).into());
@@ -49,12 +50,11 @@ pub fn replace_data_dir<T, E: From<StoreError> + From<std::io::Error>>(
             &staging,
             std::time::Duration::from_secs(2),
         )?);
+        if let Some((uid, gid)) = owner {
+            give_to(&staging, uid, gid)?;
+        }
         Ok(value)
     })();
-    let filled = filled.and_then(|value| match owner {
-        Some((uid, gid)) => Ok(give_to(&staging, uid, gid).map(|()| value)?),
-        None => Ok(value),
-    });
     let value = match filled {
         Ok(value) => value,
         Err(e) => {
@@ -74,6 +74,12 @@ pub fn replace_data_dir<T, E: From<StoreError> + From<std::io::Error>>(
     // The renames are durable only once the directory holding them is synced.
     std::fs::File::open(parent)?.sync_all()?;
     Ok(value)
+}
+
+/// `dir` with symbolic links resolved when it exists: a linked data directory is
+/// replaced where it lives, and the link stays.
+fn real_path(dir: &Path) -> std::path::PathBuf {
+    dir.canonicalize().unwrap_or_else(|_| dir.to_owned())
 }
 
 fn parent_of(dir: &Path) -> &Path {
@@ -124,9 +130,6 @@ pub fn compact(dir: &Path) -> Result<Compaction, StoreError> {
     if !dir.join("conf").exists() {
         return Err(StoreError::NoDatabase(dir.to_owned()));
     }
-    if is_mount_point(dir, parent_of(dir)) {
-        return Err(StoreError::MountPoint(dir.to_owned()));
-    }
     let bytes_before = allocated_bytes(dir)?;
     // The copy, built beside `dir`, is rarely larger than the original. Running out of
     // disk half-way leaves the original as it was, but sled 0.34 can hang closing a
@@ -134,7 +137,7 @@ pub fn compact(dir: &Path) -> Result<Compaction, StoreError> {
     // front, with a margin for sled's open segments and for blocks the filesystem counts
     // as free but keeps for itself (ext4 refused writes with 1 MiB shown free).
     let needed = bytes_before + COMPACTION_MARGIN;
-    let available = super::reserve::available_bytes(parent_of(dir))?;
+    let available = super::reserve::available_bytes(parent_of(&real_path(dir)))?;
     if available < needed {
         return Err(StoreError::NoRoomToCompact { needed, available });
     }
@@ -218,7 +221,7 @@ impl<'a> BulkLoader<'a> {
 }
 
 /// The disk space the files under `dir` take, as `du` counts it.
-fn allocated_bytes(dir: &Path) -> Result<u64, std::io::Error> {
+pub fn allocated_bytes(dir: &Path) -> Result<u64, std::io::Error> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -327,6 +330,39 @@ mod tests {
         }
         assert!(owners.len() > 2, "the directory and sled's files");
         assert!(owners.iter().all(|&o| o == (NOBODY, NOBODY)), "{owners:?}");
+    }
+
+    /// A data directory reached through a symbolic link: the directory it names is
+    /// replaced, the link stays, and nothing of the old database is left behind.
+    #[test]
+    fn a_linked_data_directory_is_replaced_where_it_lives() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("volume").join("data");
+        let link = tmp.path().join("data");
+        std::fs::create_dir_all(&real).unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let store = Store::open(&link).unwrap();
+        store.create_user("alice").unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+        compact(&link).unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let store = Store::open_when_free(&real, std::time::Duration::from_secs(2)).unwrap();
+        assert!(store.user("alice").unwrap().is_some());
+        let mut left: Vec<_> = std::fs::read_dir(tmp.path().join("volume"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.extend(
+            std::fs::read_dir(tmp.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name()),
+        );
+        left.sort();
+        assert_eq!(left, ["data", "data", "volume"]);
     }
 
     #[test]
