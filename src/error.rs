@@ -43,6 +43,9 @@ pub enum Error {
     /// 400 `M_BAD_JSON`.
     #[error("{0}")]
     BadJson(String),
+    /// 400 `M_INVALID_PARAM`: a path or query parameter that cannot be read one way.
+    #[error("{0}")]
+    InvalidParam(Cow<'static, str>),
     /// 404 `M_UNRECOGNIZED`: no such route.
     #[error("Unrecognized request")]
     UnknownRoute,
@@ -74,7 +77,9 @@ impl Error {
             MissingToken(_) | UnknownToken(_) | Forbidden(_) => StatusCode::FORBIDDEN,
             BadHomeserverToken | Unauthorized(_) => StatusCode::UNAUTHORIZED,
             NotFound(_) | UnknownRoute => StatusCode::NOT_FOUND,
-            BadRequest(_) | NotJson(_) | BadJson(_) => StatusCode::BAD_REQUEST,
+            BadRequest(_) | NotJson(_) | BadJson(_) | InvalidParam(_) => {
+                StatusCode::BAD_REQUEST
+            }
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             BadGateway => StatusCode::BAD_GATEWAY,
@@ -94,6 +99,7 @@ impl Error {
             BadRequest(_) => "M_BAD_REQUEST",
             NotJson(_) => "M_NOT_JSON",
             BadJson(_) => "M_BAD_JSON",
+            InvalidParam(_) => "M_INVALID_PARAM",
             UnknownRoute | MethodNotAllowed => "M_UNRECOGNIZED",
             TooLarge => "M_TOO_LARGE",
             BadGateway => "M_BAD_GATEWAY",

@@ -59,6 +59,19 @@ impl<'a> EventMeta<'a> {
         MESSAGE_TYPES.contains(&self.kind()) && self.content_is_empty()
     }
 
+    /// Whether this membership event makes its user joined or invited (`content.membership`
+    /// `join` or `invite`); any other membership, or none readable, does not.
+    pub fn is_join_or_invite(&self) -> bool {
+        #[derive(Deserialize)]
+        struct Member<'a> {
+            #[serde(borrow)]
+            membership: Cow<'a, str>,
+        }
+        self.content
+            .and_then(|raw| serde_json::from_str::<Member<'_>>(raw.get()).ok())
+            .is_some_and(|m| m.membership == "join" || m.membership == "invite")
+    }
+
     /// Whether the type is one of the message checkpoint types.
     pub fn is_message(&self) -> bool {
         MESSAGE_TYPES.contains(&self.kind()) || self.kind() == "m.room.redaction"
@@ -170,6 +183,19 @@ mod tests {
         assert!(meta(r#"{"type":"m.reaction"}"#).is_redacted_message());
         assert!(!meta(r#"{"type":"m.room.message","content":{"body":"x"}}"#).is_redacted_message());
         assert!(!meta(r#"{"type":"m.room.member","content":{}}"#).is_redacted_message());
+    }
+
+    #[test]
+    fn memberships() {
+        assert!(meta(r#"{"content":{"membership":"join"}}"#).is_join_or_invite());
+        assert!(meta(r#"{"content":{"membership":"invite","x":1}}"#).is_join_or_invite());
+        for other in ["leave", "ban", "knock"] {
+            let json = format!(r#"{{"content":{{"membership":"{other}"}}}}"#);
+            assert!(!meta(&json).is_join_or_invite(), "{other}");
+        }
+        assert!(!meta(r#"{"content":{"membership":5}}"#).is_join_or_invite());
+        assert!(!meta(r#"{"content":{}}"#).is_join_or_invite());
+        assert!(!meta("{}").is_join_or_invite());
     }
 
     #[test]

@@ -85,13 +85,16 @@ impl Namespace {
     }
 
     /// Splits a user ID (`@`) or alias (`#`) back into owner, prefix and the rest. Anything
-    /// not of the form `{sigil}{gp}{owner}_{prefix}_{rest}:{server}` belongs to no bridge.
+    /// not of the form `{sigil}{gp}{owner}_{prefix}_{rest}:{server}` belongs to no bridge,
+    /// also a `rest` with a `:`: homeservers split an ID at its first `:`, so
+    /// `@_a_b_x:evil:{server}` is no user of this server.
     pub fn parse<'a>(&self, sigil: char, id: &'a str) -> Option<BridgeUser<'a>> {
         let local = id
             .strip_prefix(sigil)?
             .strip_prefix(self.global_prefix.as_str())?
             .strip_suffix(self.server.as_str())?
-            .strip_suffix(':')?;
+            .strip_suffix(':')
+            .filter(|local| !local.contains(':'))?;
         let mut parts = local.splitn(3, '_');
         let (owner, prefix, rest) = (parts.next()?, parts.next()?, parts.next()?);
         (is_valid_name(owner) && is_valid_name(prefix) && !rest.is_empty()).then_some(BridgeUser {
@@ -99,6 +102,15 @@ impl Namespace {
             prefix,
             rest,
         })
+    }
+
+    /// The localpart of `user_id` when it names a user of this server.
+    pub fn local_user<'a>(&self, user_id: &'a str) -> Option<&'a str> {
+        user_id
+            .strip_prefix('@')?
+            .strip_suffix(self.server.as_str())?
+            .strip_suffix(':')
+            .filter(|local| !local.is_empty() && !local.contains(':'))
     }
 
     /// Whether `user_id` lies inside the namespace of bridge `owner`/`prefix`.
@@ -174,5 +186,13 @@ mod tests {
         assert!(n
             .parse('@', "@_alice_whatsapp_x:evil.example.test")
             .is_none());
+        assert!(n
+            .parse('@', "@_alice_whatsapp_x:evil:example.test")
+            .is_none());
+        assert_eq!(n.local_user("@alice:example.test"), Some("alice"));
+        assert_eq!(n.local_user("@alice:evil:example.test"), None);
+        assert_eq!(n.local_user("@alice:other.test"), None);
+        let with_port = Namespace::new("_", "example.test:8448");
+        assert!(with_port.in_bridge("@_alice_whatsapp_x:example.test:8448", "alice", "whatsapp"));
     }
 }

@@ -105,7 +105,7 @@ impl Intake {
                 at_ms: now_ms(),
                 event_ids: routed.event_ids.clone(),
             }),
-            new_room_owners: routed.new_room_owners.clone(),
+            memberships: routed.memberships.clone(),
             entries,
         };
         self.store.commit_transaction(&commit).map_err(|e| {

@@ -175,11 +175,7 @@ impl Management {
                 Error::BadGateway
             })?
             .ok_or(Error::UnknownToken("Invalid authorization token"))?;
-        let localpart = user_id
-            .strip_prefix('@')
-            .and_then(|rest| rest.strip_suffix(self.namespace.server.as_str()))
-            .and_then(|rest| rest.strip_suffix(':'));
-        let user = match localpart {
+        let user = match self.namespace.local_user(&user_id) {
             Some(localpart) => self.store.user(localpart)?,
             None => None,
         };

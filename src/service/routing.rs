@@ -1,18 +1,21 @@
 //! Splitting a homeserver transaction into per-bridge sub-transactions (spec 3.1). Pure:
 //! reads rooms and bridges through [`RoutingView`], returns what to write.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use uuid::Uuid;
 
 use crate::config::EventFilter;
 use crate::matrix::{BridgeTransaction, EventMeta, HomeserverTransaction, Namespace, Raw};
-use crate::store::{Bridge, Room, Store, StoreError};
+use crate::store::{Bridge, Membership, Room, Store, StoreError};
 
 /// The lookups routing needs.
 pub trait RoutingView {
     fn room(&self, room_id: &str) -> Result<Option<Arc<Room>>, StoreError>;
+    /// The users of `bridge` joined or invited to `room_id`, as far as asmux saw.
+    fn room_members(&self, room_id: &str, bridge: Uuid) -> Result<Vec<String>, StoreError>;
     fn bridge(&self, id: Uuid) -> Result<Option<Arc<Bridge>>, StoreError>;
     fn bridge_by_name(&self, owner: &str, prefix: &str) -> Result<Option<Arc<Bridge>>, StoreError>;
     /// Every bridge.
@@ -22,6 +25,9 @@ pub trait RoutingView {
 impl RoutingView for Store {
     fn room(&self, room_id: &str) -> Result<Option<Arc<Room>>, StoreError> {
         Store::room(self, room_id)
+    }
+    fn room_members(&self, room_id: &str, bridge: Uuid) -> Result<Vec<String>, StoreError> {
+        Store::room_members(self, room_id, bridge)
     }
     fn bridge(&self, id: Uuid) -> Result<Option<Arc<Bridge>>, StoreError> {
         Store::bridge(self, id)
@@ -67,8 +73,8 @@ pub struct Routed {
     pub transactions: BTreeMap<Uuid, BridgeTransaction>,
     /// Every bridge named in `transactions`.
     pub bridges: HashMap<Uuid, Arc<Bridge>>,
-    /// Rooms that gained an owning bridge.
-    pub new_room_owners: Vec<(String, Uuid)>,
+    /// Memberships of bridges' users, in event order: they make and end room owners.
+    pub memberships: Vec<Membership>,
     /// Event type and reason of every dropped event.
     pub dropped: Vec<(String, DropReason)>,
     /// The event ID of every readable PDU, in order.
@@ -88,6 +94,9 @@ pub struct Router {
 struct RoomState {
     owners: Vec<Uuid>,
     deleted: bool,
+    /// The members of bridges whose users' memberships this transaction changes, read
+    /// from the store on first use.
+    members: HashMap<Uuid, BTreeSet<String>>,
 }
 
 impl Router {
@@ -164,10 +173,12 @@ impl Context<'_> {
                 Some(room) => RoomState {
                     owners: room.owners.clone(),
                     deleted: room.deleted,
+                    members: HashMap::new(),
                 },
                 None => RoomState {
                     owners: Vec::new(),
                     deleted: false,
+                    members: HashMap::new(),
                 },
             };
             self.rooms.insert(room_id.to_owned(), state);
@@ -215,25 +226,51 @@ impl Context<'_> {
             self.drop_event(Some(&meta), DropReason::NoRoom);
             return Ok(());
         };
-        // A bridge user's membership makes that bridge an owner of the room.
+        // A bridge owns a room while one of its users is joined or invited there (when
+        // Matrix would send an appservice the room's events).
         let member_bridge = match (meta.kind(), meta.state_key.as_deref()) {
             ("m.room.member", Some(state_key)) => self.bridge_of(state_key)?,
             _ => None,
         };
+        let view = self.view;
         let room = self.room(room_id)?;
         if room.deleted {
             self.drop_event(Some(&meta), DropReason::DeletedRoom);
             return Ok(());
         }
-        let new_owner = member_bridge.filter(|b| !room.owners.contains(&b.id));
-        if let Some(bridge) = &new_owner {
-            room.owners.push(bridge.id);
-        }
-        let owners = room.owners.clone();
-        if let Some(bridge) = new_owner {
-            self.routed
-                .new_room_owners
-                .push((room_id.to_owned(), bridge.id));
+        let mut owners = room.owners.clone();
+        if let Some(bridge) = member_bridge {
+            let user_id = meta.state_key.as_deref().unwrap_or_default().to_owned();
+            let member = meta.is_join_or_invite();
+            let members = match room.members.entry(bridge.id) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(unread) => {
+                    unread.insert(view.room_members(room_id, bridge.id)?.into_iter().collect())
+                }
+            };
+            // The bridge gets its own user's membership event in any case (Matrix sends
+            // an appservice its users' memberships), then owns the room while any of its
+            // users is a member.
+            if !owners.contains(&bridge.id) {
+                owners.push(bridge.id);
+            }
+            if member {
+                members.insert(user_id.clone());
+                if !room.owners.contains(&bridge.id) {
+                    room.owners.push(bridge.id);
+                }
+            } else {
+                members.remove(&user_id);
+                if members.is_empty() {
+                    room.owners.retain(|owner| *owner != bridge.id);
+                }
+            }
+            self.routed.memberships.push(Membership {
+                room_id: room_id.to_owned(),
+                bridge: bridge.id,
+                user_id,
+                member,
+            });
         }
         if owners.is_empty() {
             self.drop_event(Some(&meta), DropReason::UnownedRoom);
@@ -348,6 +385,7 @@ mod tests {
     #[derive(Default)]
     struct FakeView {
         rooms: HashMap<String, Arc<Room>>,
+        members: HashMap<(String, Uuid), Vec<String>>,
         bridges: Vec<Arc<Bridge>>,
     }
 
@@ -366,6 +404,12 @@ mod tests {
             self
         }
 
+        fn with_members(mut self, room_id: &str, bridge: Uuid, users: &[&str]) -> Self {
+            let users = users.iter().map(|u| u.to_string()).collect();
+            self.members.insert((room_id.into(), bridge), users);
+            self
+        }
+
         fn id(&self, prefix: &str) -> Uuid {
             self.bridges.iter().find(|b| b.prefix == prefix).unwrap().id
         }
@@ -374,6 +418,10 @@ mod tests {
     impl RoutingView for FakeView {
         fn room(&self, room_id: &str) -> Result<Option<Arc<Room>>, StoreError> {
             Ok(self.rooms.get(room_id).cloned())
+        }
+        fn room_members(&self, room_id: &str, bridge: Uuid) -> Result<Vec<String>, StoreError> {
+            let key = (room_id.to_owned(), bridge);
+            Ok(self.members.get(&key).cloned().unwrap_or_default())
         }
         fn bridge(&self, id: Uuid) -> Result<Option<Arc<Bridge>>, StoreError> {
             Ok(self.bridges.iter().find(|b| b.id == id).cloned())
@@ -426,13 +474,88 @@ mod tests {
                 {"type": "m.room.message", "room_id": "!new", "event_id": "$after", "content": {"body": "y"}},
             ]}),
         );
-        assert_eq!(routed.new_room_owners, [("!new".to_owned(), wa)]);
+        assert_eq!(
+            routed.memberships,
+            [Membership {
+                room_id: "!new".into(),
+                bridge: wa,
+                user_id: "@_alice_whatsapp_bot:example.test".into(),
+                member: true
+            }]
+        );
         assert_eq!(ids(&routed.transactions[&wa].events), ["$invite", "$after"]);
         assert_eq!(
             routed.dropped,
             [("m.room.message".into(), DropReason::UnownedRoom)]
         );
         assert_eq!(routed.event_ids, ["$before", "$invite", "$after"]);
+    }
+
+    fn member(room: &str, id: &str, user: &str, membership: &str) -> serde_json::Value {
+        serde_json::json!({"type": "m.room.member", "room_id": room, "event_id": id,
+            "state_key": user, "content": {"membership": membership}})
+    }
+
+    fn message(room: &str, id: &str) -> serde_json::Value {
+        serde_json::json!({"type": "m.room.message", "room_id": room, "event_id": id,
+            "content": {"body": "x"}})
+    }
+
+    #[test]
+    fn a_bridge_owns_a_room_while_one_of_its_users_is_a_member() {
+        let view = FakeView::default()
+            .with_bridge(test_bridge("alice", "whatsapp"))
+            .with_bridge(test_bridge("bob", "signal"));
+        let (wa, sig) = (view.id("whatsapp"), view.id("signal"));
+        let (ghost, bot) = (
+            "@_alice_whatsapp_1:example.test",
+            "@_alice_whatsapp_bot:example.test",
+        );
+        let view = view
+            .with_room("!r", &[wa, sig], false)
+            .with_members("!r", wa, &[ghost, bot])
+            .with_members("!r", sig, &["@_bob_signal_bot:example.test"]);
+        let routed = route(
+            &view,
+            serde_json::json!({"events": [
+                member("!r", "$ghost-leaves", ghost, "leave"),
+                message("!r", "$1"),
+                member("!r", "$bot-banned", bot, "ban"),
+                message("!r", "$2"),
+                member("!r", "$bot-knocks", bot, "knock"),
+                message("!r", "$3"),
+                member("!r", "$ghost-invited", ghost, "invite"),
+                message("!r", "$4"),
+            ]}),
+        );
+        assert_eq!(
+            ids(&routed.transactions[&wa].events),
+            ["$ghost-leaves", "$1", "$bot-banned", "$bot-knocks", "$ghost-invited", "$4"]
+        );
+        assert_eq!(routed.transactions[&sig].events.len(), 8);
+        let members: Vec<bool> = routed.memberships.iter().map(|m| m.member).collect();
+        assert_eq!(members, [false, false, false, true]);
+    }
+
+    #[test]
+    fn a_knock_gives_no_room_and_owners_from_before_memberships_keep_theirs_until_one() {
+        let view = FakeView::default().with_bridge(test_bridge("alice", "whatsapp"));
+        let wa = view.id("whatsapp");
+        let view = view.with_room("!imported", &[wa], false);
+        let ghost = "@_alice_whatsapp_1:example.test";
+        let routed = route(
+            &view,
+            serde_json::json!({"events": [
+                member("!new", "$knock", ghost, "knock"),
+                message("!new", "$1"),
+                message("!imported", "$2"),
+                member("!imported", "$leave", ghost, "leave"),
+                message("!imported", "$3"),
+            ]}),
+        );
+        assert_eq!(ids(&routed.transactions[&wa].events), ["$knock", "$2", "$leave"]);
+        let reasons: Vec<DropReason> = routed.dropped.iter().map(|(_, r)| *r).collect();
+        assert_eq!(reasons, [DropReason::UnownedRoom, DropReason::UnownedRoom]);
     }
 
     #[test]

@@ -262,7 +262,7 @@ mod tests {
         let (bridge, _) = store
             .insert_bridge(super::super::bridges::test_bridge("alice", "whatsapp"))
             .unwrap();
-        store.add_room_owner("!r", bridge.id).unwrap();
+        store.add_room_owner("!r", bridge.id, None).unwrap();
         let file = tmp.path().join("backup.bin");
         let summary = store
             .write_backup(std::fs::File::create(&file).unwrap(), 42)

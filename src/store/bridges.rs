@@ -61,6 +61,11 @@ impl Bridge {
     pub fn real_as_token(&self) -> String {
         format!("{}-{}", self.id, self.as_token.expose())
     }
+
+    /// The user ID of the bridge's bot in `ns`.
+    pub fn bot_id(&self, ns: &crate::matrix::Namespace) -> String {
+        ns.user_id(&ns.bot_localpart(&self.owner, &self.prefix, &self.bot))
+    }
 }
 
 /// A websocket bridge with fresh tokens, for unit tests.
@@ -221,8 +226,9 @@ impl Store {
         self.clear_queue(id, |_| {})?;
         self.bridgeid_status.remove(id.as_bytes())?;
         for key in &room_keys {
-            self.rooms
-                .invalidate(&String::from_utf8_lossy(&key[16..]).into_owned());
+            let room_id = String::from_utf8_lossy(&key[16..]).into_owned();
+            self.remove_members(&room_id, id)?;
+            self.rooms.invalidate(&room_id);
         }
         Ok(true)
     }

@@ -9,6 +9,8 @@
 //! - `ownerprefix_bridgeid`: `"{owner}/{prefix}"` -> bridge UUID
 //! - `roomid_room`: room ID -> [`Room`] (owning bridges, deleted flag)
 //! - `bridgeid_roomid`: bridge UUID ++ room ID -> empty (the rooms a bridge owns)
+//! - `roomid_members`: room ID ++ 0xFF ++ bridge UUID ++ user ID -> empty (the bridge's
+//!   users joined or invited there, through whom it owns the room)
 //! - queues, processed transactions and bridge states: see [`queue`]
 
 pub mod backup;
@@ -30,7 +32,7 @@ use uuid::Uuid;
 
 pub use bridges::{Bridge, ConfigPassword, PushKey};
 pub use queue::{now_ms, InFlight, QueuedEntry, TransactionCommit, TxnRecord};
-pub use rooms::Room;
+pub use rooms::{Membership, Room};
 pub use users::User;
 
 use cache::ReadThrough;
@@ -65,7 +67,7 @@ fn open_sled(dir: &Path, usage: Use) -> Result<sled::Db, StoreError> {
 
 /// The schema this build reads and writes. Bump it with a migration in [`Store::migrate`]
 /// whenever a record's encoding changes: postcard is not self-describing.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 /// sled's page cache: the data of a homelab install fits many times over.
 const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
@@ -114,6 +116,7 @@ pub struct Store {
     ownerprefix_bridgeid: sled::Tree,
     roomid_room: sled::Tree,
     bridgeid_roomid: sled::Tree,
+    roomid_members: sled::Tree,
     queue: sled::Tree,
     txnid_record: sled::Tree,
     txnage_txnid: sled::Tree,
@@ -182,6 +185,7 @@ impl Store {
             ownerprefix_bridgeid: db.open_tree("ownerprefix_bridgeid")?,
             roomid_room: db.open_tree("roomid_room")?,
             bridgeid_roomid: db.open_tree("bridgeid_roomid")?,
+            roomid_members: db.open_tree("roomid_members")?,
             queue: db.open_tree("queue")?,
             txnid_record: db.open_tree("txnid_record")?,
             txnage_txnid: db.open_tree("txnage_txnid")?,
@@ -257,7 +261,9 @@ impl Store {
         if found > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema { found });
         }
-        // Version 0 is an empty, new database: nothing to convert.
+        // Version 0 is an empty, new database: nothing to convert. Version 3 added
+        // `roomid_members`, empty in older databases: their owners are kept until a
+        // membership event says otherwise (see [`Store::room_members`]).
         if found == 1 {
             self.migrate_users_to_v2()?;
         }

@@ -76,7 +76,8 @@ struct Unfinished {
 pub struct TransactionCommit<'a> {
     pub txn_id: &'a str,
     pub record: Option<TxnRecord>,
-    pub new_room_owners: Vec<(String, Uuid)>,
+    /// Memberships of bridges' users, in event order: they make and end room owners.
+    pub memberships: Vec<super::Membership>,
     /// Bridge and the JSON of its sub-transaction.
     pub entries: Vec<(Uuid, Vec<u8>)>,
 }
@@ -140,8 +141,8 @@ impl Store {
         self.txnid_unfinished
             .insert(commit.txn_id, encode(&unfinished))?;
         let written = self.write_commit(commit, &unfinished.keys);
-        for (room_id, _) in &commit.new_room_owners {
-            self.rooms.invalidate(room_id);
+        for membership in &commit.memberships {
+            self.rooms.invalidate(&membership.room_id);
         }
         if written.is_err() {
             // Best effort: if this fails too, the marker stays for the retry or the next
@@ -156,8 +157,8 @@ impl Store {
         commit: &TransactionCommit<'_>,
         keys: &[[u8; 24]],
     ) -> Result<(), StoreError> {
-        for (room_id, bridge) in &commit.new_room_owners {
-            self.add_owner_locked(room_id, *bridge)?;
+        for membership in &commit.memberships {
+            self.apply_membership_locked(membership)?;
         }
         let now = now_ms().to_be_bytes();
         for (key, (_, body)) in keys.iter().zip(&commit.entries) {
@@ -430,7 +431,7 @@ mod tests {
                 at_ms,
                 event_ids: vec![format!("${body}")],
             }),
-            new_room_owners: vec![],
+            memberships: vec![],
             entries: vec![(bridge, body.as_bytes().to_vec())],
         }
     }
@@ -515,7 +516,12 @@ mod tests {
                             at_ms: i,
                             event_ids: vec![format!("$e{i}")],
                         }),
-                        new_room_owners: vec![("!r".into(), a)],
+                        memberships: vec![crate::store::Membership {
+                            room_id: "!r".into(),
+                            bridge: a,
+                            user_id: "@_alice_wa_bot:hs".into(),
+                            member: true,
+                        }],
                         entries: vec![
                             (a, format!("a{i}").into_bytes()),
                             (b, format!("b{i}").into_bytes()),

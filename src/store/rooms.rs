@@ -1,4 +1,5 @@
-//! Rooms: which bridges own a room, and whether it was deleted.
+//! Rooms: which bridges own a room, through which of their users, and whether it was
+//! deleted.
 
 use std::sync::Arc;
 
@@ -16,8 +17,24 @@ pub struct Room {
     pub deleted: bool,
 }
 
+/// A membership event of one of a bridge's users, as routing saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub room_id: String,
+    pub bridge: Uuid,
+    pub user_id: String,
+    /// Joined or invited; anything else (leave, ban, knock) is not a member.
+    pub member: bool,
+}
+
 fn bridge_room_key(bridge: Uuid, room_id: &str) -> Vec<u8> {
     [bridge.as_bytes().as_slice(), room_id.as_bytes()].concat()
+}
+
+/// The prefix of the member rows of `bridge` in `room_id`. 0xFF never occurs in UTF-8,
+/// so no room ID is a prefix of another's rows.
+fn room_bridge_prefix(room_id: &str, bridge: Uuid) -> Vec<u8> {
+    [room_id.as_bytes(), &[0xFF], bridge.as_bytes().as_slice()].concat()
 }
 
 impl Store {
@@ -31,12 +48,79 @@ impl Store {
         })
     }
 
-    /// Adds `bridge` to the owners of `room_id`. Returns false when it already was one.
-    pub fn add_room_owner(&self, room_id: &str, bridge: Uuid) -> Result<bool, StoreError> {
+    /// The users of `bridge` that asmux saw join or be invited to `room_id` and not leave
+    /// since. Empty also for a room the bridge owns since before asmux followed
+    /// memberships (imported from the original, or created as the owner): such a room is
+    /// owned until a membership event of the bridge's users says otherwise.
+    pub fn room_members(&self, room_id: &str, bridge: Uuid) -> Result<Vec<String>, StoreError> {
+        let prefix = room_bridge_prefix(room_id, bridge);
+        self.roomid_members
+            .scan_prefix(&prefix)
+            .keys()
+            .map(|key| Ok(String::from_utf8_lossy(&key?[prefix.len()..]).into_owned()))
+            .collect()
+    }
+
+    /// Adds `bridge` to the owners of `room_id`, with `member` as one of its users there.
+    /// Returns false when it already was an owner.
+    pub fn add_room_owner(
+        &self,
+        room_id: &str,
+        bridge: Uuid,
+        member: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let _guard = self.write_lock();
-        let added = self.add_owner_locked(room_id, bridge);
+        let added = self.add_owner_locked(room_id, bridge).and_then(|added| {
+            if let Some(user_id) = member {
+                let row = [room_bridge_prefix(room_id, bridge), user_id.into()].concat();
+                self.roomid_members.insert(row, &[])?;
+            }
+            Ok(added)
+        });
         self.rooms.invalidate(&room_id.to_owned());
         added
+    }
+
+    /// Records a membership for a caller holding the write lock: a member makes its bridge
+    /// an owner; the last of a bridge's users to leave ends its ownership. Each step is a
+    /// plain write in an order a crash can cut anywhere: the homeserver retries the
+    /// unacknowledged transaction, and routing it again from what was written ends in the
+    /// same state.
+    pub(super) fn apply_membership_locked(&self, m: &Membership) -> Result<(), StoreError> {
+        let prefix = room_bridge_prefix(&m.room_id, m.bridge);
+        let row = [prefix.as_slice(), m.user_id.as_bytes()].concat();
+        if m.member {
+            self.add_owner_locked(&m.room_id, m.bridge)?;
+            self.roomid_members.insert(row, &[])?;
+        } else {
+            self.roomid_members.remove(row)?;
+            if self.roomid_members.scan_prefix(&prefix).next().is_none() {
+                self.remove_owner_locked(&m.room_id, m.bridge)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `bridge` from the owners of `room_id`: the room's record first, then the
+    /// bridge's index, so a crash never leaves a room naming a bridge its index lacks.
+    fn remove_owner_locked(&self, room_id: &str, bridge: Uuid) -> Result<(), StoreError> {
+        if let Some(v) = self.roomid_room.get(room_id)? {
+            let mut room: Room = decode("roomid_room", &v)?;
+            if room.owners.contains(&bridge) {
+                room.owners.retain(|owner| *owner != bridge);
+                self.roomid_room.insert(room_id.as_bytes(), encode(&room))?;
+            }
+        }
+        self.bridgeid_roomid.remove(bridge_room_key(bridge, room_id))?;
+        Ok(())
+    }
+
+    /// Removes the member rows of `bridge` in `room_id` (its deletion).
+    pub(super) fn remove_members(&self, room_id: &str, bridge: Uuid) -> Result<(), StoreError> {
+        for key in self.roomid_members.scan_prefix(room_bridge_prefix(room_id, bridge)).keys() {
+            self.roomid_members.remove(key?)?;
+        }
+        Ok(())
     }
 
     /// [`Store::add_room_owner`] for a caller holding the write lock. Two plain writes, not
@@ -87,9 +171,9 @@ mod tests {
         let (tg, _) = store.insert_bridge(bridge("alice", "telegram")).unwrap();
         let room = "!o-Qzij4pVy-fGxdFgb8LDLJ5y9ykdPENMse-TF2O8zQ";
         assert!(store.room(room).unwrap().is_none());
-        assert!(store.add_room_owner(room, wa.id).unwrap());
-        assert!(!store.add_room_owner(room, wa.id).unwrap());
-        assert!(store.add_room_owner(room, tg.id).unwrap());
+        assert!(store.add_room_owner(room, wa.id, None).unwrap());
+        assert!(!store.add_room_owner(room, wa.id, None).unwrap());
+        assert!(store.add_room_owner(room, tg.id, None).unwrap());
         assert_eq!(
             store.room(room).unwrap().unwrap().owners,
             vec![wa.id, tg.id]

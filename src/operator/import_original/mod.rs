@@ -331,7 +331,7 @@ pub async fn run(options: &Options) -> Result<Plan, ImportError> {
             }
             for (room_id, room) in &plan.rooms {
                 for owner in &room.owners {
-                    store.add_room_owner(room_id, *owner)?;
+                    store.add_room_owner(room_id, *owner, None)?;
                 }
                 if room.deleted {
                     store.mark_room_deleted(room_id)?;

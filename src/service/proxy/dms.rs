@@ -64,7 +64,7 @@ impl Proxy {
             .unwrap_or_default();
         if req.method == Method::PUT {
             // PUT replaces this bridge's entries (the bot's own DMs stay).
-            let bot = self.bot_id(&bridge);
+            let bot = bridge.bot_id(&self.namespace);
             direct.retain(|user, _| {
                 *user == bot
                     || !self

@@ -1,6 +1,8 @@
 //! Namespace isolation (spec 5): a bridge token may only name users and aliases inside
-//! its own bridge's namespace.
+//! its own bridge's namespace, and act as its owner only to double puppet.
 
+use super::endpoint;
+use super::target::{single, Target};
 use crate::error::Error;
 use crate::matrix::Namespace;
 use crate::store::Bridge;
@@ -12,6 +14,53 @@ pub enum Masquerade {
     Namespace,
     /// Its owner: double puppeting.
     Owner,
+}
+
+/// Whom a bridge's request acts as, read from its query (`user_id` and the device
+/// parameters, each at most once): the bridge's bot when it names nobody. A bridge
+/// acting as its owner may neither name a device of the owner nor reach an endpoint
+/// that mints credentials or manages the account: mautrix bridges' double puppeting
+/// sends only `user_id`, and anything more would hand the bridge the owner's account.
+pub fn acting_as(
+    ns: &Namespace,
+    bridge: &Bridge,
+    params: &[(String, String)],
+    target: &Target,
+) -> Result<(Masquerade, String), Error> {
+    single(params, "access_token")?;
+    let device = device_param(params)?;
+    let (masquerade, user_id) = match single(params, "user_id")? {
+        Some(user_id) => (masquerade(ns, bridge, user_id)?, user_id.to_owned()),
+        None => (Masquerade::Namespace, bridge.bot_id(ns)),
+    };
+    if masquerade == Masquerade::Owner {
+        if device.is_some() {
+            return Err(Error::Forbidden(
+                "A bridge acting as its owner cannot act as one of the owner's devices".into(),
+            ));
+        }
+        if endpoint::manages_account(target) {
+            return Err(Error::Forbidden(
+                "A bridge acting as its owner cannot log in, register, or manage the owner's \
+                 account, devices or keys"
+                    .into(),
+            ));
+        }
+    }
+    Ok((masquerade, user_id))
+}
+
+/// The device a request masquerades as: `device_id` or MSC3202's name for it (mautrix-go
+/// sends both, equal); two different ones are refused.
+fn device_param(params: &[(String, String)]) -> Result<Option<&str>, Error> {
+    let stable = single(params, "device_id")?;
+    let unstable = single(params, "org.matrix.msc3202.device_id")?;
+    match (stable, unstable) {
+        (Some(a), Some(b)) if a != b => Err(Error::InvalidParam(
+            "device_id and org.matrix.msc3202.device_id name different devices".into(),
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
 }
 
 /// Checks a `user_id` the bridge wants to act as.

@@ -3,10 +3,13 @@
 //! streams bodies both ways. Only the few endpoints whose JSON must be read or rewritten
 //! are buffered, with a size limit.
 
+mod bodies;
 mod counters;
 mod dms;
+mod endpoint;
 mod guard;
 mod login;
+mod target;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -27,13 +30,17 @@ use crate::service::delivery::Delivery;
 use crate::service::homeserver::Homeserver;
 use crate::store::{Bridge, Store};
 use counters::CounterMemo;
+use endpoint::Endpoint;
 use guard::Masquerade;
+use target::Target;
 use upstream::{Upstream, UpstreamDriver};
 
 /// Largest request or response body read into memory for the endpoints asmux rewrites.
 pub const MAX_REWRITE_BODY: usize = 1024 * 1024;
 /// Query parameter that lets a bridge's batch sends include the owner; only asmux sets it.
 const ALSO_ALLOW_USER: &str = "com.beeper.also_allow_user";
+/// The header naming the bridge a request comes from; only asmux sets it.
+const X_BEEPER_BRIDGE: HeaderName = HeaderName::from_static("x-beeper-bridge");
 /// Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -131,17 +138,6 @@ impl Origin {
     }
 }
 
-/// Which rewrite an endpoint needs.
-#[derive(Debug, PartialEq, Eq)]
-enum Special {
-    None,
-    Register,
-    Login,
-    CreateRoom,
-    Alias(String),
-    DeviceAuth,
-}
-
 impl Proxy {
     pub fn new(
         config: &Config,
@@ -167,24 +163,22 @@ impl Proxy {
     }
 
     pub async fn handle(&self, req: ProxyRequest) -> Result<ProxyResponse, Error> {
-        let decoded = percent_encoding::percent_decode_str(&req.path)
-            .decode_utf8_lossy()
-            .into_owned();
-        if dms::is_dms_path(&decoded) && matches!(req.method, Method::PUT | Method::PATCH) {
+        let target = Target::read(&req.path)?;
+        if dms::is_dms_path(&target.decoded) && matches!(req.method, Method::PUT | Method::PATCH) {
             return self.dms(req).await;
         }
         let bridge = self.bridge_of(&req)?;
         let Some(counted) = &bridge else {
-            return self.proxy(req, None, &decoded).await;
+            return self.proxy(req, None, &target).await;
         };
         let counters = (req.connection.counters).counters(
             &self.delivery.metrics,
             counted,
             &req.method,
-            &decoded,
+            &target.decoded,
         );
         counters.received.inc();
-        let response = self.proxy(req, bridge, &decoded).await;
+        let response = self.proxy(req, bridge, &target).await;
         counters.handled.inc();
         response
     }
@@ -193,88 +187,41 @@ impl Proxy {
         &self,
         req: ProxyRequest,
         bridge: Option<Arc<Bridge>>,
-        decoded: &str,
+        target: &Target,
     ) -> Result<ProxyResponse, Error> {
-        if let Some(target) = msc2659_target(decoded).filter(|_| req.method == Method::POST) {
-            return self
-                .appservice_ping(bridge.as_deref(), target, req.body)
-                .await;
+        if let Some(id) = msc2659_target(&target.decoded).filter(|_| req.method == Method::POST) {
+            return self.appservice_ping(bridge.as_deref(), id, req.body).await;
         }
-
-        let mut pairs: Vec<(String, String)> = form_urlencoded::parse(req.query.as_bytes())
-            .into_owned()
-            .collect();
-        let mut rewrite_query = pairs.iter().any(|(k, _)| k == ALSO_ALLOW_USER);
-        pairs.retain(|(k, _)| k != ALSO_ALLOW_USER);
+        let endpoint = Endpoint::of(&req.method, target)?;
         let mut headers = req.headers;
         strip_hop_by_hop(&mut headers);
-        if let Some(bridge) = &bridge {
-            rewrite_query = true;
-            pairs.retain(|(k, _)| k != "access_token");
-            let authorization = match pairs.iter().find(|(k, _)| k == "user_id") {
-                Some((_, user_id)) => match guard::masquerade(&self.namespace, bridge, user_id)? {
-                    Masquerade::Namespace => &self.as_authorization,
-                    // Only the double-puppet registration may name users outside
-                    // asmux's namespace; the guard allows the bridge's own owner.
-                    Masquerade::Owner => {
-                        if self.double_puppet_authorization.is_none() {
-                            return Err(Error::Forbidden(
-                                "Double puppeting is not set up on this asmux (run asmux \
-                                 generate-registration and load doublepuppet.yaml)"
-                                    .into(),
-                            ));
-                        }
-                        &self.double_puppet_authorization
-                    }
-                },
-                None => {
-                    pairs.push(("user_id".into(), self.bot_id(bridge)));
-                    &self.as_authorization
-                }
-            };
-            if decoded.ends_with("/batch_send") {
-                pairs.push((
-                    ALSO_ALLOW_USER.into(),
-                    self.namespace.user_id(&bridge.owner),
-                ));
+        // Only asmux says which bridge a request comes from.
+        headers.remove(X_BEEPER_BRIDGE);
+        let (query, acting) = match &bridge {
+            Some(bridge) => {
+                let (query, acting) = self.bridge_query(bridge, &req.query, target)?;
+                headers.insert(header::AUTHORIZATION, self.authorization(&acting.0)?);
+                headers.insert(
+                    X_BEEPER_BRIDGE,
+                    HeaderValue::from_str(&bridge.name()).map_err(|_| {
+                        Error::internal("bridge name is no header value", bridge.name())
+                    })?,
+                );
+                (query, Some(acting))
             }
-            let authorization = authorization.clone().ok_or(Error::Internal)?;
-            headers.insert(header::AUTHORIZATION, authorization);
-            headers.insert(
-                HeaderName::from_static("x-beeper-bridge"),
-                HeaderValue::from_str(&bridge.name()).map_err(|_| Error::Internal)?,
-            );
-        }
-        let query = if rewrite_query {
-            form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(&pairs)
-                .finish()
-        } else {
-            req.query.clone()
+            None => (passthrough_query(&req.query), None),
         };
 
-        let special = special(&req.method, decoded);
-        let body = match (&special, &bridge) {
-            (Special::None, _) => req.body,
-            (Special::Alias(alias), Some(bridge)) => {
+        let body = match (&endpoint, &bridge) {
+            (Endpoint::Alias(alias), Some(bridge)) => {
                 guard::own_alias(&self.namespace, bridge, alias)?;
                 req.body
             }
-            (Special::Alias(_), None) => req.body,
-            (special, bridge) => {
-                let body = read_limited(req.body).await?;
-                let rewritten = match serde_json::from_slice::<Value>(&body) {
-                    Ok(mut json) => self
-                        .rewrite(special, bridge.as_deref(), &mut json)?
-                        .then(|| json.to_string().into_bytes()),
-                    // Not JSON: the homeserver will refuse it; nothing to check or rewrite.
-                    Err(_) => None,
-                };
-                if let Some(new) = &rewritten {
-                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(new.len()));
-                }
-                full_body(rewritten.map(Bytes::from).unwrap_or(body))
+            (endpoint, bridge) if self.reads_body(endpoint, bridge.as_deref()) => {
+                self.checked_body(endpoint, bridge.as_deref(), &mut headers, req.body)
+                    .await?
             }
+            _ => req.body,
         };
 
         let response = self
@@ -287,21 +234,71 @@ impl Proxy {
                 &req.connection.upstream,
             )
             .await?;
-        match (special, bridge) {
-            (Special::CreateRoom, Some(bridge)) if response.status().is_success() => {
-                self.register_created_room(&bridge, response).await
+        match (endpoint, bridge, acting) {
+            (Endpoint::CreateRoom, Some(bridge), Some((masquerade, user_id)))
+                if response.status().is_success() =>
+            {
+                // The creator is joined; a room created as the owner has no user of the
+                // bridge in it yet, and is owned until one of them says otherwise.
+                let member = (masquerade == Masquerade::Namespace).then_some(user_id);
+                self.register_created_room(&bridge, member.as_deref(), response)
+                    .await
             }
             _ => Ok(response),
         }
     }
 
+    /// The query to forward for a bridge's request, rebuilt from asmux's reading of it
+    /// (each parameter asmux checked appears once, as checked), and whom it acts as.
+    fn bridge_query(
+        &self,
+        bridge: &Bridge,
+        raw_query: &str,
+        target: &Target,
+    ) -> Result<(String, (Masquerade, String)), Error> {
+        let mut params = target::read_query(raw_query)?;
+        let acting = guard::acting_as(&self.namespace, bridge, &params, target)?;
+        params.retain(|(k, _)| k != "access_token" && k != ALSO_ALLOW_USER && k != "user_id");
+        params.push(("user_id".into(), acting.1.clone()));
+        if target.decoded.ends_with("/batch_send") {
+            params.push((ALSO_ALLOW_USER.into(), self.namespace.user_id(&bridge.owner)));
+        }
+        Ok((target::write_query(&params), acting))
+    }
+
+    /// The `Authorization` a bridge's request is forwarded with: asmux's token, or the
+    /// double-puppet registration's to act as the owner.
+    fn authorization(&self, masquerade: &Masquerade) -> Result<HeaderValue, Error> {
+        let value = match masquerade {
+            Masquerade::Namespace => &self.as_authorization,
+            // Only the double-puppet registration may name users outside asmux's
+            // namespace; the guard allows the bridge's own owner.
+            Masquerade::Owner => match &self.double_puppet_authorization {
+                Some(value) => return Ok(value.clone()),
+                None => {
+                    return Err(Error::Forbidden(
+                        "Double puppeting is not set up on this asmux (run asmux \
+                         generate-registration and load doublepuppet.yaml)"
+                            .into(),
+                    ))
+                }
+            },
+        };
+        value
+            .clone()
+            .ok_or_else(|| Error::internal("asmux's as_token is no header value", "refused"))
+    }
+
     /// The bridge whose token the request carries, `None` for any other token. A token
     /// that starts like a bridge token (`{uuid}-`) must belong to one.
     fn bridge_of(&self, req: &ProxyRequest) -> Result<Option<Arc<Bridge>>, Error> {
-        let authorization = req
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
+        let mut authorizations = req.headers.get_all(header::AUTHORIZATION).iter();
+        let authorization = authorizations.next().and_then(|v| v.to_str().ok());
+        if authorizations.next().is_some() {
+            return Err(Error::InvalidParam(
+                "A request may carry one Authorization header".into(),
+            ));
+        }
         let token = presented_token(authorization, &req.query);
         let Some(token) = token.filter(|t| is_bridge_token(t)) else {
             return Ok(None);
@@ -310,91 +307,6 @@ impl Proxy {
             Some(bridge) => Ok(Some(bridge)),
             None => Err(Error::UnknownToken("Invalid access token")),
         }
-    }
-
-    fn bot_id(&self, bridge: &Bridge) -> String {
-        self.namespace.user_id(&self.namespace.bot_localpart(
-            &bridge.owner,
-            &bridge.prefix,
-            &bridge.bot,
-        ))
-    }
-
-    /// Checks and rewrites the JSON body of a special endpoint; true when it changed.
-    fn rewrite(
-        &self,
-        special: &Special,
-        bridge: Option<&Bridge>,
-        json: &mut Value,
-    ) -> Result<bool, Error> {
-        match special {
-            Special::Register => {
-                if let (Some(bridge), Some(username)) =
-                    (bridge, json.get("username").and_then(Value::as_str))
-                {
-                    guard::own_user(&self.namespace, bridge, username, true)?;
-                }
-                Ok(false)
-            }
-            Special::CreateRoom => {
-                if let (Some(bridge), Some(name)) =
-                    (bridge, json.get("room_alias_name").and_then(Value::as_str))
-                {
-                    guard::own_alias(
-                        &self.namespace,
-                        bridge,
-                        &format!("#{name}:{}", self.namespace.server),
-                    )?;
-                }
-                Ok(false)
-            }
-            Special::Login => {
-                if json.get("type").and_then(Value::as_str) == Some("m.login.application_service") {
-                    let user = login::user_of(json, &self.namespace.server).unwrap_or_default();
-                    if let Some(bridge) = bridge {
-                        guard::own_user(&self.namespace, bridge, &user, false)?;
-                    }
-                    return Ok(false);
-                }
-                self.convert_password(json)
-            }
-            Special::DeviceAuth => match json.get_mut("auth") {
-                Some(auth) => self.convert_password(auth),
-                None => Ok(false),
-            },
-            Special::None | Special::Alias(_) => Ok(false),
-        }
-    }
-
-    /// Swaps a login_token-derived password for the homeserver's shared-secret one.
-    fn convert_password(&self, auth: &mut Value) -> Result<bool, Error> {
-        let Some(shared) = &self.login_shared_secret else {
-            return Ok(false);
-        };
-        let Some(user_id) = login::user_of(auth, &self.namespace.server) else {
-            return Ok(false);
-        };
-        // Bridge users log in with their owner's token; plain users with their own.
-        let owner = match self.namespace.parse('@', &user_id) {
-            Some(u) => self
-                .store
-                .bridge_by_name(u.owner, u.prefix)?
-                .map(|b| b.owner.clone()),
-            None => user_id
-                .strip_prefix('@')
-                .and_then(|r| r.strip_suffix(self.namespace.server.as_str()))
-                .and_then(|r| r.strip_suffix(':'))
-                .map(str::to_owned),
-        };
-        let Some(user) = owner.and_then(|o| self.store.user(&o).ok().flatten()) else {
-            return Ok(false);
-        };
-        Ok(login::convert(
-            auth,
-            &user_id,
-            user.login_token.expose(),
-            shared.expose(),
-        ))
     }
 
     async fn forward(
@@ -437,6 +349,7 @@ impl Proxy {
     async fn register_created_room(
         &self,
         bridge: &Bridge,
+        creator: Option<&str>,
         response: ProxyResponse,
     ) -> Result<ProxyResponse, Error> {
         let (parts, body) = response.into_parts();
@@ -445,7 +358,7 @@ impl Proxy {
             .ok()
             .and_then(|v| v.get("room_id").and_then(Value::as_str).map(str::to_owned))
         {
-            self.store.add_room_owner(&room_id, bridge.id)?;
+            self.store.add_room_owner(&room_id, bridge.id, creator)?;
             self.store.flush().await?;
         }
         Ok(http::Response::from_parts(parts, full_body(body)))
@@ -527,22 +440,19 @@ fn is_bridge_token(token: &str) -> bool {
     token.len() > 37 && token.as_bytes()[36] == b'-' && uuid::Uuid::try_parse(&token[..36]).is_ok()
 }
 
-/// The endpoint's rewrite, from the method and the decoded path.
-fn special(method: &Method, path: &str) -> Special {
-    let last = path.rsplit('/').next().unwrap_or_default();
-    match *method {
-        Method::POST if last == "register" => Special::Register,
-        Method::POST if last == "login" => Special::Login,
-        Method::POST if last == "createRoom" => Special::CreateRoom,
-        Method::POST if last == "delete_devices" => Special::DeviceAuth,
-        Method::DELETE if path.rsplit('/').nth(1) == Some("devices") => Special::DeviceAuth,
-        Method::PUT | Method::DELETE if path.contains("/directory/room/") => Special::Alias(
-            path.rsplit_once("/directory/room/")
-                .map(|(_, a)| a.to_owned())
-                .unwrap_or_default(),
-        ),
-        _ => Special::None,
+/// The query of a request that carries no bridge token: as received, but for the
+/// parameter only asmux may set. asmux adds no credential to such a request, so its query
+/// is otherwise none of its business.
+fn passthrough_query(raw: &str) -> String {
+    let mut pairs = form_urlencoded::parse(raw.as_bytes());
+    if !pairs.any(|(k, _)| k == ALSO_ALLOW_USER) {
+        return raw.to_owned();
     }
+    let kept: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes())
+        .into_owned()
+        .filter(|(k, _)| k != ALSO_ALLOW_USER)
+        .collect();
+    target::write_query(&kept)
 }
 
 /// The `{appserviceId}` of an MSC2659 ping path.
@@ -605,35 +515,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn special_endpoints() {
-        assert_eq!(
-            special(&Method::POST, "/_matrix/client/v3/register"),
-            Special::Register
-        );
-        assert_eq!(
-            special(&Method::POST, "/_matrix/client/r0/login"),
-            Special::Login
-        );
-        assert_eq!(
-            special(&Method::GET, "/_matrix/client/v3/login"),
-            Special::None
-        );
-        assert_eq!(
-            special(&Method::POST, "/_matrix/client/v3/createRoom"),
-            Special::CreateRoom
-        );
-        assert_eq!(
-            special(&Method::DELETE, "/_matrix/client/v3/devices/ABC"),
-            Special::DeviceAuth
-        );
-        assert_eq!(
-            special(&Method::PUT, "/_matrix/client/v3/directory/room/#a:b"),
-            Special::Alias("#a:b".into())
-        );
-        assert_eq!(
-            special(&Method::GET, "/_matrix/client/v3/directory/room/#a:b"),
-            Special::None
-        );
+    fn msc2659_ping_paths() {
         assert_eq!(
             msc2659_target("/_matrix/client/v1/appservice/abc/ping"),
             Some("abc")
