@@ -77,9 +77,7 @@ impl Error {
             MissingToken(_) | UnknownToken(_) | Forbidden(_) => StatusCode::FORBIDDEN,
             BadHomeserverToken | Unauthorized(_) => StatusCode::UNAUTHORIZED,
             NotFound(_) | UnknownRoute => StatusCode::NOT_FOUND,
-            BadRequest(_) | NotJson(_) | BadJson(_) | InvalidParam(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            BadRequest(_) | NotJson(_) | BadJson(_) | InvalidParam(_) => StatusCode::BAD_REQUEST,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             BadGateway => StatusCode::BAD_GATEWAY,

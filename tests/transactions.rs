@@ -417,6 +417,113 @@ async fn multi_owner_deleted_rooms_and_redactions() {
     assert_eq!(reply.body["com.beeper.asmux.sent_to"], json!({}));
 }
 
+fn membership(room: &str, user: &str, id: &str, membership: &str) -> Value {
+    json!({"type": "m.room.member", "room_id": room, "sender": user, "state_key": user,
+           "event_id": id, "origin_server_ts": 1, "content": {"membership": membership}})
+}
+
+/// A bridge owns a room while one of its users is joined or invited there: a knock gives
+/// it nothing, and once its last user has left or is banned it gets none of the room's
+/// events, while another bridge still in the room keeps getting them.
+#[tokio::test]
+async fn rooms_follow_the_memberships_of_their_bridges_users() {
+    let two = two_bridges("max_pdu_age_seconds = 0").await;
+    let (mut wa, mut tg) = two.connect().await;
+    let (wa_bot, tg_bot) = (
+        "@_alice_whatsapp_bot:example.test",
+        "@_alice_telegram_bot:example.test",
+    );
+    let bob = "@bob:example.test";
+    let send = |id: &'static str, events: Vec<Value>| {
+        let server = &two.server;
+        async move {
+            let reply = hs_transaction(server, id, &json!({ "events": events })).await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+        }
+    };
+    send(
+        "joins",
+        vec![
+            membership(WA_ROOM, tg_bot, "$tg-joins", "join"),
+            membership(WA_ROOM, GHOST, "$ghost-joins", "join"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        event_ids(&wa.receive_events(2).await),
+        ["$tg-joins", "$ghost-joins"]
+    );
+    assert_eq!(tg.receive_events(2).await.len(), 2);
+
+    // The WhatsApp bot leaves; its ghost keeps the room for the bridge.
+    send(
+        "bot-leaves",
+        vec![
+            membership(WA_ROOM, wa_bot, "$bot-leaves", "leave"),
+            event(WA_ROOM, bob, "$still", 1),
+        ],
+    )
+    .await;
+    assert_eq!(
+        event_ids(&wa.receive_events(2).await),
+        ["$bot-leaves", "$still"]
+    );
+    assert_eq!(tg.receive_events(2).await.len(), 2);
+
+    // The ghost, its last user there, is banned: the ban is its last event of the room.
+    send(
+        "ban",
+        vec![
+            membership(WA_ROOM, GHOST, "$ghost-banned", "ban"),
+            event(WA_ROOM, bob, "$after-ban", 1),
+        ],
+    )
+    .await;
+    assert_eq!(event_ids(&wa.receive_events(1).await), ["$ghost-banned"]);
+    assert_eq!(
+        event_ids(&tg.receive_events(2).await),
+        ["$ghost-banned", "$after-ban"]
+    );
+    nothing_more(&two.server, &mut wa, "whatsapp").await;
+
+    // A knock gives no room; an invite gives it back.
+    send(
+        "knock",
+        vec![
+            membership("!knocked", GHOST, "$knock", "knock"),
+            event("!knocked", bob, "$not-yours", 1),
+            membership(WA_ROOM, GHOST, "$invited-again", "invite"),
+            event(WA_ROOM, bob, "$yours-again", 1),
+        ],
+    )
+    .await;
+    assert_eq!(
+        event_ids(&wa.receive_events(3).await),
+        ["$knock", "$invited-again", "$yours-again"]
+    );
+    nothing_more(&two.server, &mut wa, "whatsapp").await;
+
+    // Memberships are kept across a restart.
+    drop((wa, tg));
+    let server = two.server.restart().await;
+    let mut wa = WsBridge::connect(&server, two.wa["as_token"].as_str().unwrap(), 3).await;
+    let reply = hs_transaction(
+        &server,
+        "after-restart",
+        &json!({"events": [membership(WA_ROOM, GHOST, "$left", "leave"), event(WA_ROOM, bob, "$gone", 1)]}),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    // The last marker may come again first: its acknowledgement need not have been
+    // written before the restart (a resend keeps its txn_id, which bridges drop).
+    let mut received = event_ids(&wa.receive_events(1).await);
+    if received[0].starts_with("$marker-") {
+        received = event_ids(&wa.receive_events(1).await);
+    }
+    assert_eq!(received, ["$left"]);
+    nothing_more(&server, &mut wa, "whatsapp").await;
+}
+
 #[tokio::test]
 async fn owner_messages_filter() {
     let two = two_bridges("max_pdu_age_seconds = 0\nevent_filter = \"owner_messages\"").await;

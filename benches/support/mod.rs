@@ -43,7 +43,9 @@ pub async fn populate(dir: &Path, bridges: usize, rooms_each: usize) -> Vec<Stri
         };
         let (bridge, _) = store.insert_bridge(bridge).unwrap();
         for r in 0..rooms_each {
-            store.add_room_owner(&room_id(b, r), bridge.id, None).unwrap();
+            store
+                .add_room_owner(&room_id(b, r), bridge.id, None)
+                .unwrap();
         }
         tokens.push(bridge.real_as_token());
     }

@@ -530,7 +530,14 @@ mod tests {
         );
         assert_eq!(
             ids(&routed.transactions[&wa].events),
-            ["$ghost-leaves", "$1", "$bot-banned", "$bot-knocks", "$ghost-invited", "$4"]
+            [
+                "$ghost-leaves",
+                "$1",
+                "$bot-banned",
+                "$bot-knocks",
+                "$ghost-invited",
+                "$4"
+            ]
         );
         assert_eq!(routed.transactions[&sig].events.len(), 8);
         let members: Vec<bool> = routed.memberships.iter().map(|m| m.member).collect();
@@ -553,7 +560,10 @@ mod tests {
                 message("!imported", "$3"),
             ]}),
         );
-        assert_eq!(ids(&routed.transactions[&wa].events), ["$knock", "$2", "$leave"]);
+        assert_eq!(
+            ids(&routed.transactions[&wa].events),
+            ["$knock", "$2", "$leave"]
+        );
         let reasons: Vec<DropReason> = routed.dropped.iter().map(|(_, r)| *r).collect();
         assert_eq!(reasons, [DropReason::UnownedRoom, DropReason::UnownedRoom]);
     }

@@ -111,13 +111,18 @@ impl Store {
                 self.roomid_room.insert(room_id.as_bytes(), encode(&room))?;
             }
         }
-        self.bridgeid_roomid.remove(bridge_room_key(bridge, room_id))?;
+        self.bridgeid_roomid
+            .remove(bridge_room_key(bridge, room_id))?;
         Ok(())
     }
 
     /// Removes the member rows of `bridge` in `room_id` (its deletion).
     pub(super) fn remove_members(&self, room_id: &str, bridge: Uuid) -> Result<(), StoreError> {
-        for key in self.roomid_members.scan_prefix(room_bridge_prefix(room_id, bridge)).keys() {
+        for key in self
+            .roomid_members
+            .scan_prefix(room_bridge_prefix(room_id, bridge))
+            .keys()
+        {
             self.roomid_members.remove(key?)?;
         }
         Ok(())

@@ -22,6 +22,10 @@ pub struct Recorded {
     pub authorization: Option<String>,
     /// JSON, or the text of a body that is not JSON, or null.
     pub body: Value,
+    /// The body as received (lossy UTF-8).
+    pub raw_body: String,
+    /// Every `name: value` header line as received.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Recorded {
@@ -214,6 +218,16 @@ impl Stub {
             query: query.clone(),
             authorization: authorization.clone(),
             body: json_body.clone(),
+            raw_body: String::from_utf8_lossy(&raw).into_owned(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
         });
         let held = self.held.lock().unwrap().get(&path).map(|h| h.subscribe());
         if let Some(mut held) = held {

@@ -69,7 +69,9 @@ impl Proxy {
                 // Synapse reads `username`; the appservice API once named it `user`.
                 let names = string_fields(json, &["username", "user"])?;
                 if names.is_empty() {
-                    return Err(Error::BadJson("A bridge must name the user it registers".into()));
+                    return Err(Error::BadJson(
+                        "A bridge must name the user it registers".into(),
+                    ));
                 }
                 for localpart in names {
                     guard::own_user(ns, bridge, &ns.user_id(localpart), true)?;
@@ -133,7 +135,9 @@ impl Proxy {
 fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err(Error::BadJson("The request body must be a JSON object".into())),
+        Ok(_) => Err(Error::BadJson(
+            "The request body must be a JSON object".into(),
+        )),
         Err(_) => Err(Error::NotJson(
             "The request body is not valid JSON (strictly parsed)".into(),
         )),
@@ -171,21 +175,30 @@ mod tests {
             assert_eq!(parse_object(bad).unwrap_err().errcode(), "M_NOT_JSON");
         }
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(200), "]".repeat(200));
-        assert_eq!(parse_object(deep.as_bytes()).unwrap_err().errcode(), "M_NOT_JSON");
+        assert_eq!(
+            parse_object(deep.as_bytes()).unwrap_err().errcode(),
+            "M_NOT_JSON"
+        );
         assert_eq!(parse_object(b"[]").unwrap_err().errcode(), "M_BAD_JSON");
     }
 
     #[test]
     fn repeated_keys_collapse_to_the_one_asmux_read() {
-        let object = parse_object(br#"{"username": "_bob_wa_x", "username": "_alice_wa_x"}"#).unwrap();
-        assert_eq!(Value::Object(object).to_string(), r#"{"username":"_alice_wa_x"}"#);
+        let object =
+            parse_object(br#"{"username": "_bob_wa_x", "username": "_alice_wa_x"}"#).unwrap();
+        assert_eq!(
+            Value::Object(object).to_string(),
+            r#"{"username":"_alice_wa_x"}"#
+        );
     }
 
     #[test]
     fn named_fields_must_be_strings() {
         let json = parse_object(br#"{"username": "a", "user": 5}"#).unwrap();
         assert_eq!(
-            string_fields(&json, &["username", "user"]).unwrap_err().errcode(),
+            string_fields(&json, &["username", "user"])
+                .unwrap_err()
+                .errcode(),
             "M_BAD_JSON"
         );
         assert_eq!(string_fields(&json, &["username", "x"]).unwrap(), ["a"]);

@@ -55,7 +55,8 @@ impl Endpoint {
 
 /// The alias of `.../directory/room/{alias}`: the last raw segment, decoded on its own.
 fn alias_in_path(target: &Target, pairs: usize) -> Result<String, Error> {
-    let ambiguous = || Error::InvalidParam("The alias in the path cannot be read unambiguously".into());
+    let ambiguous =
+        || Error::InvalidParam("The alias in the path cannot be read unambiguously".into());
     match target.segments.as_slice() {
         [.., directory, room, alias]
             if pairs == 1 && directory == "directory" && room == "room" && !alias.is_empty() =>
@@ -82,8 +83,10 @@ pub fn manages_account(target: &Target) -> bool {
     readings.into_iter().any(|endpoint| {
         matches!(
             endpoint,
-            ["login" | "register" | "logout" | "refresh" | "delete_devices", ..]
-                | ["devices" | "dehydrated_device" | "room_keys", ..]
+            [
+                "login" | "register" | "logout" | "refresh" | "delete_devices",
+                ..
+            ] | ["devices" | "dehydrated_device" | "room_keys", ..]
                 | ["keys", "upload" | "device_signing" | "signatures", ..]
                 | ["account", "password" | "deactivate" | "3pid", ..]
                 | ["user", _, "openid", ..]
@@ -107,10 +110,20 @@ mod tests {
             "/_matrix/client/v3/regist%65r",
             "/_matrix/client/v3%2Fregister",
         ] {
-            assert_eq!(endpoint(Method::POST, path).unwrap(), Endpoint::Register, "{path}");
+            assert_eq!(
+                endpoint(Method::POST, path).unwrap(),
+                Endpoint::Register,
+                "{path}"
+            );
         }
-        assert_eq!(endpoint(Method::POST, "/_matrix/client/v3/login").unwrap(), Endpoint::Login);
-        assert_eq!(endpoint(Method::GET, "/_matrix/client/v3/login").unwrap(), Endpoint::Other);
+        assert_eq!(
+            endpoint(Method::POST, "/_matrix/client/v3/login").unwrap(),
+            Endpoint::Login
+        );
+        assert_eq!(
+            endpoint(Method::GET, "/_matrix/client/v3/login").unwrap(),
+            Endpoint::Other
+        );
         assert_eq!(
             endpoint(Method::POST, "/_matrix/client/v3/createRoom").unwrap(),
             Endpoint::CreateRoom
@@ -128,7 +141,11 @@ mod tests {
     #[test]
     fn aliases_are_read_from_the_raw_segment() {
         assert_eq!(
-            endpoint(Method::PUT, "/_matrix/client/v3/directory/room/%23a%2Fb%3Ahs").unwrap(),
+            endpoint(
+                Method::PUT,
+                "/_matrix/client/v3/directory/room/%23a%2Fb%3Ahs"
+            )
+            .unwrap(),
             Endpoint::Alias("#a/b:hs".into())
         );
         assert_eq!(

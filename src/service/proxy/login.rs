@@ -104,11 +104,17 @@ mod tests {
     fn converts_only_the_right_password() {
         let user = "@_alice_whatsapp_1:example.test";
         let object = |v: Value| v.as_object().unwrap().clone();
-        let mut auth = object(json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "_alice_whatsapp_1"}, "password": password("lt", user)}));
-        assert_eq!(single_user(&auth, "example.test").unwrap().as_deref(), Some(user));
+        let mut auth = object(
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "_alice_whatsapp_1"}, "password": password("lt", user)}),
+        );
+        assert_eq!(
+            single_user(&auth, "example.test").unwrap().as_deref(),
+            Some(user)
+        );
         assert!(convert(&mut auth, user, "lt", "hs-secret"));
         assert_eq!(auth["password"], password("hs-secret", user));
-        let mut wrong = object(json!({"type": "m.login.password", "user": user, "password": "guess"}));
+        let mut wrong =
+            object(json!({"type": "m.login.password", "user": user, "password": "guess"}));
         assert!(!convert(&mut wrong, user, "lt", "hs-secret"));
         assert_eq!(wrong["password"], "guess");
     }
@@ -116,18 +122,29 @@ mod tests {
     #[test]
     fn every_reading_of_the_user_is_found() {
         let object = |v: Value| v.as_object().unwrap().clone();
-        let both = object(json!({"identifier": {"type": "m.id.user", "user": "@a:hs"}, "user": "b"}));
+        let both =
+            object(json!({"identifier": {"type": "m.id.user", "user": "@a:hs"}, "user": "b"}));
         assert_eq!(named_users(&both, "hs").unwrap(), ["@a:hs", "@b:hs"]);
         assert_eq!(single_user(&both, "hs").unwrap(), None);
-        let same = object(json!({"identifier": {"type": "m.id.user", "user": "a"}, "user": "@a:hs"}));
+        let same =
+            object(json!({"identifier": {"type": "m.id.user", "user": "a"}, "user": "@a:hs"}));
         assert_eq!(single_user(&same, "hs").unwrap().as_deref(), Some("@a:hs"));
-        let email = object(json!({"identifier": {"type": "m.id.thirdparty", "medium": "email", "address": "a@b"}}));
+        let email = object(
+            json!({"identifier": {"type": "m.id.thirdparty", "medium": "email", "address": "a@b"}}),
+        );
         assert!(names_third_party(&email));
         assert_eq!(single_user(&email, "hs").unwrap(), None);
         let legacy_email = object(json!({"user": "a", "medium": "email", "address": "a@b"}));
         assert_eq!(single_user(&legacy_email, "hs").unwrap(), None);
-        for bad in [json!({"user": 1}), json!({"identifier": "a"}), json!({"identifier": {"user": ["a"]}})] {
-            assert_eq!(named_users(&object(bad), "hs").unwrap_err().errcode(), "M_BAD_JSON");
+        for bad in [
+            json!({"user": 1}),
+            json!({"identifier": "a"}),
+            json!({"identifier": {"user": ["a"]}}),
+        ] {
+            assert_eq!(
+                named_users(&object(bad), "hs").unwrap_err().errcode(),
+                "M_BAD_JSON"
+            );
         }
     }
 }

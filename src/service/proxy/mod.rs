@@ -261,7 +261,10 @@ impl Proxy {
         params.retain(|(k, _)| k != "access_token" && k != ALSO_ALLOW_USER && k != "user_id");
         params.push(("user_id".into(), acting.1.clone()));
         if target.decoded.ends_with("/batch_send") {
-            params.push((ALSO_ALLOW_USER.into(), self.namespace.user_id(&bridge.owner)));
+            params.push((
+                ALSO_ALLOW_USER.into(),
+                self.namespace.user_id(&bridge.owner),
+            ));
         }
         Ok((target::write_query(&params), acting))
     }

@@ -24,10 +24,15 @@ impl Target {
     /// encoded `/` makes one: a proxy in front of the homeserver may resolve them, and no
     /// Matrix route has one.
     pub fn read(raw_path: &str) -> Result<Target, Error> {
-        let unreadable = || Error::InvalidParam("The request path is not valid percent-encoded UTF-8".into());
+        let unreadable =
+            || Error::InvalidParam("The request path is not valid percent-encoded UTF-8".into());
         let segments: Vec<String> = raw_path
             .split('/')
-            .map(|segment| decode(segment, false).map(Cow::into_owned).ok_or_else(unreadable))
+            .map(|segment| {
+                decode(segment, false)
+                    .map(Cow::into_owned)
+                    .ok_or_else(unreadable)
+            })
             .collect::<Result<_, _>>()?;
         let decoded = segments.join("/");
         if decoded.split('/').any(|s| s == "." || s == "..") {
@@ -48,9 +53,8 @@ impl Target {
 
 /// The parameters of a query string, decoded strictly (`+` is a space).
 pub fn read_query(raw: &str) -> Result<Vec<(String, String)>, Error> {
-    let unreadable = || {
-        Error::InvalidParam("The query string is not valid percent-encoded UTF-8".into())
-    };
+    let unreadable =
+        || Error::InvalidParam("The query string is not valid percent-encoded UTF-8".into());
     raw.split('&')
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
@@ -66,7 +70,10 @@ pub fn read_query(raw: &str) -> Result<Vec<(String, String)>, Error> {
 /// The value of parameter `name`, refusing a repeated one: homeservers differ in which
 /// of several values they take.
 pub fn single<'a>(params: &'a [(String, String)], name: &str) -> Result<Option<&'a str>, Error> {
-    let mut values = params.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let mut values = params
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str());
     let first = values.next();
     if values.next().is_some() {
         return Err(Error::InvalidParam(
@@ -97,7 +104,9 @@ fn decode(raw: &str, plus_is_space: bool) -> Option<Cow<'_, str>> {
     }
     if plus_is_space && raw.contains('+') {
         let spaced = raw.replace('+', " ");
-        let decoded = percent_encoding::percent_decode_str(&spaced).decode_utf8().ok()?;
+        let decoded = percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8()
+            .ok()?;
         return Some(Cow::Owned(decoded.into_owned()));
     }
     percent_encoding::percent_decode_str(raw).decode_utf8().ok()
@@ -151,7 +160,10 @@ mod tests {
         assert_eq!(single(&params, "user_id").unwrap(), Some("@a:hs"));
         assert_eq!(single(&params, "none").unwrap(), None);
         let repeated = read_query("user_id=a&us%65r_id=b").unwrap();
-        assert_eq!(single(&repeated, "user_id").unwrap_err().errcode(), "M_INVALID_PARAM");
+        assert_eq!(
+            single(&repeated, "user_id").unwrap_err().errcode(),
+            "M_INVALID_PARAM"
+        );
         assert!(read_query("a=%zz").is_err());
         assert!(read_query("a=%C3%28").is_err());
         assert_eq!(write_query(&params[..2]), "user_id=%40a%3Ahs&x=a+b%2B");
