@@ -1334,3 +1334,254 @@ async fn the_doctor_finds_each_setup_mistake() {
     assert_check(&checks, "homeserver", "fail", "start the homeserver");
     assert_check(&checks, "homeserver registration", "skip", "not reachable");
 }
+
+/// The attack of an untrusted bridge on a real Synapse: an appservice login naming
+/// another user in a body serde_json cannot read but Synapse can. Sent straight to
+/// Synapse with the double-puppet token it mints that user's token (the attack is real);
+/// through asmux it gets nothing, and neither do the same bodies on register and
+/// createRoom.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_gets_no_token_user_or_alias_outside_its_namespace() {
+    let stack = Stack::start().await;
+    let (hs, asmux) = (stack.hs.clone(), stack.asmux.clone());
+    let config = asmux::config::Config::load(&stack.config).unwrap();
+    let dp_token = config.double_puppet_token().unwrap().expose().to_owned();
+    let _asmux = Process::serve(&stack.config, stack.asmux_port).await;
+    let carol = real_user(&hs, "carol").await;
+    real_user(&hs, "alice").await;
+    let reg = cli_create_websocket_bridge(&stack.config, "alice", "whatsapp");
+    let token = reg["as_token"].as_str().unwrap().to_owned();
+    let owner_query = "?user_id=%40alice%3Aexample.test";
+    let carol_login = r#""type":"m.login.application_service","identifier":{"type":"m.id.user","user":"@carol:example.test"}"#;
+
+    let surrogate = format!(r#"{{{carol_login},"pad":"\ud800"}}"#);
+    let direct = send(
+        "POST",
+        &format!("{hs}/_matrix/client/v3/login{owner_query}"),
+        Some(&dp_token),
+        Some(&surrogate),
+    )
+    .await;
+    assert_eq!(
+        direct.status, 200,
+        "the attack works on Synapse: {}",
+        direct.text
+    );
+    assert!(direct.body["access_token"].is_string());
+
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    for pad in [r#""\ud800""#, "1e400", deep.as_str(), "0"] {
+        for query in [owner_query, ""] {
+            let login = send(
+                "POST",
+                &format!("{asmux}/_matrix/client/v3/login{query}"),
+                Some(&token),
+                Some(&format!(r#"{{{carol_login},"pad":{pad}}}"#)),
+            )
+            .await;
+            assert!(
+                matches!(login.status, 400 | 403) && login.body.get("access_token").is_none(),
+                "{pad} {query}: {}",
+                login.text
+            );
+            let register = send(
+                "POST",
+                &format!("{asmux}/_matrix/client/v3/register{query}"),
+                Some(&token),
+                Some(&format!(
+                    r#"{{"type":"m.login.application_service","username":"intruder","pad":{pad}}}"#
+                )),
+            )
+            .await;
+            assert!(matches!(register.status, 400 | 403), "{}", register.text);
+            let create = send(
+                "POST",
+                &format!("{asmux}/_matrix/client/v3/createRoom{query}"),
+                Some(&token),
+                Some(&format!(
+                    r#"{{"room_alias_name":"_bob_whatsapp_main","pad":{pad}}}"#
+                )),
+            )
+            .await;
+            assert!(matches!(create.status, 400 | 403), "{}", create.text);
+        }
+    }
+    // Synapse has no such user and no such alias.
+    let profile = send(
+        "GET",
+        &format!("{hs}/_matrix/client/v3/profile/%40intruder%3Aexample.test"),
+        Some(&carol),
+        None,
+    )
+    .await;
+    assert_eq!(profile.status, 404, "{}", profile.text);
+    let alias = send(
+        "GET",
+        &format!("{hs}/_matrix/client/v3/directory/room/%23_bob_whatsapp_main%3Aexample.test"),
+        Some(&carol),
+        None,
+    )
+    .await;
+    assert_eq!(alias.status, 404, "{}", alias.text);
+
+    // What a bridge does is unchanged: its ghosts register and log in, it acts as its
+    // owner (double puppeting), and creates rooms with aliases of its own.
+    let ghost = json!({"type": "m.login.application_service", "username": "_alice_whatsapp_1"});
+    let made = send(
+        "POST",
+        &format!("{asmux}/_matrix/client/v3/register"),
+        Some(&token),
+        Some(&ghost.to_string()),
+    )
+    .await;
+    assert_eq!(made.status, 200, "{}", made.text);
+    let login = json!({"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": "_alice_whatsapp_1"}});
+    let logged_in = send(
+        "POST",
+        &format!("{asmux}/_matrix/client/v3/login"),
+        Some(&token),
+        Some(&login.to_string()),
+    )
+    .await;
+    assert_eq!(logged_in.status, 200, "{}", logged_in.text);
+    let whoami = send(
+        "GET",
+        &format!("{asmux}/_matrix/client/v3/account/whoami{owner_query}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(
+        whoami.body["user_id"], "@alice:example.test",
+        "{}",
+        whoami.text
+    );
+    let created = send(
+        "POST",
+        &format!("{asmux}/_matrix/client/v3/createRoom"),
+        Some(&token),
+        Some(r#"{"room_alias_name":"_alice_whatsapp_main"}"#),
+    )
+    .await;
+    assert_eq!(created.status, 200, "{}", created.text);
+}
+
+/// A bridge gets a room's events while one of its users is in the room: once its ghost
+/// is banned, the room's next message reaches the other bridge still in it, and not it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_ghosts_bridge_stops_getting_the_rooms_events() {
+    let stack = Stack::start().await;
+    let (hs, asmux) = (stack.hs.clone(), stack.asmux.clone());
+    let _asmux = Process::serve(&stack.config, stack.asmux_port).await;
+    let carol = real_user(&hs, "carol").await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", stack.asmux_port).parse().unwrap();
+    let mut bridges = Vec::new();
+    for prefix in ["whatsapp", "signal"] {
+        let reg = cli_create_websocket_bridge(&stack.config, "carol", prefix);
+        let token = reg["as_token"].as_str().unwrap().to_owned();
+        let mut ws = ws_connect_to(addr, &token, 3).await.unwrap();
+        assert_eq!(ws.next_json().await["command"], "connect");
+        bridges.push((token, format!("@_carol_{prefix}_1:example.test"), ws));
+    }
+    let ghosts: Vec<String> = bridges.iter().map(|b| b.1.clone()).collect();
+    // The ghosts are registered through asmux, then join the public room as themselves.
+    let room = send(
+        "POST",
+        &format!("{hs}/_matrix/client/v3/createRoom"),
+        Some(&carol),
+        Some(r#"{"preset": "public_chat"}"#),
+    )
+    .await;
+    let room_id = room.body["room_id"].as_str().unwrap().to_owned();
+    let room_path = room_id.replace('!', "%21").replace(':', "%3A");
+    for (token, ghost, ws) in &mut bridges {
+        let localpart = ghost[1..].split(':').next().unwrap();
+        let register = json!({"type": "m.login.application_service", "username": localpart});
+        let made = send(
+            "POST",
+            &format!("{asmux}/_matrix/client/v3/register"),
+            Some(token),
+            Some(&register.to_string()),
+        )
+        .await;
+        assert_eq!(made.status, 200, "{}", made.text);
+        let join = format!(
+            "{asmux}/_matrix/client/v3/join/{room_path}?user_id={}",
+            ghost.replace('@', "%40").replace(':', "%3A")
+        );
+        assert_eq!(
+            send("POST", &join, Some(token), Some("{}")).await.status,
+            200
+        );
+        let g = ghost.clone();
+        wait_for_event(ws, "its ghost's join", |e| e["state_key"] == g.as_str()).await;
+    }
+    let say = |body: &'static str| {
+        let (hs, carol, room_path) = (hs.clone(), carol.clone(), room_path.clone());
+        async move {
+            let url =
+                format!("{hs}/_matrix/client/v3/rooms/{room_path}/send/m.room.message/{body}");
+            let sent = send(
+                "PUT",
+                &url,
+                Some(&carol),
+                Some(&json!({"msgtype": "m.text", "body": body}).to_string()),
+            )
+            .await;
+            assert_eq!(sent.status, 200, "{}", sent.text);
+        }
+    };
+    say("before").await;
+    for (_, _, ws) in &mut bridges {
+        wait_for_event(ws, "the first message", |e| {
+            e["content"]["body"] == "before"
+        })
+        .await;
+    }
+    let ban = send(
+        "POST",
+        &format!("{hs}/_matrix/client/v3/rooms/{room_path}/ban"),
+        Some(&carol),
+        Some(&json!({"user_id": ghosts[0]}).to_string()),
+    )
+    .await;
+    assert_eq!(ban.status, 200, "{}", ban.text);
+    let banned = ghosts[0].clone();
+    wait_for_event(&mut bridges[0].2, "its ghost's ban", |e| {
+        e["state_key"] == banned.as_str() && e["content"]["membership"] == "ban"
+    })
+    .await;
+    say("after").await;
+    wait_for_event(&mut bridges[1].2, "the message after the ban", |e| {
+        e["content"]["body"] == "after"
+    })
+    .await;
+    // A new room's invite to the banned ghost's bot is the next thing its bridge gets:
+    // nothing of the old room came before it (deliveries keep their order).
+    let marker = send(
+        "POST",
+        &format!("{hs}/_matrix/client/v3/createRoom"),
+        Some(&carol),
+        Some(&json!({"invite": ["@_carol_whatsapp_bot:example.test"]}).to_string()),
+    )
+    .await;
+    assert_eq!(marker.status, 200, "{}", marker.text);
+    let frame = loop {
+        let frame = bridges[0].2.next_json().await;
+        if frame["command"] == "transaction" {
+            bridges[0].2.ack(&frame).await;
+            break frame;
+        }
+    };
+    let bodies: Vec<&Value> = frame["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["content"]["body"])
+        .collect();
+    assert!(!bodies.contains(&&json!("after")), "{frame}");
+    assert_eq!(
+        frame["events"][0]["room_id"], marker.body["room_id"],
+        "{frame}"
+    );
+}
