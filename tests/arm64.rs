@@ -28,6 +28,7 @@ fn emulated() -> Command {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the arm64 binary scripts/package builds, and qemu-user-static"]
 async fn the_arm64_binary_serves_under_emulation() {
     let version = emulated()
         .arg("--version")

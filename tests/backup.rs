@@ -26,7 +26,7 @@ async fn online_backup_restores_everything() {
     .await;
     let alice = server.root_get("/_matrix/asmux/user/alice").await.body;
     let setup = json!({"events": [{"type": "m.room.member", "room_id": "!room", "sender": "@alice:example.test",
-        "state_key": "@_alice_whatsapp_bot:example.test", "event_id": "$setup", "content": {"membership": "invite"}}]});
+        "state_key": "@_alice_whatsapp_bot:example.test", "event_id": "$setup", "content": {"membership": "join"}}]});
     hs_transaction(&server, "setup", &setup).await;
     for i in 0..20 {
         hs_transaction(&server, &format!("q{i}"), &json!({"events": [event(i)]})).await;

@@ -158,7 +158,7 @@ async fn websocket_bridge_states_and_exec() {
     // Its transactions keep flowing between pings.
     let invite = json!({"events": [{"type": "m.room.member", "room_id": "!r", "event_id": "$invite",
         "sender": "@alice:example.test", "state_key": "@_alice_whatsapp_bot:example.test",
-        "content": {"membership": "invite"}}]});
+        "content": {"membership": "join"}}]});
     assert_eq!(hs_transaction(&server, "1", &invite).await.status, 200);
     go.wait_for("the invite", |e| e["event_id"] == "$invite")
         .await;
@@ -341,6 +341,7 @@ async fn reporting_endpoints_receive_checkpoints_and_states() {
     let token = reg["as_token"].as_str().unwrap();
     let invite = fixture("a1-invite-bridge-bot.json");
     hs_transaction(&server, "1", &invite).await;
+    hs_transaction(&server, "1b", &fixture("a2-bridge-bot-join.json")).await;
     hs_transaction(&server, "2", &fixture("b1-text-message.json")).await;
 
     let path = "/bridgebox/alice/bridge/whatsapp/send_message_metrics";

@@ -349,7 +349,7 @@ async fn status_and_bridge_config_offline_and_online() {
     // can be dropped on purpose, through the server and offline alike.
     let invite = serde_json::json!({"events": [{"type": "m.room.member", "room_id": "!tg",
         "sender": "@alice:example.test", "event_id": "$tg", "state_key": "@_alice_telegram_bot:example.test",
-        "content": {"membership": "invite"}}]});
+        "content": {"membership": "join"}}]});
     let url = format!("http://127.0.0.1:{}/_matrix/app/v1/transactions/1", s.port);
     let sent = send("PUT", &url, Some(HS_TOKEN), Some(&invite.to_string())).await;
     assert_eq!(sent.status, 200, "{}", sent.text);

@@ -166,7 +166,7 @@ async fn setup(base: &str, push_url: &str) -> String {
     let invite = |room: &str, prefix: &str| {
         json!({"type": "m.room.member", "room_id": room, "sender": "@alice:example.test",
                "state_key": format!("@_alice_{prefix}_bot:example.test"),
-               "event_id": format!("$setup-{prefix}"), "content": {"membership": "invite"}})
+               "event_id": format!("$setup-{prefix}"), "content": {"membership": "join"}})
     };
     let setup = json!({"events": [invite(WS_ROOM, "whatsapp"), invite(PUSH_ROOM, "signal")]});
     let url = format!("{base}/_matrix/app/v1/transactions/setup");

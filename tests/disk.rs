@@ -176,7 +176,7 @@ async fn bridge_with_queue(disk: &Disk, n: usize) -> String {
     let token = reg.body["as_token"].as_str().unwrap().to_owned();
     let invite = json!({"type": "m.room.member", "room_id": ROOM, "sender": "@alice:example.test",
         "state_key": "@_alice_whatsapp_bot:example.test", "event_id": "$invite",
-        "content": {"membership": "invite"}});
+        "content": {"membership": "join"}});
     assert_eq!(disk.transaction("setup", vec![invite]).await.status, 200);
     for i in 0..n {
         let events = vec![message(&format!("$q{i}"))];
@@ -211,6 +211,7 @@ fn queued_ids(n: usize) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: mounts an ext4 image on a loop device"]
 async fn a_full_disk_refuses_transactions_drains_queues_and_recovers_when_freed() {
     let hs = Stub::homeserver().await;
     let disk = Disk::new(&hs.url());
@@ -265,6 +266,7 @@ async fn a_full_disk_refuses_transactions_drains_queues_and_recovers_when_freed(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: mounts an ext4 image on a loop device"]
 async fn after_a_sigkill_on_a_full_disk_asmux_starts_and_delivers() {
     let hs = Stub::homeserver().await;
     let disk = Disk::new(&hs.url());
@@ -287,6 +289,7 @@ async fn after_a_sigkill_on_a_full_disk_asmux_starts_and_delivers() {
 /// Without a reserve sled itself meets ENOSPC, and after that it refuses every write until
 /// reopened: the server stops with status 1 so that systemd restarts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: mounts an ext4 image on a loop device"]
 async fn a_database_that_cannot_write_any_more_stops_the_server_with_status_1() {
     let hs = Stub::homeserver().await;
     let disk = Disk::with_reserve(&hs.url(), 0);
@@ -340,6 +343,7 @@ async fn a_database_that_cannot_write_any_more_stops_the_server_with_status_1() 
 }
 
 #[tokio::test]
+#[ignore = "needs root: mounts an ext4 image on a loop device"]
 async fn a_read_only_data_directory_is_a_clear_error() {
     let disk = Disk::new("http://127.0.0.1:9");
     let out = disk.spawn("ro", Stdio::piped()).wait_with_output().unwrap();
@@ -350,6 +354,7 @@ async fn a_read_only_data_directory_is_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: mounts an ext4 image on a loop device"]
 async fn a_data_directory_deleted_under_the_server_stops_new_writes() {
     let hs = Stub::homeserver().await;
     let Served {
@@ -384,6 +389,7 @@ async fn a_data_directory_deleted_under_the_server_stops_new_writes() {
 
 /// The copy is built beside the data directory; a mount point cannot be replaced by it.
 #[tokio::test]
+#[ignore = "needs root: mounts an ext4 image on a loop device"]
 async fn compacting_a_mount_point_is_refused_before_anything_is_copied() {
     let disk = Disk::new("http://127.0.0.1:9");
     let out = disk.in_namespace(
@@ -399,6 +405,7 @@ async fn compacting_a_mount_point_is_refused_before_anything_is_copied() {
 
 /// A disk that cannot hold the copy is refused up front, the database untouched.
 #[tokio::test]
+#[ignore = "needs root: mounts an ext4 image on a loop device"]
 async fn compacting_without_room_for_a_copy_is_refused() {
     let disk = Disk::new("http://127.0.0.1:9");
     let config = std::fs::read_to_string(disk.dir.path().join("config.toml")).unwrap();

@@ -309,6 +309,7 @@ impl Stack {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Synapse in target/e2e-venv (scripts/test installs it)"]
 async fn a_real_user_and_a_websocket_bridge_talk_through_asmux() {
     let stack = Stack::start().await;
     let (hs, asmux, config, asmux_port) = (
@@ -623,6 +624,7 @@ async fn a_real_user_and_a_websocket_bridge_talk_through_asmux() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Synapse in target/e2e-venv (scripts/test installs it)"]
 async fn a_mautrix_python_push_bridge_works_unchanged() {
     let stack = Stack::start().await;
     let bridge_port = free_port();
@@ -872,6 +874,7 @@ async fn a_mautrix_python_push_bridge_works_unchanged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Synapse in target/e2e-venv (scripts/test installs it)"]
 async fn a_mautrix_go_style_bridge_pings_and_reconnects_by_itself() {
     let stack = Stack::start().await;
     let (hs, config, asmux_port) = (stack.hs.clone(), stack.config.clone(), stack.asmux_port);
@@ -1171,6 +1174,7 @@ fn assert_check(
 /// read, a registration URL that does not lead to asmux, a registration (asmux's, the
 /// double-puppet one) the homeserver did not load, the homeserver down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Synapse in target/e2e-venv (scripts/test installs it)"]
 async fn the_doctor_finds_each_setup_mistake() {
     let mut stack = Stack::start().await;
     let config = stack.config.clone();
@@ -1341,6 +1345,7 @@ async fn the_doctor_finds_each_setup_mistake() {
 /// through asmux it gets nothing, and neither do the same bodies on register and
 /// createRoom.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Synapse in target/e2e-venv (scripts/test installs it)"]
 async fn a_bridge_gets_no_token_user_or_alias_outside_its_namespace() {
     let stack = Stack::start().await;
     let (hs, asmux) = (stack.hs.clone(), stack.asmux.clone());
@@ -1469,6 +1474,7 @@ async fn a_bridge_gets_no_token_user_or_alias_outside_its_namespace() {
 /// A bridge gets a room's events while one of its users is in the room: once its ghost
 /// is banned, the room's next message reaches the other bridge still in it, and not it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Synapse in target/e2e-venv (scripts/test installs it)"]
 async fn a_banned_ghosts_bridge_stops_getting_the_rooms_events() {
     let stack = Stack::start().await;
     let (hs, asmux) = (stack.hs.clone(), stack.asmux.clone());

@@ -121,6 +121,7 @@ fn message(room: &str, id: &str) -> Value {
 }
 
 #[tokio::test]
+#[ignore = "needs root and PostgreSQL's server binaries (Debian's postgresql)"]
 async fn an_imported_database_serves_every_bridge_unchanged() {
     let pg = Postgres::start(false);
     let hs = Stub::homeserver().await;
@@ -290,6 +291,7 @@ async fn an_imported_database_serves_every_bridge_unchanged() {
 /// migration version, a database that is not the original's, a non-empty data
 /// directory, a row asmux cannot carry.
 #[tokio::test]
+#[ignore = "needs root and PostgreSQL's server binaries (Debian's postgresql)"]
 async fn refusals_say_why_and_write_nothing() {
     let pg = Postgres::start(false);
     let (dir, config) = asmux_dir("http://127.0.0.1:9");
@@ -384,6 +386,7 @@ async fn refusals_say_why_and_write_nothing() {
 
 /// `sslmode=require` encrypts, as libpq does, against a server that takes nothing else.
 #[tokio::test]
+#[ignore = "needs root and PostgreSQL's server binaries (Debian's postgresql)"]
 async fn tls_is_used_when_the_url_requires_it() {
     let pg = Postgres::start(true);
     original_database(&pg, "original", "").await;

@@ -468,6 +468,91 @@ async fn every_name_in_a_body_is_checked() {
     assert_eq!(status, 400);
 }
 
+/// Twisted merges a POSTed form body into the query's arguments: a `user_id` there would
+/// replace the one asmux checked. Such bodies are refused from bridges.
+#[tokio::test]
+async fn form_bodies_never_carry_parameters_past_asmux() {
+    let (hs, server, token) = setup().await;
+    let before = hs.requests().len();
+    let auth = format!("Bearer {token}");
+    let invite = "/_matrix/client/v3/rooms/!r:example.test/invite?user_id=%40alice%3Aexample.test";
+    for content_type in [
+        "application/x-www-form-urlencoded",
+        "Application/X-WWW-Form-Urlencoded; charset=utf-8",
+        "multipart/form-data; boundary=x",
+        "application/json (x)",
+    ] {
+        let (status, answer) = raw(
+            &server,
+            "POST",
+            invite,
+            &[("authorization", &auth), ("content-type", content_type)],
+            br#"{"user_id":"@_alice_whatsapp_bot:example.test","x":"&user_id=%40admin%3Aexample.test&"}"#,
+        )
+        .await;
+        assert_eq!(
+            (status, &answer["errcode"]),
+            (400, &json!("M_INVALID_PARAM")),
+            "{content_type}"
+        );
+    }
+    let (status, _) = raw(
+        &server,
+        "POST",
+        invite,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        b"{}",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(confined_since(&hs, before).is_empty());
+    // JSON is forwarded.
+    let (status, _) = raw(
+        &server,
+        "POST",
+        invite,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        b"{}",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(confined_since(&hs, before).len(), 1);
+}
+
+/// A guest registration is no registration in the bridge's namespace.
+#[tokio::test]
+async fn a_bridge_registers_no_guests() {
+    let (hs, server, token) = setup().await;
+    let before = hs.requests().len();
+    let body = json!({"type": "m.login.application_service", "username": "_alice_whatsapp_x"});
+    let (status, _) = bridge(
+        &server,
+        &token,
+        "POST",
+        "/_matrix/client/v3/register?kind=guest",
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = bridge(
+        &server,
+        &token,
+        "POST",
+        "/_matrix/client/v3/register?kind=user",
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(confined_since(&hs, before).len(), 1);
+}
+
 /// Headers: one Authorization per request, and only asmux names the bridge.
 #[tokio::test]
 async fn headers_are_read_once_and_asmux_names_the_bridge() {

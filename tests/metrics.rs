@@ -16,7 +16,7 @@ async fn metrics_count_events_sockets_and_requests() {
     let reg = provision(&server, "alice", "whatsapp", json!({"push": false})).await;
     let token = reg["as_token"].as_str().unwrap();
     let events = json!({"events": [
-        {"type": "m.room.member", "room_id": "!r", "sender": "@alice:example.test", "state_key": "@_alice_whatsapp_bot:example.test", "event_id": "$1", "content": {"membership": "invite"}},
+        {"type": "m.room.member", "room_id": "!r", "sender": "@alice:example.test", "state_key": "@_alice_whatsapp_bot:example.test", "event_id": "$1", "content": {"membership": "join"}},
         {"type": "m.room.message", "room_id": "!r", "sender": "@alice:example.test", "event_id": "$2", "content": {"body": "hi"}},
         {"type": "m.room.message", "room_id": "!elsewhere", "sender": "@alice:example.test", "event_id": "$3", "content": {"body": "hi"}},
     ]});

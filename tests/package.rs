@@ -66,6 +66,7 @@ fn text(out: &Output) -> String {
 }
 
 #[test]
+#[ignore = "needs root and the packages scripts/package builds"]
 fn control_and_contents() {
     for (arch, _) in ARCHES {
         control_and_contents_of(arch);
@@ -141,6 +142,7 @@ fn control_and_contents_of(arch: &str) {
 }
 
 #[test]
+#[ignore = "needs root and the packages scripts/package builds"]
 fn lintian_finds_no_errors() {
     for (arch, _) in ARCHES {
         let out = Command::new("lintian")
@@ -159,6 +161,7 @@ fn lintian_finds_no_errors() {
 
 /// Both binaries are static (no interpreter, no shared libraries) and for their machine.
 #[test]
+#[ignore = "needs root and the packages scripts/package builds"]
 fn the_binaries_are_static() {
     for (machine, target) in [("X86-64", ARCHES[0].1), ("AArch64", ARCHES[1].1)] {
         let binary = static_binary(target);
@@ -196,6 +199,7 @@ fn the_binaries_are_static() {
 /// The tarballs for people not on Debian hold the binary, the unit, the example
 /// config, the docs, the monitoring files and the completions.
 #[test]
+#[ignore = "needs root and the packages scripts/package builds"]
 fn the_tarballs_hold_what_an_install_needs() {
     let version = env!("CARGO_PKG_VERSION");
     for (arch, target) in [("x86_64", ARCHES[0].1), ("aarch64", ARCHES[1].1)] {
@@ -282,6 +286,7 @@ impl Sandbox {
 }
 
 #[test]
+#[ignore = "needs root and the packages scripts/package builds"]
 fn maintainer_scripts_install_upgrade_remove_and_purge_amd64() {
     maintainer_scripts("amd64");
 }
@@ -290,6 +295,7 @@ fn maintainer_scripts_install_upgrade_remove_and_purge_amd64() {
 /// binary it installs runs under qemu's user-mode emulation through a diversion, so the
 /// maintainer scripts run the real arm64 binary.
 #[test]
+#[ignore = "needs root and the packages scripts/package builds"]
 fn maintainer_scripts_install_upgrade_remove_and_purge_arm64() {
     maintainer_scripts("arm64");
 }

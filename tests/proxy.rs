@@ -318,6 +318,26 @@ async fn login_passwords_are_converted_with_the_shared_secret() {
             echo["body"].to_string().len().to_string()
         );
     }
+    // Only the login route itself converts: a message whose event type is `login` would
+    // otherwise show the bridge the homeserver-side password.
+    let user = "@alice:example.test";
+    let body =
+        json!({"type": "m.login.password", "user": user, "password": hmac(login_token, user)});
+    for path in [
+        "/_matrix/client/v3/rooms/!r:example.test/send/login",
+        "/_matrix/client/v3/logi%6E",
+        "/_matrix/client/v3/login/",
+    ] {
+        let echo = send(
+            "POST",
+            &server.url(path),
+            Some("syt_ghost"),
+            Some(&body.to_string()),
+        )
+        .await
+        .body;
+        assert_eq!(echo["body"]["password"], hmac(login_token, user), "{path}");
+    }
     let wrong =
         json!({"type": "m.login.password", "user": "@alice:example.test", "password": "hunter2"});
     let echo = send("POST", &login, None, Some(&wrong.to_string()))

@@ -16,8 +16,8 @@ async fn setup() -> (Stub, TestServer, String) {
     let hs = Stub::homeserver().await;
     let server = TestServer::start(&hs).await;
     let reg = provision(&server, "alice", "whatsapp", json!({"push": false})).await;
-    // The invite of the bridge bot registers the room for the bridge.
-    let sent = hs_transaction(&server, "1", &fixture("a1-invite-bridge-bot.json")).await;
+    // The bridge bot joining the room makes the room the bridge's.
+    let sent = hs_transaction(&server, "1", &fixture("a2-bridge-bot-join.json")).await;
     assert_eq!(sent.status, 200, "{}", sent.text);
     (hs, server, reg["as_token"].as_str().unwrap().to_owned())
 }
@@ -43,7 +43,7 @@ async fn protocol_3_transactions_are_acknowledged() {
     // The event is passed on exactly as Synapse sent it.
     assert_eq!(
         frame["events"],
-        fixture("a1-invite-bridge-bot.json")["events"]
+        fixture("a2-bridge-bot-join.json")["events"]
     );
     ws.ack(&frame).await;
 
@@ -227,7 +227,7 @@ async fn protocol_2_drops_unacknowledged_transactions() {
     let first = ws.next_json().await;
     assert_eq!(
         first["events"][0]["event_id"],
-        "$sPFURzEQxpd-wsRyYMTidqZP7r9yktO2RM_fQhuMlfY"
+        fixture("a2-bridge-bot-join.json")["events"][0]["event_id"]
     );
     // Not acknowledged: after the timeout the next one comes, the first is not resent.
     let next = ws.next_json().await;

@@ -17,7 +17,7 @@ use crate::config::{Config, LogFormat};
 use crate::operator::registration::BridgeRegistration;
 use crate::operator::setup;
 use crate::operator::{bridge_config, import_original};
-use crate::server::{shutdown, systemd};
+use crate::server::shutdown;
 use crate::service::management::{BridgeRef, ProvisionRequest};
 use crate::store::{self, Store};
 use backend::Backend;
@@ -390,23 +390,7 @@ fn serve(config_path: &Path, args: ServeArgs) -> Result<ExitCode> {
     let stopped_store = store.clone();
     let served = runtime()?.block_on(async move {
         let signal = shutdown::on_signal().context("cannot install signal handlers")?;
-        let addr = config.listen_addr();
-        let listener =
-            crate::server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-        let services = crate::service::Services::new(config, store)?;
-        systemd::notify_ready();
-        if let Some(interval) = systemd::watchdog_interval() {
-            services.tasks.spawn(systemd::watchdog(
-                interval,
-                services.store.clone(),
-                services.tasks.clone(),
-            ));
-        }
-        let stop = async {
-            signal.await;
-            systemd::notify_stopping();
-        };
-        crate::server::run(listener, services, stop).await
+        crate::server::start(config, store)?.run(signal).await
     });
     if let Err(e) = &served {
         if stopped_store.has_write_failed() {

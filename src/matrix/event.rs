@@ -59,9 +59,9 @@ impl<'a> EventMeta<'a> {
         MESSAGE_TYPES.contains(&self.kind()) && self.content_is_empty()
     }
 
-    /// Whether this membership event makes its user joined or invited (`content.membership`
-    /// `join` or `invite`); any other membership, or none readable, does not.
-    pub fn is_join_or_invite(&self) -> bool {
+    /// Whether this membership event makes its user joined (`content.membership` is
+    /// `join`); any other membership, or none readable, does not.
+    pub fn is_join(&self) -> bool {
         #[derive(Deserialize)]
         struct Member<'a> {
             #[serde(borrow)]
@@ -69,7 +69,7 @@ impl<'a> EventMeta<'a> {
         }
         self.content
             .and_then(|raw| serde_json::from_str::<Member<'_>>(raw.get()).ok())
-            .is_some_and(|m| m.membership == "join" || m.membership == "invite")
+            .is_some_and(|m| m.membership == "join")
     }
 
     /// Whether the type is one of the message checkpoint types.
@@ -187,15 +187,14 @@ mod tests {
 
     #[test]
     fn memberships() {
-        assert!(meta(r#"{"content":{"membership":"join"}}"#).is_join_or_invite());
-        assert!(meta(r#"{"content":{"membership":"invite","x":1}}"#).is_join_or_invite());
-        for other in ["leave", "ban", "knock"] {
+        assert!(meta(r#"{"content":{"membership":"join","x":1}}"#).is_join());
+        for other in ["invite", "leave", "ban", "knock"] {
             let json = format!(r#"{{"content":{{"membership":"{other}"}}}}"#);
-            assert!(!meta(&json).is_join_or_invite(), "{other}");
+            assert!(!meta(&json).is_join(), "{other}");
         }
-        assert!(!meta(r#"{"content":{"membership":5}}"#).is_join_or_invite());
-        assert!(!meta(r#"{"content":{}}"#).is_join_or_invite());
-        assert!(!meta("{}").is_join_or_invite());
+        assert!(!meta(r#"{"content":{"membership":5}}"#).is_join());
+        assert!(!meta(r#"{"content":{}}"#).is_join());
+        assert!(!meta("{}").is_join());
     }
 
     #[test]

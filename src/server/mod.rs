@@ -55,9 +55,52 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// A server ready to run: its listener bound and its services built.
+pub struct Started {
+    listener: TcpListener,
+    /// Where it listens (the port chosen when the config says 0).
+    pub addr: std::net::SocketAddr,
+    pub services: Arc<Services>,
+}
+
+/// Binds the listener of `config` and builds the services on `store`: everything
+/// `asmux serve` does before serving, also what the tests start.
+pub fn start(config: crate::config::Config, store: Arc<Store>) -> Result<Started> {
+    let addr = config.listen_addr();
+    let listener = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let addr = listener.local_addr()?;
+    let services = Services::new(config, store)?;
+    Ok(Started {
+        listener,
+        addr,
+        services,
+    })
+}
+
+impl Started {
+    /// Tells systemd it is ready (and pings its watchdog, when asked to), then serves
+    /// until `shutdown` completes (see [`run`]).
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        systemd::notify_ready();
+        let services = self.services;
+        if let Some(interval) = systemd::watchdog_interval() {
+            services.tasks.spawn(systemd::watchdog(
+                interval,
+                services.store.clone(),
+                services.tasks.clone(),
+            ));
+        }
+        let stop = async {
+            shutdown.await;
+            systemd::notify_stopping();
+        };
+        run(self.listener, services, stop).await
+    }
+}
+
 /// Serves on `listener` until `shutdown` completes; then closes websockets (1012), lets
 /// requests and deliveries in flight finish, and flushes the store.
-pub async fn run(
+async fn run(
     listener: TcpListener,
     services: Arc<Services>,
     shutdown: impl Future<Output = ()> + Send + 'static,

@@ -14,7 +14,7 @@ use crate::store::{Bridge, Membership, Room, Store, StoreError};
 /// The lookups routing needs.
 pub trait RoutingView {
     fn room(&self, room_id: &str) -> Result<Option<Arc<Room>>, StoreError>;
-    /// The users of `bridge` joined or invited to `room_id`, as far as asmux saw.
+    /// The users of `bridge` joined to `room_id`, as far as asmux saw.
     fn room_members(&self, room_id: &str, bridge: Uuid) -> Result<Vec<String>, StoreError>;
     fn bridge(&self, id: Uuid) -> Result<Option<Arc<Bridge>>, StoreError>;
     fn bridge_by_name(&self, owner: &str, prefix: &str) -> Result<Option<Arc<Bridge>>, StoreError>;
@@ -226,8 +226,8 @@ impl Context<'_> {
             self.drop_event(Some(&meta), DropReason::NoRoom);
             return Ok(());
         };
-        // A bridge owns a room while one of its users is joined or invited there (when
-        // Matrix would send an appservice the room's events).
+        // A bridge owns a room while one of its users is joined there: when Matrix sends
+        // an appservice a room's events (Synapse: `_matches_user_in_member_list`).
         let member_bridge = match (meta.kind(), meta.state_key.as_deref()) {
             ("m.room.member", Some(state_key)) => self.bridge_of(state_key)?,
             _ => None,
@@ -241,7 +241,7 @@ impl Context<'_> {
         let mut owners = room.owners.clone();
         if let Some(bridge) = member_bridge {
             let user_id = meta.state_key.as_deref().unwrap_or_default().to_owned();
-            let member = meta.is_join_or_invite();
+            let member = meta.is_join();
             let members = match room.members.entry(bridge.id) {
                 Entry::Occupied(known) => known.into_mut(),
                 Entry::Vacant(unread) => {
@@ -249,8 +249,8 @@ impl Context<'_> {
                 }
             };
             // The bridge gets its own user's membership event in any case (Matrix sends
-            // an appservice its users' memberships), then owns the room while any of its
-            // users is a member.
+            // an appservice its users' memberships, invites included), then owns the room
+            // while any of its users is joined.
             if !owners.contains(&bridge.id) {
                 owners.push(bridge.id);
             }
@@ -469,8 +469,8 @@ mod tests {
             &view,
             serde_json::json!({"events": [
                 {"type": "m.room.message", "room_id": "!new", "event_id": "$before", "content": {"body": "x"}},
-                {"type": "m.room.member", "room_id": "!new", "event_id": "$invite",
-                 "state_key": "@_alice_whatsapp_bot:example.test", "content": {"membership": "invite"}},
+                {"type": "m.room.member", "room_id": "!new", "event_id": "$join",
+                 "state_key": "@_alice_whatsapp_bot:example.test", "content": {"membership": "join"}},
                 {"type": "m.room.message", "room_id": "!new", "event_id": "$after", "content": {"body": "y"}},
             ]}),
         );
@@ -483,12 +483,12 @@ mod tests {
                 member: true
             }]
         );
-        assert_eq!(ids(&routed.transactions[&wa].events), ["$invite", "$after"]);
+        assert_eq!(ids(&routed.transactions[&wa].events), ["$join", "$after"]);
         assert_eq!(
             routed.dropped,
             [("m.room.message".into(), DropReason::UnownedRoom)]
         );
-        assert_eq!(routed.event_ids, ["$before", "$invite", "$after"]);
+        assert_eq!(routed.event_ids, ["$before", "$join", "$after"]);
     }
 
     fn member(room: &str, id: &str, user: &str, membership: &str) -> serde_json::Value {
@@ -502,7 +502,7 @@ mod tests {
     }
 
     #[test]
-    fn a_bridge_owns_a_room_while_one_of_its_users_is_a_member() {
+    fn a_bridge_owns_a_room_while_one_of_its_users_is_joined() {
         let view = FakeView::default()
             .with_bridge(test_bridge("alice", "whatsapp"))
             .with_bridge(test_bridge("bob", "signal"));
@@ -526,6 +526,8 @@ mod tests {
                 message("!r", "$3"),
                 member("!r", "$ghost-invited", ghost, "invite"),
                 message("!r", "$4"),
+                member("!r", "$ghost-joins", ghost, "join"),
+                message("!r", "$5"),
             ]}),
         );
         assert_eq!(
@@ -536,16 +538,17 @@ mod tests {
                 "$bot-banned",
                 "$bot-knocks",
                 "$ghost-invited",
-                "$4"
+                "$ghost-joins",
+                "$5"
             ]
         );
-        assert_eq!(routed.transactions[&sig].events.len(), 8);
+        assert_eq!(routed.transactions[&sig].events.len(), 10);
         let members: Vec<bool> = routed.memberships.iter().map(|m| m.member).collect();
-        assert_eq!(members, [false, false, false, true]);
+        assert_eq!(members, [false, false, false, false, true]);
     }
 
     #[test]
-    fn a_knock_gives_no_room_and_owners_from_before_memberships_keep_theirs_until_one() {
+    fn an_invite_or_knock_gives_no_room_and_owners_from_before_memberships_keep_theirs() {
         let view = FakeView::default().with_bridge(test_bridge("alice", "whatsapp"));
         let wa = view.id("whatsapp");
         let view = view.with_room("!imported", &[wa], false);
@@ -554,6 +557,7 @@ mod tests {
             &view,
             serde_json::json!({"events": [
                 member("!new", "$knock", ghost, "knock"),
+                member("!new", "$invite", ghost, "invite"),
                 message("!new", "$1"),
                 message("!imported", "$2"),
                 member("!imported", "$leave", ghost, "leave"),
@@ -562,7 +566,7 @@ mod tests {
         );
         assert_eq!(
             ids(&routed.transactions[&wa].events),
-            ["$knock", "$2", "$leave"]
+            ["$knock", "$invite", "$2", "$leave"]
         );
         let reasons: Vec<DropReason> = routed.dropped.iter().map(|(_, r)| *r).collect();
         assert_eq!(reasons, [DropReason::UnownedRoom, DropReason::UnownedRoom]);

@@ -10,7 +10,7 @@
 //! - `roomid_room`: room ID -> [`Room`] (owning bridges, deleted flag)
 //! - `bridgeid_roomid`: bridge UUID ++ room ID -> empty (the rooms a bridge owns)
 //! - `roomid_members`: room ID ++ 0xFF ++ bridge UUID ++ user ID -> empty (the bridge's
-//!   users joined or invited there, through whom it owns the room)
+//!   users joined there, through whom it owns the room)
 //! - queues, processed transactions and bridge states: see [`queue`]
 
 pub mod backup;

@@ -23,7 +23,7 @@ pub struct Membership {
     pub room_id: String,
     pub bridge: Uuid,
     pub user_id: String,
-    /// Joined or invited; anything else (leave, ban, knock) is not a member.
+    /// Joined; anything else (invite, leave, ban, knock) is not a member.
     pub member: bool,
 }
 
@@ -48,8 +48,7 @@ impl Store {
         })
     }
 
-    /// The users of `bridge` that asmux saw join or be invited to `room_id` and not leave
-    /// since. Empty also for a room the bridge owns since before asmux followed
+    /// The users of `bridge` that asmux saw join `room_id` and not leave since. Empty also for a room the bridge owns since before asmux followed
     /// memberships (imported from the original, or created as the owner): such a room is
     /// owned until a membership event of the bridge's users says otherwise.
     pub fn room_members(&self, room_id: &str, bridge: Uuid) -> Result<Vec<String>, StoreError> {

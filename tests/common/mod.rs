@@ -25,7 +25,7 @@ pub const HS_TOKEN: &str = "asmux-hs-token-for-tests";
 /// The body of a Synapse fixture.
 pub fn fixture(name: &str) -> Value {
     let path = format!(
-        "{}/../shared/fixtures/synapse-1.163/{name}",
+        "{}/tests/fixtures/synapse-1.163/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     let value: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();

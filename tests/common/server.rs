@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use asmux::config::Config;
 use asmux::http_client::{full_body, HttpClient};
-use asmux::server::run;
-use asmux::service::Services;
 use asmux::store::Store;
 use serde_json::Value;
 use tempfile::TempDir;
@@ -81,16 +79,14 @@ impl TestServer {
         TestServer::start_in(dir).await
     }
 
-    /// Starts asmux on the config and data already in `dir`.
+    /// Starts asmux on the config and data already in `dir`, as `asmux serve` does.
     pub async fn start_in(dir: TempDir) -> TestServer {
         let config = Config::load(&dir.path().join("config.toml")).unwrap();
         let store = Arc::new(open_store(&config.data_dir()));
-        let services = Services::new(config, store).unwrap();
-        let tasks = services.tasks.clone();
-        let listener = asmux::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = listener.local_addr().unwrap();
+        let started = asmux::server::start(config, store).unwrap();
+        let (addr, tasks) = (started.addr, started.services.tasks.clone());
         let (tx, rx) = oneshot::channel();
-        let handle = tokio::spawn(run(listener, services, async {
+        let handle = tokio::spawn(started.run(async {
             let _ = rx.await;
         }));
         TestServer {

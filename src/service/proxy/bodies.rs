@@ -18,22 +18,31 @@ use crate::store::Bridge;
 impl Proxy {
     /// Whether asmux must read the body of a request to `endpoint`: always for a bridge's
     /// registrations, logins and createRoom; for anyone's logins and device deletions when
-    /// there is a shared secret to convert passwords to.
-    pub(super) fn reads_body(&self, endpoint: &Endpoint, bridge: Option<&Bridge>) -> bool {
+    /// there is a shared secret to convert passwords to and the path is exactly their
+    /// route (`exact`, see [`super::endpoint::is_exactly`]).
+    pub(super) fn reads_body(
+        &self,
+        endpoint: &Endpoint,
+        bridge: Option<&Bridge>,
+        exact: bool,
+    ) -> bool {
+        let converts = exact && self.login_shared_secret.is_some();
         match endpoint {
             Endpoint::Register | Endpoint::CreateRoom => bridge.is_some(),
-            Endpoint::Login => bridge.is_some() || self.login_shared_secret.is_some(),
-            Endpoint::DeviceAuth => self.login_shared_secret.is_some(),
+            Endpoint::Login => bridge.is_some() || converts,
+            Endpoint::DeviceAuth => converts,
             Endpoint::Other | Endpoint::Alias(_) => false,
         }
     }
 
-    /// Reads, checks and rewrites the body of a request to `endpoint`; returns the body to
-    /// forward, with `headers` describing it.
+    /// Reads, checks and rewrites the body of a request to `endpoint` (converting a
+    /// password only when `exact`); returns the body to forward, with `headers`
+    /// describing it.
     pub(super) async fn checked_body(
         &self,
         endpoint: &Endpoint,
         bridge: Option<&Bridge>,
+        exact: bool,
         headers: &mut HeaderMap,
         body: Body,
     ) -> Result<Body, Error> {
@@ -51,21 +60,35 @@ impl Proxy {
             return Ok(full_body(bytes));
         }
         let mut json = parse_object(&bytes)?;
-        self.check_and_rewrite(endpoint, bridge, &mut json)?;
+        self.check(endpoint, bridge, &json)?;
+        if exact {
+            match (endpoint, json.get_mut("auth")) {
+                (Endpoint::Login, _) => self.convert_password(&mut json)?,
+                (Endpoint::DeviceAuth, Some(Value::Object(auth))) => self.convert_password(auth)?,
+                (Endpoint::DeviceAuth, Some(Value::Null) | None) => {}
+                (Endpoint::DeviceAuth, Some(_)) => {
+                    return Err(Error::BadJson("auth must be an object".into()))
+                }
+                _ => {}
+            }
+        }
         let out = Bytes::from(Value::Object(json).to_string());
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
         Ok(full_body(out))
     }
 
-    fn check_and_rewrite(
+    /// Checks the names a bridge's body gives: every one must be in its namespace.
+    fn check(
         &self,
         endpoint: &Endpoint,
         bridge: Option<&Bridge>,
-        json: &mut Map<String, Value>,
+        json: &Map<String, Value>,
     ) -> Result<(), Error> {
-        let ns = &self.namespace;
-        match (endpoint, bridge) {
-            (Endpoint::Register, Some(bridge)) => {
+        let (ns, Some(bridge)) = (&self.namespace, bridge) else {
+            return Ok(());
+        };
+        match endpoint {
+            Endpoint::Register => {
                 // Synapse reads `username`; the appservice API once named it `user`.
                 let names = string_fields(json, &["username", "user"])?;
                 if names.is_empty() {
@@ -78,13 +101,13 @@ impl Proxy {
                 }
                 Ok(())
             }
-            (Endpoint::CreateRoom, Some(bridge)) => {
+            Endpoint::CreateRoom => {
                 for name in string_fields(json, &["room_alias_name"])? {
                     guard::own_alias(ns, bridge, &format!("#{name}:{}", ns.server))?;
                 }
                 Ok(())
             }
-            (Endpoint::Login, Some(bridge)) => {
+            Endpoint::Login => {
                 let users = login::named_users(json, &ns.server)?;
                 if users.is_empty() || login::names_third_party(json) {
                     return Err(Error::Forbidden(
@@ -94,14 +117,8 @@ impl Proxy {
                 for user in &users {
                     guard::own_user(ns, bridge, user, false)?;
                 }
-                self.convert_password(json)
+                Ok(())
             }
-            (Endpoint::Login, None) => self.convert_password(json),
-            (Endpoint::DeviceAuth, _) => match json.get_mut("auth") {
-                Some(Value::Object(auth)) => self.convert_password(auth),
-                Some(Value::Null) | None => Ok(()),
-                Some(_) => Err(Error::BadJson("auth must be an object".into())),
-            },
             _ => Ok(()),
         }
     }
@@ -129,6 +146,50 @@ impl Proxy {
         login::convert(auth, &user_id, user.login_token.expose(), shared.expose());
         Ok(())
     }
+}
+
+/// Refuses a bridge's request whose body the homeserver may read parameters from: Twisted
+/// (Synapse) merges a POSTed `application/x-www-form-urlencoded` or `multipart/form-data`
+/// body into the query's arguments, where a `user_id` in it would replace the one asmux
+/// checked. One `Content-Type` only, and one asmux can read.
+pub(super) fn refuse_form_bodies(headers: &HeaderMap) -> Result<(), Error> {
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (types.next(), types.next()) else {
+        return match headers.contains_key(header::CONTENT_TYPE) {
+            true => Err(Error::InvalidParam(
+                "A request may carry one Content-Type".into(),
+            )),
+            false => Ok(()),
+        };
+    };
+    let essence = value
+        .to_str()
+        .ok()
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|essence| {
+            let token = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+            };
+            essence
+                .split_once('/')
+                .is_some_and(|(kind, sub)| token(kind) && token(sub))
+        })
+        .ok_or_else(|| Error::InvalidParam("The Content-Type cannot be read".into()))?;
+    if essence == "application/x-www-form-urlencoded" || essence == "multipart/form-data" {
+        return Err(Error::InvalidParam(
+            "Form-encoded bodies are not proxied for bridges: the homeserver reads parameters from them"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A request body that must be a JSON object.
@@ -190,6 +251,38 @@ mod tests {
             Value::Object(object).to_string(),
             r#"{"username":"_alice_wa_x"}"#
         );
+    }
+
+    #[test]
+    fn form_bodies_are_refused() {
+        let headers = |values: &[&str]| {
+            let mut map = HeaderMap::new();
+            for v in values {
+                map.append(header::CONTENT_TYPE, HeaderValue::from_str(v).unwrap());
+            }
+            map
+        };
+        for fine in [
+            &[][..],
+            &["application/json"],
+            &["image/png"],
+            &["application/vnd.openxmlformats-officedocument.wordprocessingml.document"],
+        ] {
+            assert!(refuse_form_bodies(&headers(fine)).is_ok(), "{fine:?}");
+        }
+        for refused in [
+            &["application/x-www-form-urlencoded"][..],
+            &[" Application/X-WWW-Form-Urlencoded ; charset=utf-8"],
+            &["multipart/form-data; boundary=x"],
+            &["application/json", "application/x-www-form-urlencoded"],
+            &["application/json (comment)"],
+            &["nonsense"],
+        ] {
+            assert!(
+                refuse_form_bodies(&headers(refused)).is_err(),
+                "{refused:?}"
+            );
+        }
     }
 
     #[test]

@@ -53,6 +53,30 @@ impl Endpoint {
     }
 }
 
+/// Whether the raw path is exactly the route of `endpoint` on a homeserver, spelled
+/// plainly (nothing percent-encoded in its fixed words, nothing around them): the
+/// reading on which asmux adds something to a request (a converted password). Checks
+/// use the inclusive reading instead.
+pub fn is_exactly(endpoint: &Endpoint, target: &Target) -> bool {
+    let words: Vec<&str> = target.segments.iter().map(String::as_str).collect();
+    let Some(route) = (match words.as_slice() {
+        ["", "_matrix", "client", "r0" | "v3" | "unstable", route @ ..] => Some(route),
+        ["", "_matrix", "client", "api", "v1", route @ ..] => Some(route),
+        _ => None,
+    }) else {
+        return false;
+    };
+    let plain = |raw: &str| !raw.contains('%');
+    let raw: Vec<&str> = target.raw.split('/').collect();
+    let raw_route = &raw[raw.len() - route.len()..];
+    match (endpoint, route, raw_route) {
+        (Endpoint::Login, ["login"], [word]) => plain(word),
+        (Endpoint::DeviceAuth, ["delete_devices"], [word]) => plain(word),
+        (Endpoint::DeviceAuth, ["devices", device], [word, _]) => plain(word) && !device.is_empty(),
+        _ => false,
+    }
+}
+
 /// The alias of `.../directory/room/{alias}`: the last raw segment, decoded on its own.
 fn alias_in_path(target: &Target, pairs: usize) -> Result<String, Error> {
     let ambiguous =
@@ -136,6 +160,29 @@ mod tests {
             endpoint(Method::POST, "/_matrix/client/v3/delete_devices").unwrap(),
             Endpoint::DeviceAuth
         );
+    }
+
+    #[test]
+    fn passwords_are_converted_on_plain_routes_only() {
+        let exactly = |method: Method, path: &str| {
+            let target = Target::read(path).unwrap();
+            is_exactly(&Endpoint::of(&method, &target).unwrap(), &target)
+        };
+        assert!(exactly(Method::POST, "/_matrix/client/v3/login"));
+        assert!(exactly(Method::POST, "/_matrix/client/api/v1/login"));
+        assert!(exactly(Method::POST, "/_matrix/client/r0/delete_devices"));
+        assert!(exactly(Method::DELETE, "/_matrix/client/v3/devices/ABC"));
+        for (method, path) in [
+            (Method::POST, "/_matrix/client/v3/rooms/!r/send/login"),
+            (Method::POST, "/_matrix/client/v3/logi%6E"),
+            (Method::POST, "/_matrix/client/v3/login/"),
+            (Method::POST, "/_matrix/client/v3%2Flogin"),
+            (Method::POST, "/_matrix/client/v4/login"),
+            (Method::DELETE, "/_matrix/client/v3/user/x/devices/D"),
+            (Method::DELETE, "/_matrix/client/v3/devices/"),
+        ] {
+            assert!(!exactly(method, path), "{path}");
+        }
     }
 
     #[test]

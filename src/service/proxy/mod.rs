@@ -193,13 +193,15 @@ impl Proxy {
             return self.appservice_ping(bridge.as_deref(), id, req.body).await;
         }
         let endpoint = Endpoint::of(&req.method, target)?;
+        let exact = endpoint::is_exactly(&endpoint, target);
         let mut headers = req.headers;
         strip_hop_by_hop(&mut headers);
         // Only asmux says which bridge a request comes from.
         headers.remove(X_BEEPER_BRIDGE);
         let (query, acting) = match &bridge {
             Some(bridge) => {
-                let (query, acting) = self.bridge_query(bridge, &req.query, target)?;
+                bodies::refuse_form_bodies(&headers)?;
+                let (query, acting) = self.bridge_query(bridge, &req.query, target, &endpoint)?;
                 headers.insert(header::AUTHORIZATION, self.authorization(&acting.0)?);
                 headers.insert(
                     X_BEEPER_BRIDGE,
@@ -217,8 +219,8 @@ impl Proxy {
                 guard::own_alias(&self.namespace, bridge, alias)?;
                 req.body
             }
-            (endpoint, bridge) if self.reads_body(endpoint, bridge.as_deref()) => {
-                self.checked_body(endpoint, bridge.as_deref(), &mut headers, req.body)
+            (endpoint, bridge) if self.reads_body(endpoint, bridge.as_deref(), exact) => {
+                self.checked_body(endpoint, bridge.as_deref(), exact, &mut headers, req.body)
                     .await?
             }
             _ => req.body,
@@ -255,9 +257,17 @@ impl Proxy {
         bridge: &Bridge,
         raw_query: &str,
         target: &Target,
+        endpoint: &Endpoint,
     ) -> Result<(String, (Masquerade, String)), Error> {
         let mut params = target::read_query(raw_query)?;
         let acting = guard::acting_as(&self.namespace, bridge, &params, target)?;
+        // Synapse registers a guest for `kind=guest` before it looks at the body.
+        let kind = target::single(&params, "kind")?;
+        if *endpoint == Endpoint::Register && kind.is_some_and(|k| k != "user") {
+            return Err(Error::Forbidden(
+                "A bridge registers users of its namespace only".into(),
+            ));
+        }
         params.retain(|(k, _)| k != "access_token" && k != ALSO_ALLOW_USER && k != "user_id");
         params.push(("user_id".into(), acting.1.clone()));
         if target.decoded.ends_with("/batch_send") {

@@ -11,6 +11,8 @@ use crate::error::Error;
 /// A proxied request's path, read.
 #[derive(Debug)]
 pub struct Target {
+    /// The path as received.
+    pub raw: String,
     /// Each `/`-separated segment of the raw path, percent-decoded on its own: an encoded
     /// `/` stays inside its segment, as homeservers' routers read IDs in paths.
     pub segments: Vec<String>,
@@ -40,7 +42,11 @@ impl Target {
                 "Paths with . or .. segments are not proxied".into(),
             ));
         }
-        Ok(Target { segments, decoded })
+        Ok(Target {
+            raw: raw_path.to_owned(),
+            segments,
+            decoded,
+        })
     }
 
     /// The non-empty words of the decoded path (an encoded `/` splits words too; empty
