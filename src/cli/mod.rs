@@ -1,240 +1,29 @@
 //! The command line: `serve`, the set-up commands, `status`, and the `bridge` and
 //! `backup` commands, which work on the data directory or through the running server.
 
+mod args;
 mod backend;
+mod backup;
+mod bridge;
 mod doctor;
 mod status;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::Parser;
 
 use crate::config::{Config, LogFormat};
-use crate::operator::registration::BridgeRegistration;
-use crate::operator::setup;
-use crate::operator::{bridge_config, import_original};
+use crate::operator::{import_original, setup};
 use crate::server::shutdown;
-use crate::service::management::{BridgeRef, ProvisionRequest};
 use crate::store::{self, Store};
-use backend::Backend;
+pub use args::Cli;
+use args::{ChecklistFormat, Command, ServeArgs};
 
 /// The config file used when `-c` is not given and it exists.
 const SYSTEM_CONFIG: &str = "/etc/asmux/config.toml";
-
-/// asmux: many Matrix bridges behind one application service registration.
-#[derive(Debug, Parser)]
-#[command(name = "asmux", version, about, propagate_version = true)]
-pub struct Cli {
-    /// Configuration file [default: /etc/asmux/config.toml if it exists, else ./config.toml]
-    #[arg(short, long, global = true, value_name = "PATH", env = "ASMUX_CONFIG")]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run the server. Without a config file, writes a new one (with generated secrets)
-    /// and the homeserver registration next to it first.
-    Serve(ServeArgs),
-    /// Generate asmux's appservice tokens, save them in the config and write the
-    /// registration file for the homeserver.
-    GenerateRegistration {
-        /// Where to write the registration
-        #[arg(short, long, value_name = "PATH", default_value = "registration.yaml")]
-        registration: PathBuf,
-    },
-    /// Write a first configuration with generated secrets, and the homeserver
-    /// registration beside it. Refuses to replace an existing config.
-    InitConfig {
-        #[command(flatten)]
-        homeserver: HomeserverArgs,
-        /// The data directory written into the config
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<String>,
-    },
-    /// Check the configuration and report every problem.
-    CheckConfig,
-    /// Summarise every bridge: connection, queue depth and last reported state.
-    Status {
-        /// Print JSON instead of a table
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
-    Completions {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
-    /// Check the setup from the outside: config, data directory, listener, homeserver,
-    /// both directions of the registration and every bridge, with a fix for each failure.
-    Doctor {
-        /// The registration file the homeserver loads [default: registration.yaml next to
-        /// the config]
-        #[arg(short, long, value_name = "PATH")]
-        registration: Option<PathBuf>,
-        /// Output format
-        #[arg(long, value_enum, default_value = "text")]
-        format: ChecklistFormat,
-    },
-    /// Provision and inspect bridges.
-    #[command(subcommand)]
-    Bridge(BridgeCommand),
-    /// Single-file backups of the whole database.
-    #[command(subcommand)]
-    Backup(BackupCommand),
-    /// Rewrite the database compactly, giving back the disk space sled does not (the
-    /// server must be stopped; needs room for a second copy while it runs).
-    Compact {
-        /// The data directory to compact [default: mux.data_dir of the config]
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
-    },
-    /// Translate the config.yaml of mautrix-asmux (the original) into asmux's config,
-    /// keeping its tokens, and list every key without an equivalent.
-    ImportConfig {
-        /// The original's config.yaml
-        old: PathBuf,
-        /// Where to write the new config (refused if it exists); standard output if not
-        /// given
-        #[arg(short, long, value_name = "PATH")]
-        output: Option<PathBuf>,
-    },
-    /// Import the PostgreSQL database of mautrix-asmux (the original) into a new data
-    /// directory: every user, bridge and room, with their UUIDs and tokens.
-    ImportOriginal {
-        /// The original's database, as a postgres:// URL or libpq's key=value form
-        #[arg(
-            long,
-            value_name = "URL",
-            env = "ASMUX_ORIGINAL_DATABASE",
-            hide_env_values = true
-        )]
-        database: String,
-        /// The data directory to fill [default: mux.data_dir of the config]
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
-        /// Read and check everything, write nothing
-        #[arg(long)]
-        dry_run: bool,
-        /// Replace a non-empty data directory
-        #[arg(long)]
-        force: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum BackupCommand {
-    /// Write a backup (through the running server when it holds the database).
-    Create {
-        /// The backup file to write (mode 0600)
-        #[arg(short, long, value_name = "FILE")]
-        output: PathBuf,
-    },
-    /// Check a backup file end to end.
-    Verify { file: PathBuf },
-    /// Restore a backup into a data directory (the server must be stopped).
-    Restore {
-        file: PathBuf,
-        /// The data directory to restore into [default: mux.data_dir of the config]
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
-        /// Replace a non-empty data directory
-        #[arg(long)]
-        force: bool,
-    },
-}
-
-#[derive(Debug, Args)]
-struct ServeArgs {
-    #[command(flatten)]
-    homeserver: HomeserverArgs,
-}
-
-/// The homeserver a new config points at.
-#[derive(Debug, Args)]
-struct HomeserverArgs {
-    /// Homeserver server name written into a new config
-    #[arg(long, default_value = "localhost")]
-    domain: String,
-    /// Homeserver URL written into a new config
-    #[arg(long, value_name = "URL", default_value = "http://localhost:8008")]
-    homeserver_url: String,
-}
-
-#[derive(Debug, Subcommand)]
-enum BridgeCommand {
-    /// Provision a bridge (or update an existing one) and print its registration.
-    Create {
-        owner: String,
-        prefix: String,
-        /// The bridge connects to asmux over a websocket (no address needed)
-        #[arg(long, conflicts_with = "address")]
-        websocket: bool,
-        /// Base URL asmux pushes transactions to
-        #[arg(long, value_name = "URL")]
-        address: Option<String>,
-        /// Localpart suffix of the bridge bot
-        #[arg(long)]
-        bot: Option<String>,
-        #[arg(long, value_enum, default_value_t = Format::Yaml)]
-        format: Format,
-    },
-    /// List bridges.
-    List,
-    /// Show one bridge: OWNER PREFIX, OWNER/PREFIX or UUID.
-    Show {
-        #[arg(num_args = 1..=2, required = true, value_name = "BRIDGE")]
-        bridge: Vec<String>,
-    },
-    /// Delete a bridge, its queue and its room ownerships: OWNER PREFIX, OWNER/PREFIX or UUID.
-    Delete {
-        #[arg(num_args = 1..=2, required = true, value_name = "BRIDGE")]
-        bridge: Vec<String>,
-    },
-    /// Drop everything queued for a bridge, on purpose (a push bridge that is gone for
-    /// good is otherwise retried until queue_retention_days): OWNER PREFIX, OWNER/PREFIX
-    /// or UUID.
-    ClearQueue {
-        #[arg(num_args = 1..=2, required = true, value_name = "BRIDGE")]
-        bridge: Vec<String>,
-    },
-    /// Print the `homeserver:` and `appservice:` blocks of a mautrix bridge's config
-    /// that connect it to asmux (websocket or push, as the bridge was provisioned).
-    Config {
-        owner: String,
-        prefix: String,
-        /// The framework the bridge is built on
-        #[arg(long, value_enum)]
-        flavor: bridge_config::Flavor,
-    },
-    /// Print the registration a bridge needs (the same the management API returns).
-    ExportRegistration {
-        owner: String,
-        prefix: String,
-        #[arg(long, value_enum, default_value_t = Format::Yaml)]
-        format: Format,
-        /// Write to this file (mode 0600) instead of standard output
-        #[arg(short, long, value_name = "PATH")]
-        output: Option<PathBuf>,
-    },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Format {
-    Yaml,
-    Json,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum ChecklistFormat {
-    Text,
-    Json,
-}
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
@@ -292,7 +81,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             clap_complete::generate(shell, &mut command, "asmux", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Backup(command) => backup_command(&config_path, command),
+        Command::Backup(command) => backup::run(&config_path, command),
         Command::Doctor {
             registration,
             format,
@@ -302,23 +91,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let checks = runtime()?.block_on(doctor::run(&config_path, &registration));
             doctor::print(&checks, matches!(format, ChecklistFormat::Json))
         }
-        Command::Compact { data_dir } => {
-            let dir = match data_dir {
-                Some(dir) => dir,
-                None => Config::load(&config_path)?.data_dir(),
-            };
-            let done = store::replace::compact(&dir)
-                .with_context(|| format!("cannot compact {}", dir.display()))?;
-            let mib = |bytes: u64| bytes as f64 / 1048576.0;
-            println!(
-                "Compacted {}: {} records, {:.1} MiB -> {:.1} MiB",
-                dir.display(),
-                done.records,
-                mib(done.bytes_before),
-                mib(done.bytes_after)
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Compact { data_dir } => backup::compact(&config_path, data_dir),
         Command::ImportConfig { old, output } => import_config(&old, output.as_deref()),
         Command::ImportOriginal {
             database,
@@ -340,7 +113,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bridge(command) => {
             let config = Config::load(&config_path)?;
             init_logging(&config, true);
-            runtime()?.block_on(bridge_command(config, command))
+            runtime()?.block_on(bridge::run(config, command))
         }
     }
 }
@@ -508,198 +281,4 @@ pub fn init_logging(config: &Config, quiet: bool) {
     };
     // Only fails when a subscriber is already installed (tests); keep that one.
     let _ = result;
-}
-
-async fn bridge_command(config: Config, command: BridgeCommand) -> Result<ExitCode> {
-    let backend = Backend::open(&config)?;
-    let mut out = std::io::stdout().lock();
-    match command {
-        BridgeCommand::Create {
-            owner,
-            prefix,
-            websocket,
-            address,
-            bot,
-            format,
-        } => {
-            let target = BridgeRef::name(&owner, &prefix);
-            let request = ProvisionRequest {
-                push: Some(!websocket),
-                address: address.or(websocket.then(String::new)),
-                bot,
-                ..ProvisionRequest::default()
-            };
-            let (registration, created) = backend.provision(&target, &request).await?;
-            eprintln!(
-                "{} bridge {owner}/{prefix} ({})",
-                if created { "Created" } else { "Updated" },
-                registration.id
-            );
-            write_registration(&mut out, &registration, format)?;
-        }
-        BridgeCommand::List => {
-            let bridges = backend.list().await?;
-            writeln!(
-                out,
-                "{:<36}  {:<32}  {:<9}  ADDRESS",
-                "ID", "BRIDGE", "MODE"
-            )?;
-            for b in bridges {
-                let name = format!("{}/{}", b.owner, b.prefix);
-                let mode = if b.push { "push" } else { "websocket" };
-                writeln!(
-                    out,
-                    "{:<36}  {:<32}  {:<9}  {}",
-                    b.id, name, mode, b.address
-                )?;
-            }
-        }
-        BridgeCommand::Show { bridge } => {
-            let registration = backend.registration(&bridge_ref(&bridge)?).await?;
-            let user_ns = registration
-                .namespaces
-                .users
-                .first()
-                .map(|n| n.regex.as_str())
-                .unwrap_or("");
-            writeln!(out, "id:         {}", registration.id)?;
-            writeln!(
-                out,
-                "bot:        @{}:{}",
-                registration.sender_localpart, config.homeserver.domain
-            )?;
-            writeln!(out, "namespace:  {user_ns}")?;
-            let mode = if registration.url.is_empty() {
-                "websocket (or push without address)".to_owned()
-            } else {
-                format!("push to {}", registration.url)
-            };
-            writeln!(out, "delivery:   {mode}")?;
-        }
-        BridgeCommand::Delete { bridge } => {
-            let target = bridge_ref(&bridge)?;
-            backend.delete(&target).await?;
-            writeln!(out, "Deleted bridge {}", bridge.join("/"))?;
-        }
-        BridgeCommand::ClearQueue { bridge } => {
-            let target = bridge_ref(&bridge)?;
-            let dropped = backend.clear_queue(&target).await?;
-            writeln!(
-                out,
-                "Dropped {dropped} queued transactions of {}",
-                bridge.join("/")
-            )?;
-        }
-        BridgeCommand::Config {
-            owner,
-            prefix,
-            flavor,
-        } => {
-            let registration = backend
-                .registration(&BridgeRef::name(&owner, &prefix))
-                .await?;
-            let block = bridge_config::render(flavor, &config, &owner, &prefix, &registration)
-                .map_err(anyhow::Error::msg)?;
-            out.write_all(block.as_bytes())?;
-        }
-        BridgeCommand::ExportRegistration {
-            owner,
-            prefix,
-            format,
-            output,
-        } => {
-            let registration = backend
-                .registration(&BridgeRef::name(&owner, &prefix))
-                .await?;
-            match output {
-                Some(path) => {
-                    let mut buf = Vec::new();
-                    write_registration(&mut buf, &registration, format)?;
-                    setup::write_atomically(&path, &buf, 0o600)
-                        .with_context(|| format!("cannot write {}", path.display()))?;
-                    eprintln!(
-                        "Wrote the registration of {owner}/{prefix} to {}",
-                        path.display()
-                    );
-                }
-                None => write_registration(&mut out, &registration, format)?,
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn backup_command(config_path: &Path, command: BackupCommand) -> Result<ExitCode> {
-    use crate::store::backup;
-    let print = |what: &str, path: &Path, summary: &backup::Summary| {
-        let records: u64 = summary.trees.iter().map(|(_, n)| n).sum();
-        println!(
-            "{what} {}: asmux {}, schema {}, {records} records",
-            path.display(),
-            summary.header.asmux_version,
-            summary.header.schema_version
-        );
-        for (tree, count) in &summary.trees {
-            println!("  {tree}: {count}");
-        }
-    };
-    match command {
-        BackupCommand::Verify { file } => {
-            let summary = backup::verify(&file)
-                .with_context(|| format!("{} is not a usable backup", file.display()))?;
-            print("Verified", &file, &summary);
-        }
-        BackupCommand::Create { output } => {
-            let config = Config::load(config_path)?;
-            init_logging(&config, true);
-            let summary =
-                runtime()?.block_on(async { Backend::open(&config)?.backup(&output).await })?;
-            print("Wrote", &output, &summary);
-        }
-        BackupCommand::Restore {
-            file,
-            data_dir,
-            force,
-        } => {
-            let dir = match data_dir {
-                Some(dir) => dir,
-                None => Config::load(config_path)?.data_dir(),
-            };
-            let summary = backup::restore(&file, &dir, force).with_context(|| {
-                format!("cannot restore {} into {}", file.display(), dir.display())
-            })?;
-            print(
-                &format!("Restored into {}:", dir.display()),
-                &file,
-                &summary,
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `OWNER PREFIX`, `OWNER/PREFIX` or `UUID`.
-fn bridge_ref(args: &[String]) -> Result<BridgeRef> {
-    let target = match args {
-        [owner, prefix] => Ok(BridgeRef::name(owner, prefix)),
-        [one] => match one.split_once('/') {
-            Some((owner, prefix)) => Ok(BridgeRef::name(owner, prefix)),
-            None => BridgeRef::id(one),
-        },
-        _ => bail!("name a bridge as OWNER PREFIX, OWNER/PREFIX or UUID"),
-    };
-    Ok(target?)
-}
-
-fn write_registration(
-    out: &mut impl Write,
-    registration: &BridgeRegistration,
-    format: Format,
-) -> Result<()> {
-    let text = match format {
-        Format::Yaml => serde_yaml_ng::to_string(registration)?,
-        Format::Json => serde_json::to_string_pretty(registration)? + "\n",
-    };
-    out.write_all(text.as_bytes())?;
-    Ok(())
 }
