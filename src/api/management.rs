@@ -290,12 +290,12 @@ fn public_config(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let register = warp::path!("public" / "config" / Segment / "register")
         .and(warp::get())
-        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::headers_cloned())
         .and(with_services(services.clone()))
         .and_then(register_config);
     let download = warp::path!("public" / "config" / Segment / "download")
         .and(warp::get())
-        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::headers_cloned())
         .and(with_services(services))
         .and_then(download_config);
     register.or(download).unify()
@@ -306,12 +306,12 @@ fn public_config(
 /// Trades the one-time config password for a lasting one: 303 to the download URL.
 async fn register_config(
     Segment(prefix): Segment,
-    authorization: Option<String>,
+    headers: warp::http::HeaderMap,
     services: Arc<Services>,
 ) -> Result<Response, Rejection> {
     let location = services
-        .management
-        .register_config(&services.config, &prefix, authorization.as_deref())
+        .config_download
+        .register(&prefix, headers.get("authorization"))
         .await?;
     Ok(warp::reply::with_header(StatusCode::SEE_OTHER, "location", location).into_response())
 }
@@ -319,13 +319,12 @@ async fn register_config(
 /// # `GET /_matrix/asmux/public/config/{prefix}/download`
 async fn download_config(
     Segment(prefix): Segment,
-    authorization: Option<String>,
+    headers: warp::http::HeaderMap,
     services: Arc<Services>,
 ) -> Result<Response, Rejection> {
-    let yaml =
-        services
-            .management
-            .download_config(&services.config, &prefix, authorization.as_deref())?;
+    let yaml = services
+        .config_download
+        .download(&prefix, headers.get("authorization"))?;
     Ok(warp::reply::with_header(yaml, "content-type", "text/yaml").into_response())
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::config::Config;
+use crate::error::Error;
 use crate::http_client::{full_body, HttpClient, RequestError};
 use crate::secret::{token_digest, Secret};
 
@@ -60,6 +61,19 @@ impl Homeserver {
             self.users.insert(key, user_id.clone()).await;
         }
         Ok(user_id)
+    }
+
+    /// [`Homeserver::user_of`] for a request being answered: the user ID, 403
+    /// `M_UNKNOWN_TOKEN` saying `refused` when the homeserver does not know the token, or
+    /// 502 when it cannot be asked.
+    pub async fn caller(&self, access_token: &str, refused: &'static str) -> Result<String, Error> {
+        self.user_of(access_token)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "whoami failed");
+                Error::BadGateway
+            })?
+            .ok_or(Error::UnknownToken(refused))
     }
 
     /// The user ID an access token belongs to; `None` when the homeserver refuses it.

@@ -2,12 +2,9 @@
 //! management API, also used directly by the CLI when the server is not running.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use data_encoding::BASE32_NOPAD;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::config::{is_http_url, Config};
@@ -18,19 +15,9 @@ use crate::secret::{bearer, urlsafe_token, Secret};
 use crate::service::bridge_requests::{self, BridgeStatus};
 use crate::service::delivery::Delivery;
 use crate::service::homeserver::Homeserver;
-use crate::service::user_proxy;
-use crate::store::{Bridge, ConfigPassword, Store, User};
-
-/// The proxy settings stored for `user`, as JSON.
-fn stored_proxy_config(user: &User) -> Result<Option<Value>, Error> {
-    user.proxy_config
-        .as_ref()
-        .map(|text| {
-            serde_json::from_str(text.expose())
-                .map_err(|e| Error::internal("stored proxy settings are not JSON", e))
-        })
-        .transpose()
-}
+use crate::service::{config_download, user_proxy};
+use crate::store::backup::ChannelWriter;
+use crate::store::{now_ms, Bridge, ConfigPassword, Store, User};
 
 /// Bounds and default of a config password's lifetime, in seconds.
 const CONFIG_PASSWORD_LIFETIME: (u64, u64, u64) = (30, 300, 3600);
@@ -166,15 +153,9 @@ impl Management {
     /// who has a record here.
     pub async fn caller_from_matrix_token(&self, header: Option<&str>) -> Result<Caller, Error> {
         let token = bearer_token(header)?;
-        let user_id = self
-            .homeserver
-            .user_of(token)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "whoami failed");
-                Error::BadGateway
-            })?
-            .ok_or(Error::UnknownToken("Invalid authorization token"))?;
+        let user_id = (self.homeserver)
+            .caller(token, "Invalid authorization token")
+            .await?;
         let user = match self.namespace.local_user(&user_id) {
             Some(localpart) => self.store.user(localpart)?,
             None => None,
@@ -220,7 +201,7 @@ impl Management {
             .unwrap_or(CONFIG_PASSWORD_LIFETIME.1);
         let password = request
             .generate_config
-            .then(|| new_config_password(Some(lifetime)));
+            .then(|| config_download::new_password(Some(lifetime)));
 
         if let Some(existing) = self.find(caller, target)? {
             let stored = password.as_ref().map(|(_, stored)| stored.clone());
@@ -248,7 +229,7 @@ impl Management {
             as_token: urlsafe_token(20),
             push_key: None,
             config_password: password.as_ref().map(|(_, stored)| stored.clone()),
-            created_at: now().as_millis() as u64,
+            created_at: now_ms(),
         };
         let (bridge, created) = self.store.insert_bridge(bridge)?;
         self.flush().await?;
@@ -263,7 +244,10 @@ impl Management {
         }
         let registration =
             BridgeRegistration::new(&bridge, &owner_user, &self.namespace, self.exclusive);
-        Ok((with_password(registration, password, lifetime), created))
+        Ok((
+            config_download::with_password(registration, password, lifetime),
+            created,
+        ))
     }
 
     /// Changes what a provisioning request changes on an existing bridge: its address,
@@ -451,7 +435,7 @@ impl Management {
         private: bool,
     ) -> Result<Value, Error> {
         let user = self.user_record(caller, id)?;
-        let config = stored_proxy_config(&user)?.ok_or(Error::NotFound("Proxy config not set."))?;
+        let config = user_proxy::stored(&user)?.ok_or(Error::NotFound("Proxy config not set."))?;
         Ok(user_proxy::shown(&config, private))
     }
 
@@ -465,7 +449,7 @@ impl Management {
         regenerate: bool,
     ) -> Result<Value, Error> {
         let user = self.user_record(caller, id)?;
-        let config = match stored_proxy_config(&user)? {
+        let config = match user_proxy::stored(&user)? {
             Some(config) if !regenerate => config,
             _ => user_proxy::generate(&user.id)?,
         };
@@ -514,7 +498,7 @@ impl Management {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let store = self.store.clone();
         self.delivery.tasks.spawn_blocking(move || {
-            let writer = ChannelWriter(tx.clone());
+            let writer = ChannelWriter::new(tx.clone());
             if let Err(e) = store.write_backup(writer, crate::store::now_ms()) {
                 if tx.is_closed() {
                     tracing::warn!("backup download abandoned by the client");
@@ -574,85 +558,15 @@ impl Management {
             .user(&bridge.owner)?
             .ok_or_else(|| Error::internal("bridge without owner", &bridge.owner))?;
         let registration = BridgeRegistration::new(bridge, &owner, &self.namespace, self.exclusive);
-        Ok(with_password(registration, password, lifetime))
+        Ok(config_download::with_password(
+            registration,
+            password,
+            lifetime,
+        ))
     }
 
     async fn flush(&self) -> Result<(), Error> {
         self.store.flush().await.map_err(Error::from)
-    }
-
-    /// `GET /public/config/{prefix}/register` with HTTP Basic `owner:password`: trades the
-    /// one-time config password for a new one that does not expire, and returns the
-    /// download URL that carries it.
-    pub async fn register_config(
-        &self,
-        config: &Config,
-        prefix: &str,
-        authorization: Option<&str>,
-    ) -> Result<String, Error> {
-        let bridge = self.config_login(prefix, authorization)?;
-        let (plain, stored) = new_config_password(None);
-        self.store
-            .modify_bridge(bridge.id, |b| b.config_password = Some(stored))?;
-        self.flush().await?;
-        let base = config.public_base();
-        let (scheme, rest) = base.split_once("://").unwrap_or(("https", base));
-        Ok(format!(
-            "{scheme}://{}:{plain}@{rest}/_matrix/asmux/public/config/{}/download",
-            bridge.owner, bridge.prefix
-        ))
-    }
-
-    /// `GET /public/config/{prefix}/download` with HTTP Basic `owner:password`: the
-    /// bridge's config, as YAML.
-    pub fn download_config(
-        &self,
-        config: &Config,
-        prefix: &str,
-        authorization: Option<&str>,
-    ) -> Result<String, Error> {
-        let bridge = self.config_login(prefix, authorization)?;
-        let registration = self.registration_of(&bridge, None, 0)?;
-        crate::operator::bridge_config::download(config, &bridge, &registration)
-    }
-
-    /// The bridge `owner`/`prefix` whose config password is in the Basic credentials.
-    fn config_login(
-        &self,
-        prefix: &str,
-        authorization: Option<&str>,
-    ) -> Result<Arc<Bridge>, Error> {
-        let invalid = || Error::UnknownToken("Invalid config password");
-        let (owner, password) = authorization
-            .and_then(|h| h.strip_prefix("Basic "))
-            .and_then(|b| data_encoding::BASE64.decode(b.trim().as_bytes()).ok())
-            .and_then(|raw| String::from_utf8(raw).ok())
-            .and_then(|text| {
-                let (owner, password) = text.split_once(':')?;
-                Some((owner.to_owned(), password.to_owned()))
-            })
-            .ok_or(Error::MissingToken(
-                "Missing or invalid Basic authorization header",
-            ))?;
-        let bridge = self
-            .store
-            .bridge_by_name(&owner, prefix)?
-            .ok_or(Error::NotFound("Application service not found."))?;
-        let stored = bridge.config_password.as_ref().ok_or_else(invalid)?;
-        // The password is random bytes in base32, matched case-insensitively; the stored
-        // hash is of the bytes, as the original stored it, so imported passwords still work.
-        let Ok(bytes) = BASE32_NOPAD.decode(password.to_ascii_uppercase().as_bytes()) else {
-            return Err(invalid());
-        };
-        let presented: [u8; 32] = Sha256::digest(bytes).into();
-        let matches: bool =
-            subtle::ConstantTimeEq::ct_eq(&presented[..], &stored.sha256[..]).into();
-        let live = stored.expires_at.is_none_or(|at| now().as_secs() <= at);
-        if matches && live {
-            Ok(bridge)
-        } else {
-            Err(invalid())
-        }
     }
 
     /// Runs store work that reads or removes without bound (a bridge's rooms, a queue) on
@@ -670,57 +584,8 @@ impl Management {
     }
 }
 
-fn with_password(
-    mut registration: BridgeRegistration,
-    password: Option<(String, ConfigPassword)>,
-    lifetime: u64,
-) -> BridgeRegistration {
-    if let Some((plain, _)) = password {
-        registration.asmux.config_password = Some(plain);
-        registration.asmux.config_password_lifetime = Some(lifetime);
-    }
-    registration
-}
-
-/// A config download password valid for `lifetime` seconds (`None`: no expiry): shown
-/// once, stored as SHA-256.
-fn new_config_password(lifetime: Option<u64>) -> (String, ConfigPassword) {
-    let mut bytes = [0u8; 32];
-    rand::Rng::fill(&mut rand::rng(), &mut bytes);
-    let plain = BASE32_NOPAD.encode(&bytes);
-    let stored = ConfigPassword {
-        sha256: Sha256::digest(bytes).into(),
-        expires_at: lifetime.map(|l| now().as_secs() + l),
-    };
-    (plain, stored)
-}
-
 /// `Bearer <token>` from an `Authorization` header, with the spec's auth errors.
 pub fn bearer_token(header: Option<&str>) -> Result<&str, Error> {
     let header = header.ok_or(Error::MissingToken("Missing authorization header"))?;
     bearer(header).ok_or(Error::UnknownToken("Invalid authorization header"))
-}
-
-fn now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-}
-
-/// Hands written bytes to an async reader, blocking while it falls behind.
-struct ChannelWriter(tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>);
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "backup reader went away")
-            })?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

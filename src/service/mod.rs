@@ -6,13 +6,16 @@
 //! - [`delivery`]: per-bridge workers, HTTP push, websocket sessions and the hub of live
 //!   sockets.
 //! - [`proxy`]: the client-server API proxy for bridges.
-//! - [`management`]: provisioning bridges and users (the management API and the CLI).
+//! - [`management`]: provisioning bridges and users (the management API and the CLI);
+//!   [`config_download`]: the config passwords and downloads of bridges;
+//!   [`user_proxy`]: owners' proxy settings.
 //! - [`bridge_requests`]: what asmux asks of a bridge outside transactions (state pings,
 //!   exec, homeserver queries, MSC2659).
 //! - [`reporting`]: checkpoints and states sent to optional external endpoints.
 //! - [`homeserver`]: requests asmux makes to the homeserver for itself.
 
 pub mod bridge_requests;
+pub mod config_download;
 pub mod delivery;
 pub mod homeserver;
 pub mod intake;
@@ -31,6 +34,7 @@ use crate::http_client::HttpClient;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::tasks::Tasks;
+use config_download::ConfigDownload;
 use delivery::Delivery;
 use homeserver::Homeserver;
 use intake::Intake;
@@ -43,6 +47,7 @@ pub struct Services {
     pub store: Arc<Store>,
     pub homeserver: Arc<Homeserver>,
     pub management: Management,
+    pub config_download: ConfigDownload,
     pub delivery: Arc<Delivery>,
     pub intake: Intake,
     pub proxy: Proxy,
@@ -73,8 +78,10 @@ impl Services {
         let management =
             Management::new(&config, store.clone(), homeserver.clone(), delivery.clone());
         let intake = Intake::new(&config, store.clone(), delivery.clone(), metrics.clone());
+        let config = Arc::new(config);
         Ok(Arc::new(Services {
-            config: Arc::new(config),
+            config_download: ConfigDownload::new(config.clone(), store.clone()),
+            config,
             store,
             homeserver,
             management,

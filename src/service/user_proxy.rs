@@ -9,6 +9,18 @@ use ssh_key::{Algorithm, LineEnding, PrivateKey};
 
 use crate::error::Error;
 use crate::secret::urlsafe_token;
+use crate::store::User;
+
+/// The proxy settings stored for `user`, as JSON.
+pub fn stored(user: &User) -> Result<Option<Value>, Error> {
+    user.proxy_config
+        .as_ref()
+        .map(|text| {
+            serde_json::from_str(text.expose())
+                .map_err(|e| Error::internal("stored proxy settings are not JSON", e))
+        })
+        .transpose()
+}
 
 /// The fields of `ssh` only a Matrix-authenticated request of the user sees.
 const PRIVATE_FIELDS: [&str; 2] = ["privateKey", "passphrase"];

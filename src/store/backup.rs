@@ -250,6 +250,31 @@ pub fn restore(path: &Path, dir: &Path, force: bool) -> Result<Summary, BackupEr
     })
 }
 
+/// Hands written bytes to an async reader, blocking while it falls behind: a backup
+/// written on a blocking thread streams to an HTTP answer in constant memory.
+pub struct ChannelWriter(tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>);
+
+impl ChannelWriter {
+    pub fn new(sender: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>) -> Self {
+        ChannelWriter(sender)
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "backup reader went away")
+            })?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,7 +36,8 @@ impl Proxy {
             .bridge_by_token(&bridge_token)?
             .ok_or(Error::UnknownToken("Invalid X-Asmux-Auth token"))?;
         let owner_id = self.namespace.user_id(&bridge.owner);
-        if self.resolve(&owner_token).await? != owner_id {
+        let caller = (self.homeserver).caller(&owner_token, "Invalid access token");
+        if caller.await? != owner_id {
             return Err(Error::Custom {
                 status: StatusCode::BAD_REQUEST,
                 errcode: "M_FORBIDDEN",
@@ -81,18 +82,6 @@ impl Proxy {
                 Error::BadGateway
             })?;
         Ok(json_response(StatusCode::OK, &json!({})))
-    }
-
-    /// The user ID of an access token.
-    async fn resolve(&self, token: &str) -> Result<String, Error> {
-        self.homeserver
-            .user_of(token)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "whoami failed");
-                Error::BadGateway
-            })?
-            .ok_or(Error::UnknownToken("Invalid access token"))
     }
 
     fn dm_lock(&self, user_id: &str) -> Arc<tokio::sync::Mutex<()>> {

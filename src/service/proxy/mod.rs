@@ -8,7 +8,9 @@ mod counters;
 mod dms;
 mod endpoint;
 mod guard;
+mod headers;
 mod login;
+mod ping;
 mod target;
 pub mod upstream;
 
@@ -18,20 +20,21 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::http_client::{boxed_body, collect_limited, full_body, Body, HttpClient};
 use crate::matrix::Namespace;
 use crate::secret::{presented_token, Secret};
-use crate::service::bridge_requests::{self, PingFailure};
 use crate::service::delivery::Delivery;
 use crate::service::homeserver::Homeserver;
 use crate::store::{Bridge, Store};
 use counters::CounterMemo;
 use endpoint::Endpoint;
 use guard::Masquerade;
+use headers::{bearer_header, strip_hop_by_hop};
+use ping::msc2659_target;
 use target::Target;
 use upstream::{Upstream, UpstreamDriver};
 
@@ -41,20 +44,6 @@ pub const MAX_REWRITE_BODY: usize = 1024 * 1024;
 const ALSO_ALLOW_USER: &str = "com.beeper.also_allow_user";
 /// The header naming the bridge a request comes from; only asmux sets it.
 const X_BEEPER_BRIDGE: HeaderName = HeaderName::from_static("x-beeper-bridge");
-/// Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-];
-
 /// A request to proxy, as received.
 pub struct ProxyRequest {
     pub method: Method,
@@ -376,76 +365,6 @@ impl Proxy {
         }
         Ok(http::Response::from_parts(parts, full_body(body)))
     }
-
-    /// MSC2659 `POST /_matrix/client/v1/appservice/{id}/ping`, answered by asmux.
-    async fn appservice_ping(
-        &self,
-        bridge: Option<&Bridge>,
-        target: &str,
-        body: Body,
-    ) -> Result<ProxyResponse, Error> {
-        let bridge = bridge.ok_or(Error::Forbidden("Only bridges can ping themselves".into()))?;
-        if target != bridge.id.to_string() {
-            return Err(Error::Forbidden(
-                "Appservices can only ping themselves".into(),
-            ));
-        }
-        let txn_id = serde_json::from_slice::<Value>(&read_limited(body).await?)
-            .ok()
-            .and_then(|v| {
-                v.get("transaction_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
-        let custom = |status: StatusCode, errcode: &'static str, message: &str| Error::Custom {
-            status,
-            errcode,
-            message: message.into(),
-        };
-        let pinged = if bridge.push {
-            if bridge.address.is_empty() {
-                return Err(custom(
-                    StatusCode::BAD_REQUEST,
-                    "M_URL_NOT_SET",
-                    "Application service doesn't have a URL configured",
-                ));
-            }
-            bridge_requests::msc2659_ping(&self.delivery, bridge, &txn_id).await
-        } else {
-            bridge_requests::websocket_ping(&self.delivery, bridge, &txn_id).await
-        };
-        let duration = match pinged {
-            Ok(ms) => ms,
-            Err(PingFailure::Status(status, body)) => {
-                let answer = json!({
-                    "errcode": "M_BAD_STATUS",
-                    "error": "Ping returned non-2xx status",
-                    "status": status,
-                    "body": String::from_utf8_lossy(&body),
-                });
-                return Ok(json_response(StatusCode::BAD_GATEWAY, &answer));
-            }
-            Err(PingFailure::Timeout) => {
-                return Err(custom(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "M_CONNECTION_TIMEOUT",
-                    "Connection to application service timed out",
-                ))
-            }
-            Err(PingFailure::Connect) => {
-                return Err(custom(
-                    StatusCode::BAD_GATEWAY,
-                    "M_CONNECTION_FAILED",
-                    "Failed to connect to application service",
-                ))
-            }
-        };
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({ "duration_ms": duration }),
-        ))
-    }
 }
 
 /// Whether `token` has the shape of a bridge token: a UUID, `-`, the secret.
@@ -468,46 +387,6 @@ fn passthrough_query(raw: &str) -> String {
     target::write_query(&kept)
 }
 
-/// The `{appserviceId}` of an MSC2659 ping path.
-fn msc2659_target(path: &str) -> Option<&str> {
-    let rest = path
-        .strip_prefix("/_matrix/client/v1/appservice/")
-        .or_else(|| path.strip_prefix("/_matrix/client/unstable/fi.mau.msc2659/appservice/"))?;
-    rest.strip_suffix("/ping").filter(|id| !id.contains('/'))
-}
-
-/// Removes hop-by-hop headers (and those the `Connection` header names). A message
-/// carries one or two of them (`Host`, `Connection`): they are found in one pass over
-/// the headers, then only those are removed.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| HOP_BY_HOP.contains(&name.as_str()))
-        .cloned()
-        .collect();
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|n| n.trim().to_ascii_lowercase()))
-        .filter(|n| !n.is_empty())
-        .collect();
-    for name in &present {
-        headers.remove(name);
-    }
-    for name in &named {
-        headers.remove(name.as_str());
-    }
-}
-
-/// `Bearer {token}`, marked sensitive; `None` for a token no header can carry (config
-/// validation refuses those).
-fn bearer_header(token: &Secret) -> Option<HeaderValue> {
-    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose())).ok()?;
-    value.set_sensitive(true);
-    Some(value)
-}
-
 /// Reads a body of at most [`MAX_REWRITE_BODY`] bytes.
 async fn read_limited(body: Body) -> Result<Bytes, Error> {
     Ok(collect_limited(body, MAX_REWRITE_BODY).await?)
@@ -526,22 +405,6 @@ fn json_response(status: StatusCode, value: &Value) -> ProxyResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn msc2659_ping_paths() {
-        assert_eq!(
-            msc2659_target("/_matrix/client/v1/appservice/abc/ping"),
-            Some("abc")
-        );
-        assert_eq!(
-            msc2659_target("/_matrix/client/unstable/fi.mau.msc2659/appservice/x/ping"),
-            Some("x")
-        );
-        assert_eq!(
-            msc2659_target("/_matrix/client/v1/appservice/a/b/ping"),
-            None
-        );
-    }
 
     #[test]
     fn the_homeserver_address_splits_into_connection_host_and_path() {
@@ -564,23 +427,5 @@ mod tests {
         assert!(!is_bridge_token(&format!("{id}-")));
         assert!(!is_bridge_token("syt_YWxpY2U_abcdefghijklmnopqrst_0abcde"));
         assert!(!is_bridge_token("00000000-0000-0000-0000-00000000000Z-x"));
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_dropped() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, x-private"),
-        );
-        h.insert("x-private", HeaderValue::from_static("1"));
-        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        h.insert("host", HeaderValue::from_static("asmux"));
-        h.insert("content-length", HeaderValue::from_static("5"));
-        h.insert("authorization", HeaderValue::from_static("Bearer x"));
-        strip_hop_by_hop(&mut h);
-        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names.len(), 2, "{names:?}");
-        assert!(h.contains_key("content-length") && h.contains_key("authorization"));
     }
 }
