@@ -1223,7 +1223,12 @@ async fn the_doctor_finds_each_setup_mistake() {
     assert_check(&checks, "listener", "ok", "held by asmux");
     assert_check(&checks, "data directory", "ok", "private to its owner");
     assert_check(&checks, "homeserver -> asmux", "ok", "reached asmux");
-    assert_check(&checks, "bridge alice/whatsapp", "fail", "never connected");
+    assert_check(
+        &checks,
+        "bridge alice/whatsapp",
+        "fail",
+        "never reported a state",
+    );
     assert_check(
         &checks,
         "bridge alice/whatsapp",
