@@ -3,12 +3,16 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+
+mod validate;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+pub use validate::is_http_url;
+use validate::is_placeholder;
 
 use serde::Deserialize;
 
-use crate::matrix::{is_valid_name, Namespace};
+use crate::matrix::Namespace;
 use crate::secret::Secret;
 
 /// The original's placeholder for tokens that `generate-registration` fills in.
@@ -21,7 +25,7 @@ const DEFAULT_PORT: u16 = 29326;
 /// The example domain that must be replaced before the server may start.
 pub const EXAMPLE_DOMAIN: &str = "example.com";
 /// The configuration a package or `serve` writes when there is none, with every key documented.
-pub const EXAMPLE: &str = include_str!("../config.toml.example");
+pub const EXAMPLE: &str = include_str!("../../config.toml.example");
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -319,161 +323,6 @@ impl Config {
         }
     }
 
-    /// Everything that makes this configuration unusable, whatever the command.
-    fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        let mut check = |ok: bool, problem: &str| {
-            if !ok {
-                problems.push(problem.to_owned());
-            }
-        };
-        check(
-            is_http_url(&self.homeserver.address),
-            "homeserver.address must be an http:// or https:// URL",
-        );
-        check(
-            is_server_name(&self.homeserver.domain),
-            "homeserver.domain must be a server name like matrix.example.org",
-        );
-        check(
-            (1..=3600).contains(&self.homeserver.timeout_seconds),
-            "homeserver.timeout_seconds must be between 1 and 3600",
-        );
-        check(
-            is_http_url(&self.appservice.address),
-            "appservice.address must be an http:// or https:// URL",
-        );
-        check(
-            [
-                &self.appservice.as_token,
-                &self.appservice.hs_token,
-                &self.double_puppet.as_token,
-                &self.double_puppet.hs_token,
-            ]
-            .iter()
-            .all(|t| is_placeholder(t) || is_header_safe(t.expose())),
-            "appservice and double_puppet tokens must be printable ASCII without spaces",
-        );
-        check(
-            self.listen_hostname().parse::<IpAddr>().is_ok(),
-            "mux.hostname must be an IP address to listen on, like 127.0.0.1 or ::",
-        );
-        check(
-            is_localpart(&self.appservice.bot_username),
-            "appservice.bot_username must be a valid Matrix localpart",
-        );
-        check(
-            !self.appservice.id.is_empty(),
-            "appservice.id must not be empty",
-        );
-        check(
-            !self.double_puppet.id.is_empty() && self.double_puppet.id != self.appservice.id,
-            "double_puppet.id must not be empty nor appservice.id",
-        );
-        check(
-            is_localpart(&self.double_puppet.sender_localpart)
-                && self.double_puppet.sender_localpart != self.appservice.bot_username,
-            "double_puppet.sender_localpart must be a valid Matrix localpart other than \
-             appservice.bot_username",
-        );
-        check(
-            !self.appservice.namespace.prefix.is_empty()
-                && is_localpart(&self.appservice.namespace.prefix),
-            "appservice.namespace.prefix must be a non-empty localpart prefix like _",
-        );
-        check(
-            self.mux.public_address.is_empty() || is_http_url(&self.mux.public_address),
-            "mux.public_address must be empty or an http:// or https:// URL",
-        );
-        check(
-            self.shared_secret_pending() || self.mux.shared_secret.expose().len() >= 16,
-            "mux.shared_secret must be \"generate\" or at least 16 characters",
-        );
-        check(
-            (1..=86_400).contains(&self.mux.websocket_ping_seconds),
-            "mux.websocket_ping_seconds must be between 1 and 86400",
-        );
-        check(
-            self.mux.queue_retention_days <= 3650 && self.mux.max_pdu_age_seconds <= 315_360_000,
-            "mux.queue_retention_days must be at most 3650 and mux.max_pdu_age_seconds at most \
-             315360000 (ten years)",
-        );
-        check(
-            [
-                self.mux.websocket_ack_timeout_seconds,
-                self.mux.websocket_ack_retry_timeout_seconds,
-                self.mux.websocket_write_timeout_seconds,
-                self.mux.push_retry_delay_seconds,
-                self.mux.push_retry_max_delay_seconds,
-                self.mux.push_timeout_seconds,
-                self.mux.header_read_timeout_seconds,
-            ]
-            .iter()
-            .all(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0),
-            "mux.websocket_ack_timeout_seconds, websocket_ack_retry_timeout_seconds, \
-             websocket_write_timeout_seconds, push_retry_delay_seconds, \
-             push_retry_max_delay_seconds, push_timeout_seconds and \
-             header_read_timeout_seconds must be between 0 and 3600",
-        );
-        check(
-            (1..=1_000_000).contains(&self.mux.max_connections),
-            "mux.max_connections must be between 1 and 1000000",
-        );
-        check(
-            self.mux.max_body_bytes >= 1024 && self.mux.max_management_body_bytes >= 1024,
-            "mux.max_body_bytes and mux.max_management_body_bytes must be at least 1024",
-        );
-        for (name, url) in [
-            ("bridge_status_endpoint", &self.mux.bridge_status_endpoint),
-            ("remote_status_endpoint", &self.mux.remote_status_endpoint),
-            (
-                "message_send_checkpoint_endpoint",
-                &self.mux.message_send_checkpoint_endpoint,
-            ),
-        ] {
-            if url.as_deref().is_some_and(|u| !is_http_url(u)) {
-                problems.push(format!("mux.{name} must be an http:// or https:// URL"));
-            }
-        }
-        for prefix in self.mux.bridge_config_templates.keys() {
-            if !is_valid_name(prefix) {
-                problems.push(format!(
-                    "mux.bridge_config_templates: {prefix:?} is not a valid bridge prefix"
-                ));
-            }
-        }
-        if self.metrics.enabled && self.metrics.listen.parse::<SocketAddr>().is_err() {
-            problems.push("metrics.listen must be an address like 127.0.0.1:8000".into());
-        }
-        if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
-            problems.push(format!(
-                "logging.level {:?} is not a valid filter (try \"info\")",
-                self.logging.level
-            ));
-        }
-        problems
-    }
-
-    /// What keeps the server from starting although the file is valid: tokens and the
-    /// domain still being the example's.
-    pub fn serve_problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if is_placeholder(&self.appservice.as_token) || is_placeholder(&self.appservice.hs_token) {
-            problems.push(
-                "appservice.as_token and hs_token are not set: run `asmux generate-registration` \
-                 and add the registration file to the homeserver's app_service_config_files"
-                    .to_owned(),
-            );
-        }
-        if self.homeserver.domain == EXAMPLE_DOMAIN {
-            problems.push(format!(
-                "homeserver.domain is still {EXAMPLE_DOMAIN:?}: set it to your homeserver's \
-                 server_name"
-            ));
-        }
-        problems
-    }
-
     /// The as_token of the double-puppet registration, when it was generated.
     pub fn double_puppet_token(&self) -> Option<&Secret> {
         let dp = &self.double_puppet;
@@ -526,38 +375,6 @@ impl Config {
             .unwrap_or(DEFAULT_HOSTNAME)
     }
 
-    /// What is valid but should change: deprecated keys.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
-        for (old, new, set_old, set_new) in [
-            (
-                "hostname",
-                "hostname",
-                self.appservice.hostname.is_some(),
-                self.mux.hostname.is_some(),
-            ),
-            (
-                "port",
-                "port",
-                self.appservice.port.is_some(),
-                self.mux.port.is_some(),
-            ),
-        ] {
-            if set_old {
-                let effect = if set_new {
-                    "ignored, since"
-                } else {
-                    "read for now, but"
-                };
-                warnings.push(format!(
-                    "appservice.{old} is deprecated and {effect} the listener is set in [mux] as \
-                     mux.{new} (where mautrix-asmux has it): move it there"
-                ));
-            }
-        }
-        warnings
-    }
-
     /// The URL bridges and users reach asmux at: `mux.public_address`, else the one the
     /// homeserver uses; without a trailing `/`.
     pub fn public_base(&self) -> &str {
@@ -581,36 +398,6 @@ impl Config {
     pub fn shared_secret_pending(&self) -> bool {
         self.mux.shared_secret.expose() == GENERATE
     }
-}
-
-/// Whether a token is still the example's placeholder (or empty).
-fn is_placeholder(token: &Secret) -> bool {
-    token.expose() == TOKEN_PLACEHOLDER || token.expose().is_empty()
-}
-
-/// Whether a token can travel in an `Authorization` header and a query string.
-fn is_header_safe(token: &str) -> bool {
-    token.bytes().all(|b| b.is_ascii_graphic())
-}
-
-/// Whether `s` is an absolute http:// or https:// URL.
-pub fn is_http_url(s: &str) -> bool {
-    s.parse::<http::Uri>().is_ok_and(|uri| {
-        matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
-    })
-}
-
-fn is_server_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 255
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-}
-
-fn is_localpart(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._=-/+".contains(&b))
 }
 
 #[cfg(test)]
