@@ -16,13 +16,15 @@
 //! - [`matrix`]: bridge names and namespaces, transactions, event fields.
 //!
 //! Foundations any module may use, which import none of the above but [`matrix`]:
-//! [`config`] (the TOML configuration), [`secret`] (tokens and comparisons),
+//! [`config`] (the TOML configuration), [`clock`] (unix time), [`secret`] (tokens and
+//! comparisons),
 //! [`http_client`] (the pooled outgoing client), [`metrics`] (Prometheus), [`sync`]
 //! (locks), [`tasks`] (the tasks of a server, stopped together).
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http_client;

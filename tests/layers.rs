@@ -9,6 +9,7 @@ const LAYERS: &[&str] = &[
 ];
 /// Usable by every layer; they name nothing above `matrix` themselves.
 const FOUNDATIONS: &[&str] = &[
+    "clock",
     "config",
     "secret",
     "http_client",

@@ -11,11 +11,13 @@
 //! - `bridgeid_roomid`: bridge UUID ++ room ID -> empty (the rooms a bridge owns)
 //! - `roomid_members`: room ID ++ 0xFF ++ bridge UUID ++ user ID -> empty (the bridge's
 //!   users joined there, through whom it owns the room)
-//! - queues, processed transactions and bridge states: see [`queue`]
+//! - queues, deliveries in flight and bridge states: see [`queue`]
+//! - processed transactions and the commit of one: see [`commit`]
 
 pub mod backup;
 pub(crate) mod bridges;
 mod cache;
+pub mod commit;
 pub mod queue;
 pub mod replace;
 pub mod reserve;
@@ -30,8 +32,10 @@ use std::sync::{Mutex, MutexGuard};
 use serde::{de::DeserializeOwned, Serialize};
 use uuid::Uuid;
 
+pub use crate::clock::now_ms;
 pub use bridges::{Bridge, ConfigPassword, PushKey};
-pub use queue::{now_ms, InFlight, QueuedEntry, TransactionCommit, TxnRecord};
+pub use commit::{TransactionCommit, TxnRecord};
+pub use queue::{InFlight, QueuedEntry};
 pub use rooms::{Membership, Room};
 pub use users::User;
 
