@@ -1,13 +1,13 @@
 //! Prometheus metrics on `metrics.listen`: the original's counters, queue gauges computed
 //! at scrape time, and process metrics read from /proc.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::encoding::{text, EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabels {
@@ -52,9 +52,9 @@ pub struct RequestCounters {
 /// that dashboards and alert rules find every family from the first scrape
 /// (prometheus-client leaves out families without samples).
 #[derive(Debug)]
-struct Described<M>(M);
+struct Described(Box<dyn Metric>);
 
-impl<M: EncodeMetric> EncodeMetric for Described<M> {
+impl EncodeMetric for Described {
     fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         self.0.encode(encoder)
     }
@@ -88,7 +88,6 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::default();
         let m = Metrics {
             received_events: Family::default(),
             dropped_events: Family::default(),
@@ -106,84 +105,44 @@ impl Default for Metrics {
             unreachable_since: Family::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "asmux_received_events",
-            "Events received from the homeserver",
-            Described(m.received_events.clone()),
-        );
-        registry.register(
-            "asmux_dropped_events",
-            "Events routed to no bridge",
-            Described(m.dropped_events.clone()),
-        );
-        registry.register(
-            "asmux_accepted_events",
-            "Events queued for a bridge",
-            Described(m.accepted_events.clone()),
-        );
-        registry.register(
-            "asmux_successful_events",
-            "Events delivered and acknowledged",
-            Described(m.successful_events.clone()),
-        );
-        registry.register(
-            "asmux_failed_events",
-            "Events given up on",
-            Described(m.failed_events.clone()),
-        );
-        registry.register(
-            "asmux_connected_websockets",
-            "Connected websocket bridges",
-            Described(m.connected_websockets.clone()),
-        );
-        registry.register(
-            "asmux_requests_received",
-            "Client-server requests from bridges",
-            Described(m.requests_received.clone()),
-        );
-        registry.register(
-            "asmux_requests_handled",
-            "Client-server requests answered",
-            Described(m.requests_handled.clone()),
-        );
-        registry.register(
-            "asmux_failed_transactions",
-            "Homeserver transactions answered 500 because they could not be stored (the homeserver retries them)",
-            m.failed_transactions.clone(),
-        );
-        registry.register(
-            "asmux_disk_available_bytes",
-            "Bytes asmux may still write on the filesystem of its data directory",
-            m.disk_available_bytes.clone(),
-        );
-        registry.register(
-            "asmux_disk_short",
-            "1 while the disk is nearly full: the reserve is released and new transactions are refused",
-            m.disk_short.clone(),
-        );
-        registry.register(
-            "asmux_queue_depth",
-            "Queued sub-transactions per bridge",
-            Described(m.queue_depth.clone()),
-        );
-        registry.register(
-            "asmux_queue_oldest_age_seconds",
-            "Age of the oldest queued sub-transaction",
-            Described(m.queue_oldest_age.clone()),
-        );
-        registry.register(
-            "asmux_bridge_unreachable_since_seconds",
-            "Unix time since when the bridge cannot be reached (0 when it can)",
-            Described(m.unreachable_since.clone()),
-        );
-        registry.register(
-            "asmux_build",
-            "The running asmux",
-            Info::new(vec![(
-                "version".to_owned(),
-                env!("CARGO_PKG_VERSION").to_owned(),
-            )]),
-        );
+        let families: [(&str, &str, Box<dyn Metric>); 14] = [
+            ("asmux_received_events", "Events received from the homeserver", Box::new(m.received_events.clone())),
+            ("asmux_dropped_events", "Events routed to no bridge", Box::new(m.dropped_events.clone())),
+            ("asmux_accepted_events", "Events queued for a bridge", Box::new(m.accepted_events.clone())),
+            ("asmux_successful_events", "Events delivered and acknowledged", Box::new(m.successful_events.clone())),
+            ("asmux_failed_events", "Events given up on", Box::new(m.failed_events.clone())),
+            ("asmux_connected_websockets", "Connected websocket bridges", Box::new(m.connected_websockets.clone())),
+            ("asmux_requests_received", "Client-server requests from bridges", Box::new(m.requests_received.clone())),
+            ("asmux_requests_handled", "Client-server requests answered", Box::new(m.requests_handled.clone())),
+            (
+                "asmux_failed_transactions",
+                "Homeserver transactions answered 500 because they could not be stored (the homeserver retries them)",
+                Box::new(m.failed_transactions.clone()),
+            ),
+            (
+                "asmux_disk_available_bytes",
+                "Bytes asmux may still write on the filesystem of its data directory",
+                Box::new(m.disk_available_bytes.clone()),
+            ),
+            (
+                "asmux_disk_short",
+                "1 while the disk is nearly full: the reserve is released and new transactions are refused",
+                Box::new(m.disk_short.clone()),
+            ),
+            ("asmux_queue_depth", "Queued sub-transactions per bridge", Box::new(m.queue_depth.clone())),
+            ("asmux_queue_oldest_age_seconds", "Age of the oldest queued sub-transaction", Box::new(m.queue_oldest_age.clone())),
+            (
+                "asmux_bridge_unreachable_since_seconds",
+                "Unix time since when the bridge cannot be reached (0 when it can)",
+                Box::new(m.unreachable_since.clone()),
+            ),
+        ];
+        let mut registry = Registry::default();
+        for (name, help, metric) in families {
+            registry.register(name, help, Described(metric));
+        }
+        let version = ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
+        registry.register("asmux_build", "The running asmux", Info::new(vec![version]));
         Metrics { registry, ..m }
     }
 }
@@ -275,23 +234,21 @@ impl Metrics {
             }
         }
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        let encoded = text::encode_registry(&mut out, &self.registry)
+            .map(|()| out.push_str(&process_metrics()))
+            .and_then(|()| text::encode_eof(&mut out));
+        if encoded.is_err() {
             tracing::error!("cannot encode metrics");
         }
-        // The registry ends with "# EOF"; process metrics go before it.
-        let body = out
-            .trim_end()
-            .strip_suffix("# EOF")
-            .unwrap_or(&out)
-            .to_owned();
-        body + &process_metrics() + "# EOF\n"
+        out
     }
 }
 
 /// Resident memory, CPU time, open files and start time of this process, from /proc.
 fn process_metrics() -> String {
     let mut out = String::new();
-    let ticks = 100.0;
+    // The kernel counts CPU time in clock ticks (100 a second on most, not all, kernels).
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
     if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
         // Fields after the parenthesised command name, which may contain spaces.
         let fields: Vec<&str> = stat
@@ -314,9 +271,7 @@ fn process_metrics() -> String {
                 .next()
                 .and_then(|u| u.parse::<f64>().ok())
                 .unwrap_or(0.0);
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
+            let now = crate::clock::now_ms() as f64 / 1000.0;
             let started = now - boot + field(19) / ticks;
             out.push_str(&format!(
                 "# HELP process_start_time_seconds Start time of the process since the epoch.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {started:.0}\n"

@@ -1,20 +1,17 @@
 //! Reading the original's PostgreSQL database: connecting (plain, or TLS as libpq's
 //! `sslmode=require` does it) and fetching its three tables in one consistent snapshot.
 
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+use tokio_postgres::config::Host;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::ImportError;
+use crate::http_client::error_chain;
 
 /// The migration version of the original's final schema, the only one imported.
 pub const ORIGINAL_SCHEMA_VERSION: i32 = 11;
@@ -78,34 +75,38 @@ pub async fn read(url: &str) -> Result<Original, ImportError> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
-    let (mut client, connection) = config
-        .connect(AnyCertificate::connector())
-        .await
-        .map_err(|e| ImportError::Connect(describe(&e)))?;
-    let connection = tokio::spawn(connection);
+    let (mut client, connection) = connect(&config).await?;
     let result = read_tables(&mut client).await;
     drop(client);
     let _ = connection.await;
     result
 }
 
-/// An error with its causes, which tokio-postgres keeps apart ("error connecting to
-/// server: Connection refused").
-fn describe(e: &tokio_postgres::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
+/// Connects as `config` says, running the connection on its own task. TLS (when the URL
+/// asks for it) only over TCP: PostgreSQL never encrypts a Unix socket, and a socket has
+/// no server name to give the handshake.
+async fn connect(
+    config: &tokio_postgres::Config,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), ImportError> {
+    let failed = |e: tokio_postgres::Error| ImportError::Connect(error_chain(&e));
+    if config
+        .get_hosts()
+        .iter()
+        .all(|h| !matches!(h, Host::Tcp(_)))
+    {
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(failed)?;
+        return Ok((client, tokio::spawn(async { drop(connection.await) })));
     }
-    text
+    let tls = MakeRustlsConnect::new(AnyCertificate::config().map_err(ImportError::Connect)?);
+    let (client, connection) = config.connect(tls).await.map_err(failed)?;
+    Ok((client, tokio::spawn(async { drop(connection.await) })))
 }
 
 async fn read_tables(client: &mut tokio_postgres::Client) -> Result<Original, ImportError> {
-    let query = |e: tokio_postgres::Error| ImportError::Query(describe(&e));
+    let query = |e: tokio_postgres::Error| ImportError::Query(error_chain(&e));
     // One snapshot for all three tables: a running original cannot make them disagree.
     let tx = client
         .build_transaction()
@@ -205,7 +206,7 @@ fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
 ) -> Result<T, ImportError> {
     row.try_get(i).map_err(|e| {
         let name = row.columns().get(i).map(|c| c.name()).unwrap_or("?");
-        ImportError::Query(format!("column {name}: {}", describe(&e)))
+        ImportError::Query(format!("column {name}: {}", error_chain(&e)))
     })
 }
 
@@ -215,17 +216,15 @@ fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
 struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
 
 impl AnyCertificate {
-    fn connector() -> Connector {
+    fn config() -> Result<rustls::ClientConfig, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map(|builder| {
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-                    .with_no_client_auth()
-            });
-        Connector(config.map(Arc::new).map_err(|e| e.to_string()))
+            .map_err(|e| e.to_string())?;
+        Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth())
     }
 }
 
@@ -271,82 +270,5 @@ impl ServerCertVerifier for AnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Makes one TLS connection per database host.
-#[derive(Clone)]
-struct Connector(Result<Arc<rustls::ClientConfig>, String>);
-
-/// One TLS handshake to come.
-struct Handshake {
-    config: Arc<rustls::ClientConfig>,
-    name: ServerName<'static>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> MakeTlsConnect<S> for Connector {
-    type Stream = Encrypted<S>;
-    type TlsConnect = Handshake;
-    type Error = io::Error;
-
-    fn make_tls_connect(&mut self, domain: &str) -> io::Result<Handshake> {
-        let config = self.0.clone().map_err(io::Error::other)?;
-        // A Unix socket has no name; it is never encrypted, but a name is still asked for.
-        let name = ServerName::try_from(domain.to_owned())
-            .or_else(|_| ServerName::try_from("localhost"))
-            .map_err(io::Error::other)?;
-        Ok(Handshake { config, name })
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> TlsConnect<S> for Handshake {
-    type Stream = Encrypted<S>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Encrypted<S>>> + Send>>;
-
-    fn connect(self, stream: S) -> Self::Future {
-        let connector = tokio_rustls::TlsConnector::from(self.config);
-        Box::pin(async move {
-            let stream = connector.connect(self.name, stream).await?;
-            Ok(Encrypted(stream))
-        })
-    }
-}
-
-/// A TLS connection to the database.
-struct Encrypted<S>(tokio_rustls::client::TlsStream<S>);
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Encrypted<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Encrypted<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for Encrypted<S> {
-    fn channel_binding(&self) -> ChannelBinding {
-        // SCRAM without channel binding, as libpq does when it does not verify the server.
-        ChannelBinding::none()
     }
 }
