@@ -225,7 +225,7 @@ impl Backend {
         drop(file);
         let summary = crate::store::backup::verify(&tmp)
             .with_context(|| format!("the backup written to {} does not verify", tmp.display()))?;
-        std::fs::rename(&tmp, path)?;
+        crate::operator::setup::rename_durably(&tmp, path)?;
         Ok(summary)
     }
 

@@ -137,10 +137,7 @@ fn edit_config(path: &Path, edits: &[([&str; 2], String)]) -> Result<()> {
 /// Writes `contents` to a temporary file beside `path`, syncs it and renames it over
 /// `path`, so a crash leaves either the old or the new file, never half of one.
 pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = directory_of(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
@@ -156,8 +153,22 @@ pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> std::io::Res
     file.write_all(contents)?;
     file.sync_all()?;
     drop(file);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    rename_durably(&tmp, path)
+}
+
+/// Renames the synced file `from` to `to`, then syncs the directory holding `to`, so the
+/// new name survives a crash: the last step of every atomic file write.
+pub fn rename_durably(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::rename(from, to)?;
+    std::fs::File::open(directory_of(to))?.sync_all()
+}
+
+/// The directory a file named by `path` is in (`.` for a bare name).
+fn directory_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }
 
 #[cfg(test)]
