@@ -50,6 +50,32 @@ pub fn routes(
         .map(with_cors)
 }
 
+/// A management request, as its path and method say; who asks is checked after it
+/// matched, so that unknown paths answer 404 to anyone.
+enum Call {
+    Provision(BridgeRef),
+    GetBridge(BridgeRef),
+    DeleteBridge(BridgeRef),
+    Ping(BridgeRef),
+    Status(BridgeRef),
+    ClearQueue(BridgeRef),
+    List,
+    Statuses,
+    Backup,
+    /// `put` creates; the query may ask for it too (`?create=1`).
+    User {
+        id: String,
+        put: bool,
+        query: String,
+    },
+    GetProxy(String),
+    PutProxy {
+        id: String,
+        query: String,
+    },
+    DeleteRoom(String),
+}
+
 /// The management routes, authenticated by `caller` (checked after the path matched).
 /// `matrix_auth` tells that the caller proved itself with its own Matrix access token,
 /// which alone may see the private half of its proxy settings.
@@ -67,53 +93,13 @@ where
     let by_name = warp::path!("appservice" / Segment / Segment)
         .map(|Segment(owner), Segment(prefix)| BridgeRef::name(&owner, &prefix));
     let bridge = by_id.or(by_name).unify();
-
-    let provision = bridge
-        .and(warp::put())
-        .and(caller.clone())
-        .and(body::limited(limit))
-        .and(with_services(services.clone()))
-        .and_then(provision);
-    let get = bridge
-        .and(warp::get())
-        .and(caller.clone())
-        .and(with_services(services.clone()))
-        .and_then(get_bridge);
-    let delete = bridge
-        .and(warp::delete())
-        .and(caller.clone())
-        .and(with_services(services.clone()))
-        .and_then(delete_bridge);
-    let ping = bridge_action("ping")
-        .and(warp::post())
-        .and(caller.clone())
-        .and(with_services(services.clone()))
-        .and_then(ping_bridge);
-    let clear_queue = bridge_action("queue")
-        .and(warp::delete())
-        .and(caller.clone())
-        .and(with_services(services.clone()))
-        .and_then(clear_queue);
-    let status = bridge_action("status")
-        .and(warp::get())
-        .and(caller.clone())
-        .and(with_services(services.clone()))
-        .and_then(bridge_status);
-    let backup = warp::path!("admin" / "backup")
-        .and(warp::get())
-        .and(caller.clone())
-        .and(with_services(services.clone()))
-        .and_then(backup);
-    let statuses = warp::path!("appservices" / "status")
-        .and(warp::get())
-        .and(caller.clone())
-        .and(with_services(services.clone()))
-        .and_then(bridge_statuses);
-    let list = warp::path!("appservices")
-        .and(warp::get())
-        .and(caller.clone())
-        .and(with_services(services.clone()))
-        .and_then(list_bridges);
+    let on_bridge = |method: warp::filters::BoxedFilter<()>, call: fn(BridgeRef) -> Call| {
+        bridge.and(method).map(call)
+    };
+    let on_action =
+        |action, method: warp::filters::BoxedFilter<()>, call: fn(BridgeRef) -> Call| {
+            bridge_action(action).and(method).map(call)
+        };
     let user = warp::path!("user" / Segment)
         .and(
             warp::get()
@@ -122,60 +108,109 @@ where
                 .unify(),
         )
         .and(raw_query())
-        .and(caller.clone())
-        .and(with_services(services.clone()))
-        .and_then(get_user);
-    let get_proxy = warp::path!("user" / Segment / "proxy")
-        .and(warp::get())
-        .and(caller.clone())
-        .and(with_services(services.clone()))
-        .and_then(
-            move |Segment(id), caller: Caller, services: Arc<Services>| async move {
-                let config = services
-                    .management
-                    .user_proxy(&caller, &id, matrix_auth)
-                    .await?;
-                Ok::<_, Rejection>(json(&config, StatusCode::OK))
-            },
-        );
-    let put_proxy = warp::path!("user" / Segment / "proxy")
-        .and(warp::put())
-        .and(raw_query())
-        .and(caller.clone())
-        .and(body::limited(limit))
-        .and(with_services(services.clone()))
-        .and_then(put_proxy);
-    let room = warp::path!("room" / Segment)
-        .and(warp::delete())
-        .and(caller)
-        .and(with_services(services))
-        .and_then(delete_room);
-
-    provision
-        .or(get)
+        .map(|Segment(id), put, query| Call::User { id, put, query });
+    let calls = on_bridge(warp::put().boxed(), Call::Provision)
+        .or(on_bridge(warp::get().boxed(), Call::GetBridge))
         .unify()
-        .or(delete)
+        .or(on_bridge(warp::delete().boxed(), Call::DeleteBridge))
         .unify()
-        .or(list)
+        .or(on_action("ping", warp::post().boxed(), Call::Ping))
         .unify()
-        .or(statuses)
+        .or(on_action("status", warp::get().boxed(), Call::Status))
+        .unify()
+        .or(on_action("queue", warp::delete().boxed(), Call::ClearQueue))
+        .unify()
+        .or(warp::path!("appservices")
+            .and(warp::get())
+            .map(|| Call::List))
+        .unify()
+        .or(warp::path!("appservices" / "status")
+            .and(warp::get())
+            .map(|| Call::Statuses))
+        .unify()
+        .or(warp::path!("admin" / "backup")
+            .and(warp::get())
+            .map(|| Call::Backup))
         .unify()
         .or(user)
         .unify()
-        .or(get_proxy)
+        .or(warp::path!("user" / Segment / "proxy")
+            .and(warp::get())
+            .map(|Segment(id)| Call::GetProxy(id)))
         .unify()
-        .or(put_proxy)
+        .or(warp::path!("user" / Segment / "proxy")
+            .and(warp::put())
+            .and(raw_query())
+            .map(|Segment(id), query| Call::PutProxy { id, query }))
         .unify()
-        .or(room)
-        .unify()
-        .or(ping)
-        .unify()
-        .or(status)
-        .unify()
-        .or(clear_queue)
-        .unify()
-        .or(backup)
-        .unify()
+        .or(warp::path!("room" / Segment)
+            .and(warp::delete())
+            .map(|Segment(room_id)| Call::DeleteRoom(room_id)))
+        .unify();
+    calls
+        .and(caller)
+        .and(body::limited(limit))
+        .and(with_services(services))
+        .and_then(move |call, caller, body, services| {
+            dispatch(call, caller, body, services, matrix_auth)
+        })
+}
+
+/// Answers a management request of `caller`; `body` is empty but where the call has one.
+async fn dispatch(
+    call: Call,
+    caller: Caller,
+    body: Bytes,
+    services: Arc<Services>,
+    matrix_auth: bool,
+) -> Result<Response, Rejection> {
+    let management = &services.management;
+    Ok(match call {
+        Call::Provision(target) => return provision(target, caller, body, &services).await,
+        Call::GetBridge(target) => ok(&management.registration(&caller, &target)?),
+        Call::DeleteBridge(target) => {
+            management.delete(&caller, &target).await?;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Call::Ping(target) => ok(&management.ping(&caller, &target).await?),
+        Call::Status(target) => ok(&management.status(&caller, &target).await?),
+        // Drops everything queued for the bridge: `{"dropped": N}`.
+        Call::ClearQueue(target) => {
+            let dropped = management.clear_queue(&caller, &target).await?;
+            ok(&serde_json::json!({ "dropped": dropped }))
+        }
+        Call::List => ok(&serde_json::json!({ "appservices": management.list(&caller)? })),
+        Call::Statuses => {
+            ok(&serde_json::json!({ "bridges": management.statuses(&caller).await? }))
+        }
+        Call::Backup => backup(management.backup(&caller)?),
+        Call::User { id, put, query } => {
+            let create = put || is_yes(query_param(&query, "create"));
+            ok(&management.user(&caller, &id, create).await?)
+        }
+        Call::GetProxy(id) => ok(&management.user_proxy(&caller, &id, matrix_auth).await?),
+        Call::PutProxy { id, query } => {
+            let settings: serde_json::Map<String, serde_json::Value> = body::parse_json(&body)?;
+            let regenerate = is_yes(query_param(&query, "regenerate"));
+            ok(&management
+                .set_user_proxy(&caller, &id, settings, regenerate)
+                .await?)
+        }
+        Call::DeleteRoom(room_id) => {
+            management.delete_room(&caller, &room_id).await?;
+            StatusCode::NO_CONTENT.into_response()
+        }
+    })
+}
+
+/// A query flag's yes (`1`, `true`, `t`, `y`, `yes`), as the original read it.
+fn is_yes(value: Option<String>) -> bool {
+    value.is_some_and(|v| {
+        matches!(
+            v.to_ascii_lowercase().as_str(),
+            "1" | "true" | "t" | "y" | "yes"
+        )
+    })
 }
 
 /// Mxauth only: `POST /_matrix/asmux/mxauth/appservice/.../exec/{command}`.
@@ -258,7 +293,7 @@ async fn provision(
     target: BridgeRef,
     caller: Caller,
     body: Bytes,
-    services: Arc<Services>,
+    services: &Services,
 ) -> Result<Response, Rejection> {
     let request: ProvisionRequest = body::parse_json(&body)?;
     let (registration, created) = services
@@ -271,16 +306,6 @@ async fn provision(
         StatusCode::OK
     };
     Ok(json(&registration, status))
-}
-
-/// # `GET /_matrix/asmux/appservice/{owner}/{prefix}` and `/appservice/{uuid}`
-async fn get_bridge(
-    target: BridgeRef,
-    caller: Caller,
-    services: Arc<Services>,
-) -> Result<Response, Rejection> {
-    let registration = services.management.registration(&caller, &target)?;
-    Ok(json(&registration, StatusCode::OK))
 }
 
 /// The config download of a bridge, authenticated by HTTP Basic with its owner and its
@@ -328,51 +353,6 @@ async fn download_config(
     Ok(warp::reply::with_header(yaml, "content-type", "text/yaml").into_response())
 }
 
-/// # `DELETE /_matrix/asmux/appservice/{owner}/{prefix}` and `/appservice/{uuid}`
-async fn delete_bridge(
-    target: BridgeRef,
-    caller: Caller,
-    services: Arc<Services>,
-) -> Result<Response, Rejection> {
-    services.management.delete(&caller, &target).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// # `POST /_matrix/asmux/appservice/{owner}/{prefix}/ping` and `/appservice/{uuid}/ping`
-async fn ping_bridge(
-    target: BridgeRef,
-    caller: Caller,
-    services: Arc<Services>,
-) -> Result<Response, Rejection> {
-    let bridge_state = services.management.ping(&caller, &target).await?;
-    Ok(json(&bridge_state, StatusCode::OK))
-}
-
-/// # `GET /_matrix/asmux/appservice/{owner}/{prefix}/status` and `/appservice/{uuid}/status`
-async fn bridge_status(
-    target: BridgeRef,
-    caller: Caller,
-    services: Arc<Services>,
-) -> Result<Response, Rejection> {
-    let status = services.management.status(&caller, &target).await?;
-    Ok(json(&status, StatusCode::OK))
-}
-
-/// # `DELETE /_matrix/asmux/appservice/{owner}/{prefix}/queue` and `/appservice/{uuid}/queue`
-///
-/// Drops everything queued for the bridge: `{"dropped": N}`.
-async fn clear_queue(
-    target: BridgeRef,
-    caller: Caller,
-    services: Arc<Services>,
-) -> Result<Response, Rejection> {
-    let dropped = services.management.clear_queue(&caller, &target).await?;
-    Ok(json(
-        &serde_json::json!({ "dropped": dropped }),
-        StatusCode::OK,
-    ))
-}
-
 /// # `POST /_matrix/asmux/mxauth/appservice/{owner}/{prefix}/exec/{command}`
 async fn exec(
     target: BridgeRef,
@@ -393,8 +373,7 @@ async fn exec(
 /// # `GET /_matrix/asmux/admin/backup`
 ///
 /// Streams a single-file backup of the whole database (root only).
-async fn backup(caller: Caller, services: Arc<Services>) -> Result<Response, Rejection> {
-    let chunks = services.management.backup(&caller)?;
+fn backup(chunks: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>) -> Response {
     let stream =
         futures_util::stream::unfold(
             chunks,
@@ -409,72 +388,11 @@ async fn backup(caller: Caller, services: Arc<Services>) -> Result<Response, Rej
         "content-disposition",
         HeaderValue::from_static("attachment; filename=\"asmux-backup.bin\""),
     );
-    Ok(reply)
+    reply
 }
 
-/// # `GET /_matrix/asmux/appservices`
-async fn list_bridges(caller: Caller, services: Arc<Services>) -> Result<Response, Rejection> {
-    let bridges = services.management.list(&caller)?;
-    Ok(json(
-        &serde_json::json!({ "appservices": bridges }),
-        StatusCode::OK,
-    ))
-}
-
-/// # `GET /_matrix/asmux/appservices/status`
-async fn bridge_statuses(caller: Caller, services: Arc<Services>) -> Result<Response, Rejection> {
-    let bridges = services.management.statuses(&caller).await?;
-    Ok(json(
-        &serde_json::json!({ "bridges": bridges }),
-        StatusCode::OK,
-    ))
-}
-
-/// # `GET /_matrix/asmux/user/{id}[?create=1]` and `PUT /_matrix/asmux/user/{id}`
-async fn get_user(
-    Segment(id): Segment,
-    put: bool,
-    query: String,
-    caller: Caller,
-    services: Arc<Services>,
-) -> Result<Response, Rejection> {
-    let create = put
-        || query_param(&query, "create").is_some_and(|v| {
-            matches!(
-                v.to_ascii_lowercase().as_str(),
-                "1" | "true" | "t" | "y" | "yes"
-            )
-        });
-    let user = services.management.user(&caller, &id, create).await?;
-    Ok(json(&user, StatusCode::OK))
-}
-
-/// # `PUT /_matrix/asmux/user/{id}/proxy[?regenerate=true]`
-async fn put_proxy(
-    Segment(id): Segment,
-    query: String,
-    caller: Caller,
-    body: Bytes,
-    services: Arc<Services>,
-) -> Result<Response, Rejection> {
-    let settings: serde_json::Map<String, serde_json::Value> = body::parse_json(&body)?;
-    let regenerate = query_param(&query, "regenerate")
-        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "t" | "true"));
-    let config = services
-        .management
-        .set_user_proxy(&caller, &id, settings, regenerate)
-        .await?;
-    Ok(json(&config, StatusCode::OK))
-}
-
-/// # `DELETE /_matrix/asmux/room/{roomId}`
-async fn delete_room(
-    Segment(room_id): Segment,
-    caller: Caller,
-    services: Arc<Services>,
-) -> Result<Response, Rejection> {
-    services.management.delete_room(&caller, &room_id).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+fn ok<T: serde::Serialize>(value: &T) -> Response {
+    json(value, StatusCode::OK)
 }
 
 fn json<T: serde::Serialize>(value: &T, status: StatusCode) -> Response {

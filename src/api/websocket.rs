@@ -14,7 +14,6 @@ use warp::{Filter, Rejection, Reply};
 use super::{authorization, with_services, Response};
 use crate::error::{handle_rejection, Error};
 use crate::service::delivery::session;
-use crate::service::management::bearer_token;
 use crate::service::Services;
 
 /// Largest frame a bridge may send: responses, states, checkpoints and proxied HTTP
@@ -91,30 +90,8 @@ async fn check(
     protocols: Option<String>,
     services: Arc<Services>,
 ) -> Result<Accepted, Rejection> {
-    if services.delivery.is_shutting_down() {
-        return Err(warp::reject::custom(Error::Custom {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            errcode: "COM.BEEPER.SHUTTING_DOWN",
-            message: "Server is shutting down".into(),
-        }));
-    }
-    let token = bearer_token(auth.as_deref())?;
-    let bridge = services
-        .store
-        .bridge_by_token(token)
-        .map_err(Error::from)?
-        .ok_or(Error::UnknownToken("Invalid access token"))?;
-    if bridge.push {
-        return Err(warp::reject::custom(Error::Custom {
-            status: StatusCode::UNAUTHORIZED,
-            errcode: "COM.BEEPER.TXN_WS_NOT_ENABLED",
-            message: "This appservice is set to receive transactions over HTTP".into(),
-        }));
-    }
-    let protocol = version
-        .and_then(|v| v.trim().parse::<u8>().ok())
-        .unwrap_or(1)
-        .clamp(1, 3);
+    let (bridge, protocol) =
+        session::admit(&services.delivery, auth.as_deref(), version.as_deref())?;
     Ok(Accepted {
         services,
         bridge,

@@ -14,7 +14,9 @@ use tracing::Instrument;
 
 use super::connection::{with_header, Connection};
 use super::Delivery;
+use crate::error::Error;
 use crate::metrics::BridgeLabels;
+use crate::service::management::bearer_token;
 use crate::store::{now_ms, Bridge, PushKey};
 
 /// Frames waiting for the writer at most; a bridge that reads slower than this holds up
@@ -26,6 +28,39 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 const UNREACHABLE_GRACE: Duration = Duration::from_secs(10);
 /// The close reason sent to a connection a newer one of the same bridge replaces.
 pub const REPLACED_REASON: &str = r#"{"command":"disconnect","status":"conn_replaced"}"#;
+
+/// Whom a websocket may be opened for: the bridge whose token `authorization` carries,
+/// when it is a websocket bridge and asmux is not shutting down, with the protocol it
+/// asks for (`X-Mautrix-Websocket-Version`, 1 to 3; 1 when absent or unreadable).
+pub fn admit(
+    delivery: &Delivery,
+    authorization: Option<&str>,
+    version: Option<&str>,
+) -> Result<(Arc<Bridge>, u8), Error> {
+    if delivery.is_shutting_down() {
+        return Err(Error::Custom {
+            status: http::StatusCode::SERVICE_UNAVAILABLE,
+            errcode: "COM.BEEPER.SHUTTING_DOWN",
+            message: "Server is shutting down".into(),
+        });
+    }
+    let token = bearer_token(authorization)?;
+    let bridge = (delivery.store)
+        .bridge_by_token(token)?
+        .ok_or(Error::UnknownToken("Invalid access token"))?;
+    if bridge.push {
+        return Err(Error::Custom {
+            status: http::StatusCode::UNAUTHORIZED,
+            errcode: "COM.BEEPER.TXN_WS_NOT_ENABLED",
+            message: "This appservice is set to receive transactions over HTTP".into(),
+        });
+    }
+    let protocol = version
+        .and_then(|v| v.trim().parse::<u8>().ok())
+        .unwrap_or(1)
+        .clamp(1, 3);
+    Ok((bridge, protocol))
+}
 
 /// A bridge's upgraded connection.
 pub type WebSocket =
