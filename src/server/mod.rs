@@ -1,12 +1,12 @@
 //! The running server: the accept loop around the HTTP surfaces, the metrics listener,
 //! background flushing and maintenance, and the orderly shutdown.
 
+mod connection;
 mod lingering;
 pub mod shutdown;
 pub mod systemd;
 mod threads;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +15,8 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use warp::Filter;
 
-use self::lingering::LingeringBody;
 use self::threads::ConnectionThreads;
 use crate::metrics::{BridgeLabels, BridgeSample};
-use crate::service::proxy::ConnectionState;
 use crate::service::Services;
 use crate::store::{now_ms, Store};
 
@@ -144,12 +142,6 @@ async fn run(
     Ok(())
 }
 
-/// Who answers a request: the proxy directly, or the warp routes.
-enum Target<R> {
-    Proxy(Arc<Services>, ConnectionState),
-    Routes(R),
-}
-
 /// Accepts connections until `stop` completes; then lets the requests and deliveries in
 /// flight finish and the websockets close, until [`SHUTDOWN_DEADLINE`].
 ///
@@ -209,78 +201,17 @@ async fn serve(
             },
             _ = &mut stop => break,
         };
-        let (routes, for_request) = (routes.clone(), services.clone());
-        // The driver runs in this connection's task, beside it.
-        let (proxy_state, upstream_driver) = ConnectionState::new();
-        let handler = hyper::service::service_fn(
-            move |mut request: hyper::Request<hyper::body::Incoming>| {
-                // Cloning the warp routes costs more than a proxied request's own work:
-                // only the requests that use them pay for it.
-                let target = if crate::api::is_proxied(request.uri().path()) {
-                    Target::Proxy(for_request.clone(), proxy_state.clone())
-                } else {
-                    Target::Routes(routes.clone())
-                };
-                async move {
-                    match target {
-                        Target::Proxy(services, state) => {
-                            let request = request.map(LingeringBody::new);
-                            Ok::<_, Infallible>(crate::api::proxy(services, request, state).await)
-                        }
-                        Target::Routes(routes) => {
-                            if let Some(pending) =
-                                crate::api::PendingUpgrade::from_request(&mut request)
-                            {
-                                request.extensions_mut().insert(pending);
-                            }
-                            let request = request.map(LingeringBody::new);
-                            let response = hyper::service::Service::call(&routes, request).await?;
-                            Ok(crate::api::boxed(response))
-                        }
-                    }
-                }
-            },
+        let served = connection::serve(
+            stream,
+            http.clone(),
+            routes.clone(),
+            services.clone(),
+            draining.clone(),
+            slot,
         );
-        let http = http.clone();
-        let draining = draining.clone();
-        services.tasks.spawn_on(
-            threads.next(),
-            connections.track_future(async move {
-                let stream = match tokio::net::TcpStream::from_std(stream) {
-                    Ok(stream) => stream,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot serve a connection");
-                        return;
-                    }
-                };
-                let connection = http
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
-                    .with_upgrades();
-                // An upgraded connection ends here too, handing its socket to the websocket
-                // session: a bridge's websocket does not hold a slot.
-                let _slot = slot;
-                let mut connection = std::pin::pin!(connection);
-                let mut upstream = std::pin::pin!(upstream_driver.run());
-                // Biased: the connection is what wakes the task nearly every time.
-                let ended = tokio::select! {
-                    biased;
-                    ended = connection.as_mut() => ended,
-                    never = upstream.as_mut() => match never {},
-                    () = draining.cancelled() => {
-                        // Finishes the request in flight, then closes.
-                        connection.as_mut().graceful_shutdown();
-                        tokio::select! {
-                            biased;
-                            ended = connection.as_mut() => ended,
-                            never = upstream.as_mut() => match never {},
-                        }
-                    }
-                };
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            }),
-        );
+        services
+            .tasks
+            .spawn_on(threads.next(), connections.track_future(served));
     }
     drop(listener);
     draining.cancel();
