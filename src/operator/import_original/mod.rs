@@ -18,7 +18,7 @@ use crate::matrix::is_valid_name;
 use crate::secret::Secret;
 use crate::store::replace::{holds_anything, replace_data_dir};
 use crate::store::{now_ms, Bridge, ConfigPassword, PushKey, Room, StoreError, User};
-use source::{Original, ORIGINAL_SCHEMA_VERSION};
+use source::{BridgeRow, Original, ORIGINAL_SCHEMA_VERSION};
 
 /// Why nothing was imported.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +112,18 @@ impl Plan {
 pub fn plan(original: &Original) -> Result<Plan, ImportError> {
     let mut plan = Plan::default();
     let mut refused = Vec::new();
+    plan_users(original, &mut plan, &mut refused);
+    plan_bridges(original, &mut plan, &mut refused);
+    plan_rooms(original, &mut plan, &mut refused);
+    if refused.is_empty() {
+        Ok(plan)
+    } else {
+        Err(ImportError::Rows(refused))
+    }
+}
+
+/// The users to write; what cannot be carried goes to `refused`.
+fn plan_users(original: &Original, plan: &mut Plan, refused: &mut Vec<String>) {
     let mut api_tokens: HashMap<&str, &str> = HashMap::new();
     for row in &original.users {
         let what = format!("user {:?}", row.id);
@@ -145,6 +157,11 @@ pub fn plan(original: &Original) -> Result<Plan, ImportError> {
             proxy_config,
         });
     }
+}
+
+/// The bridges to write, with their tokens and UUIDs; what cannot be carried goes to
+/// `refused`.
+fn plan_bridges(original: &Original, plan: &mut Plan, refused: &mut Vec<String>) {
     let users: HashSet<&str> = original.users.iter().map(|u| u.id.as_str()).collect();
     let mut names = HashSet::new();
     let now = now_ms();
@@ -170,22 +187,10 @@ pub fn plan(original: &Original) -> Result<Plan, ImportError> {
         if !names.insert((row.owner.as_str(), row.prefix.as_str())) {
             problems.push("another bridge has the same owner and prefix".to_owned());
         }
-        let config_password = match (&row.config_password_hash, row.config_password_expiry) {
-            (None, _) => None,
-            (Some(hash), expiry) => match <[u8; 32]>::try_from(hash.as_slice()) {
-                Ok(sha256) => Some(ConfigPassword {
-                    sha256,
-                    expires_at: expiry.map(|e| u64::try_from(e).unwrap_or(0)),
-                }),
-                Err(_) => {
-                    problems.push(format!(
-                        "config_password_hash has {} bytes, not the 32 of a SHA-256",
-                        hash.len()
-                    ));
-                    None
-                }
-            },
-        };
+        let config_password = config_password(row).unwrap_or_else(|why| {
+            problems.push(why);
+            None
+        });
         if !problems.is_empty() {
             refused.push(format!("{what}: {}", problems.join("; ")));
             continue;
@@ -221,6 +226,28 @@ pub fn plan(original: &Original) -> Result<Plan, ImportError> {
             created_at: now,
         });
     }
+}
+
+/// A bridge's config download password, as the original stored it (the SHA-256 of the
+/// password's bytes).
+fn config_password(row: &BridgeRow) -> Result<Option<ConfigPassword>, String> {
+    let Some(hash) = &row.config_password_hash else {
+        return Ok(None);
+    };
+    let sha256 = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| {
+        format!(
+            "config_password_hash has {} bytes, not the 32 of a SHA-256",
+            hash.len()
+        )
+    })?;
+    let expires_at = row
+        .config_password_expiry
+        .map(|e| u64::try_from(e).unwrap_or(0));
+    Ok(Some(ConfigPassword { sha256, expires_at }))
+}
+
+/// The rooms to write, each owned by its imported bridge (deleted ones stay deleted).
+fn plan_rooms(original: &Original, plan: &mut Plan, refused: &mut Vec<String>) {
     let imported: HashSet<Uuid> = plan.bridges.iter().map(|b| b.id).collect();
     for row in &original.rooms {
         let what = format!("room {:?}", row.id);
@@ -237,11 +264,6 @@ pub fn plan(original: &Original) -> Result<Plan, ImportError> {
             _ if original.bridges.iter().any(|b| b.id == row.owner) => {}
             _ => refused.push(format!("{what}: its owner {} is not a bridge", row.owner)),
         }
-    }
-    if refused.is_empty() {
-        Ok(plan)
-    } else {
-        Err(ImportError::Rows(refused))
     }
 }
 
