@@ -223,12 +223,13 @@ async fn protocol_1_needs_no_acknowledgement() {
 async fn protocol_2_drops_unacknowledged_transactions() {
     let (_hs, server, token) = setup().await;
     let mut ws = WsBridge::connect(&server, &token, 2).await;
-    hs_transaction(&server, "2", &json!({"events": [message(1)]})).await;
     let first = ws.next_json().await;
     assert_eq!(
         first["events"][0]["event_id"],
         fixture("a2-bridge-bot-join.json")["events"][0]["event_id"]
     );
+    // Sent once the first is out, so that it cannot join the first delivery.
+    hs_transaction(&server, "2", &json!({"events": [message(1)]})).await;
     // Not acknowledged: after the timeout the next one comes, the first is not resent.
     let next = ws.next_json().await;
     assert_eq!(event_ids(next["events"].as_array().unwrap()), ["$m1"]);

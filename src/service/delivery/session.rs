@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::metrics::BridgeLabels;
 use crate::service::management::bearer_token;
 use crate::store::{now_ms, Bridge, PushKey};
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Frames waiting for the writer at most; a bridge that reads slower than this holds up
 /// its own deliveries, never the server.
@@ -98,7 +99,7 @@ async fn serve(
     protocol: u8,
     process_id: String,
 ) {
-    let (sink, mut stream) = socket.split();
+    let (sink, stream) = socket.split();
     let (out, outgoing) = mpsc::channel::<Message>(OUTGOING_FRAMES);
     let conn = Arc::new(Connection::new(
         bridge.id,
@@ -114,6 +115,14 @@ async fn serve(
         .tasks
         .spawn_here(write(sink, outgoing, conn.clone()));
 
+    let connected = announce(&delivery, &bridge, &conn).await;
+    read(&delivery, &bridge, &conn, stream).await;
+    finish(delivery, bridge, conn, connected, writer).await;
+}
+
+/// Makes `conn` the bridge's connection (closing the one it replaces), counts it and
+/// tells the bridge it is connected; returns its gauge.
+async fn announce(delivery: &Arc<Delivery>, bridge: &Bridge, conn: &Arc<Connection>) -> Gauge {
     if let Some(old) = delivery.hub.insert(conn.clone()) {
         tracing::info!(old_serial = old.serial, "replacing the older connection");
         old.close(4001, REPLACED_REASON);
@@ -122,7 +131,7 @@ async fn serve(
     if matches!(delivery.store.bridge(bridge.id), Ok(None)) {
         conn.close(1000, super::DELETED_REASON);
     }
-    tracing::info!(protocol, serial = conn.serial, process_id = %conn.process_id, "bridge connected");
+    tracing::info!(protocol = conn.protocol, serial = conn.serial, process_id = %conn.process_id, "bridge connected");
     let connected = delivery
         .metrics
         .connected_websockets
@@ -133,7 +142,17 @@ async fn serve(
     conn.send_text(r#"{"command":"connect","status":"connected"}"#.to_owned())
         .await;
     delivery.wake(bridge.id);
+    connected
+}
 
+/// Reads the bridge's frames and pings it until the connection ends: closed by either
+/// side, a ping unanswered, or asmux shutting down.
+async fn read(
+    delivery: &Delivery,
+    bridge: &Bridge,
+    conn: &Connection,
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
+) {
     let mut shutdown = delivery.shutdown_signal();
     let mut ping = tokio::time::interval(delivery.ping_interval);
     ping.tick().await;
@@ -142,7 +161,7 @@ async fn serve(
         tokio::select! {
             frame = stream.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
-                    handle_text(&delivery, &bridge, &conn, text.as_str()).await;
+                    handle_text(delivery, bridge, conn, text.as_str()).await;
                 }
                 Some(Ok(Message::Pong(_))) => awaiting_pong = false,
                 Some(Ok(Message::Close(close))) => {
@@ -164,7 +183,7 @@ async fn serve(
                     break;
                 }
                 awaiting_pong = true;
-                let _ = conn_ping(&conn).await;
+                let _ = conn_ping(conn).await;
             }
             _ = conn.wait_closed() => break,
             _ = shutdown.changed() => {
@@ -173,6 +192,17 @@ async fn serve(
             }
         }
     }
+}
+
+/// Takes the connection out of the hub, lets the writer send the close frame, and reports
+/// the bridge unreachable if it does not come back.
+async fn finish(
+    delivery: Arc<Delivery>,
+    bridge: Arc<Bridge>,
+    conn: Arc<Connection>,
+    connected: Gauge,
+    mut writer: tokio::task::JoinHandle<()>,
+) {
     if delivery.hub.remove(&conn) && !delivery.is_shutting_down() {
         delivery.note_unreachable(bridge.id);
     }
@@ -181,7 +211,6 @@ async fn serve(
         conn.close(1000, "");
     }
     // Let the writer send the close frame, but never wait on a dead peer for long.
-    let mut writer = writer;
     if tokio::time::timeout(CLOSE_GRACE, &mut writer)
         .await
         .is_err()
