@@ -4,11 +4,13 @@
 //! # Layout
 //! From the top down; a module imports only from modules below it.
 //! - [`cli`]: the command line (`serve`, `generate-registration`, `bridge ...`).
-//! - [`server`]: the running server: accept loop, metrics listener, flushing, maintenance,
-//!   signals ([`server::shutdown`]) and systemd ([`server::systemd`]).
+//! - [`server`]: the running server: start ([`server::start`]), accept loop, connections,
+//!   metrics listener, flushing, maintenance, signals ([`server::shutdown`]) and systemd
+//!   ([`server::systemd`]).
 //! - [`api`]: warp filters for each HTTP surface, translating HTTP to service calls.
 //! - [`service`]: the core, one module per service (intake, routing, delivery, proxy,
-//!   management, bridge requests, reporting, homeserver), held by [`service::Services`].
+//!   management, config downloads, user proxy settings, bridge requests, reporting,
+//!   homeserver), held by [`service::Services`].
 //! - [`operator`]: the documents asmux writes: first config, registrations, the config
 //!   blocks of a bridge.
 //! - [`error`]: the Matrix error every request path answers with.

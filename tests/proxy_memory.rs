@@ -1,6 +1,10 @@
 //! 200 MB uploads and downloads stream through the proxy: the real asmux process grows by
 //! less than 32 MB (peak RSS from /proc), so bodies are never held in memory.
 
+// The harness of the suite; this test is its own process (it measures its memory) and
+// uses a part of it.
+#[allow(dead_code, unused_imports)]
+#[path = "suite/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

@@ -1,10 +1,8 @@
 //! The real binary: CLI commands offline and through a running server, signals, crashes.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 struct Setup {

@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -154,10 +154,6 @@ impl Postgres {
     pub async fn create_database(&self, db: &str) {
         self.execute("postgres", &format!("CREATE DATABASE \"{db}\""))
             .await;
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 

@@ -1,8 +1,6 @@
 //! The management API (spec 6) against the real server and a stub homeserver.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use data_encoding::BASE64;
 use serde_json::json;
 

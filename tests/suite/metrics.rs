@@ -1,8 +1,6 @@
 //! Prometheus metrics on their own listener.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test]

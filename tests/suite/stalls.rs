@@ -3,13 +3,11 @@
 //! than the connection cap. None of them delays another bridge, each stuck one is
 //! detected, and shutdown still ends in time with no task left behind.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

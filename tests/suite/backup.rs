@@ -2,9 +2,7 @@
 //! offline on the data directory, verified and restored with the CLI; the restored server
 //! has every record and delivers the queued transactions.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 fn event(n: usize) -> serde_json::Value {

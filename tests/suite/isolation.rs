@@ -4,11 +4,9 @@
 //! every reading of it (first or last of repeated parameters, `&` or `;` between them,
 //! any JSON parser).
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::*;
+use crate::common::*;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

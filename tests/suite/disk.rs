@@ -5,14 +5,12 @@
 //! Also a read-only data directory and one deleted under the running server, and
 //! compactions refused on a mount point and on a disk without room for the copy.
 
-mod common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const RESERVE_MIB: u64 = 8;

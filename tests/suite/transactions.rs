@@ -1,9 +1,7 @@
 //! Homeserver transactions (spec 3, 3.1, 3.2, 4.1): routing driven by real Synapse
 //! fixtures, idempotence, durable queues, HTTP push and websocket delivery.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const WA_ROOM: &str = "!o-Qzij4pVy-fGxdFgb8LDLJ5y9ykdPENMse-TF2O8zQ";

@@ -1,11 +1,9 @@
 //! Requests asmux makes of bridges: state pings, exec commands, homeserver queries.
 
-mod common;
-
 use std::time::Duration;
 
-use common::mautrix_go::GoBridge;
-use common::*;
+use crate::common::mautrix_go::GoBridge;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const STATE: &str = "/_matrix/app/com.beeper.bridge_state";

@@ -2,12 +2,10 @@
 //! user-mode emulation (Debian's qemu-user-static): it reports its version, checks a
 //! config, serves the management API and delivers a transaction to a websocket bridge.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 fn arm64_binary() -> PathBuf {

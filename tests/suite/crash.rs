@@ -5,13 +5,11 @@
 //! order, no bridge got an event nobody sent, every acknowledged management write is
 //! there, and the last complete backup verifies.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const WS_ROOM: &str = "!soak-ws";

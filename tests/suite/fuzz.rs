@@ -5,8 +5,6 @@
 //! bytes. The property: no panic, and a refused backup writes nothing. `PROPTEST_CASES`
 //! sets the cases per property (256 here; `scripts/fuzz MINUTES` runs far more).
 
-mod common;
-
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -96,12 +94,12 @@ fn backup_bytes() -> &'static Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("backup.bin");
         let config = dir.path().join("config.toml");
-        let text = common::config_text("http://127.0.0.1:9", common::free_port());
+        let text = crate::common::config_text("http://127.0.0.1:9", crate::common::free_port());
         std::fs::write(&config, text).unwrap();
         for prefix in ["whatsapp", "signal"] {
-            common::cli_create_websocket_bridge(&config, "alice", prefix);
+            crate::common::cli_create_websocket_bridge(&config, "alice", prefix);
         }
-        common::cli_ok(&config, &["backup", "create", "-o", file.to_str().unwrap()]);
+        crate::common::cli_ok(&config, &["backup", "create", "-o", file.to_str().unwrap()]);
         std::fs::read(file).unwrap()
     })
 }
@@ -170,9 +168,9 @@ fn bridge_frame() -> impl Strategy<Value = String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arbitrary_bridge_frames_leave_the_session_working() {
     use proptest::strategy::ValueTree;
-    let hs = common::Stub::homeserver().await;
-    let server = common::TestServer::start(&hs).await;
-    let reg = common::provision(
+    let hs = crate::common::Stub::homeserver().await;
+    let server = crate::common::TestServer::start(&hs).await;
+    let reg = crate::common::provision(
         &server,
         "alice",
         "whatsapp",
@@ -180,7 +178,7 @@ async fn arbitrary_bridge_frames_leave_the_session_working() {
     )
     .await;
     let token = reg["as_token"].as_str().unwrap();
-    let mut ws = common::WsBridge::connect(&server, token, 3).await;
+    let mut ws = crate::common::WsBridge::connect(&server, token, 3).await;
     let mut runner = proptest::test_runner::TestRunner::default();
     for _ in 0..300 {
         let frame = bridge_frame().new_tree(&mut runner).unwrap().current();
@@ -191,7 +189,7 @@ async fn arbitrary_bridge_frames_leave_the_session_working() {
         "sender": "@alice:example.test", "state_key": "@_alice_whatsapp_bot:example.test",
         "event_id": "$after-fuzz", "content": {"membership": "join"}}]});
     assert_eq!(
-        common::hs_transaction(&server, "after", &invite)
+        crate::common::hs_transaction(&server, "after", &invite)
             .await
             .status,
         200

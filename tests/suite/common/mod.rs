@@ -2,8 +2,6 @@
 //! binary) and talks HTTP to it; [`stub`] is the recording stand-in for the homeserver
 //! and push bridges; [`websocket`] is a frame-by-frame bridge client and [`mautrix_go`]
 //! a client that behaves as mautrix-go's library does.
-// Every test binary compiles this module and uses a part of it.
-#![allow(dead_code, unused_imports)]
 
 pub mod mautrix_go;
 pub mod postgres;

@@ -1,13 +1,11 @@
 //! `asmux import-original` against a real PostgreSQL holding the original's schema: the
 //! imported bridges work unchanged, and every refusal leaves nothing written.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::postgres::Postgres;
-use common::*;
+use crate::common::postgres::Postgres;
+use crate::common::*;
 use data_encoding::BASE64;
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -307,7 +305,7 @@ async fn refusals_say_why_and_write_nothing() {
 
     let nowhere = format!(
         "postgres://{}@127.0.0.1:{}/x",
-        common::postgres::PG_USER,
+        crate::common::postgres::PG_USER,
         free_port()
     );
     refused(

@@ -1,8 +1,6 @@
 //! No input makes the server panic or answer anything but Matrix error JSON.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const PATHS: &[&str] = &[
     "/",

@@ -1,8 +1,6 @@
 //! The client-server API proxy (spec 5) against a stub homeserver that echoes what it got.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// A server with the bridge alice/whatsapp (websocket); returns its token.

@@ -2,8 +2,6 @@
 //! pointing at the binary under test, since the package installs it to /usr/bin), and the
 //! binary speaks the notify protocol.
 
-mod common;
-
 use std::process::Command;
 
 #[test]
@@ -56,18 +54,18 @@ async fn notifies_ready_watchdog_and_stopping() {
     use std::os::unix::net::UnixDatagram;
     use std::time::{Duration, Instant};
 
-    let hs = common::Stub::homeserver().await;
+    let hs = crate::common::Stub::homeserver().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
+    let port = crate::common::free_port();
     let config = dir.path().join("config.toml");
-    std::fs::write(&config, common::config_text(&hs.url(), port)).unwrap();
+    std::fs::write(&config, crate::common::config_text(&hs.url(), port)).unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     // systemd names the service's PID in WATCHDOG_PID; exec keeps the shell's.
-    let mut child = common::Process(
+    let mut child = crate::common::Process(
         Command::new("sh")
             .arg("-c")
             .arg("WATCHDOG_PID=$$ exec \"$0\" -c \"$1\" serve")

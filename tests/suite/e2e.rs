@@ -4,13 +4,11 @@
 //!
 //! `scripts/test` installs Synapse into `target/e2e-venv` first.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const REGISTRATION_SECRET: &str = "e2e-registration-secret";
@@ -882,7 +880,7 @@ async fn a_mautrix_go_style_bridge_pings_and_reconnects_by_itself() {
     let alice = real_user(&hs, "alice").await;
     let reg = cli_create_websocket_bridge(&config, "alice", "telegram");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{asmux_port}").parse().unwrap();
-    let mut bridge = common::mautrix_go::GoBridge::start(
+    let mut bridge = crate::common::mautrix_go::GoBridge::start(
         addr,
         reg["as_token"].as_str().unwrap(),
         reg["hs_token"].as_str().unwrap(),
