@@ -110,8 +110,20 @@ async fn bench(bridges: usize, transactions: usize, concurrency: usize) -> Value
     wait_for(&delivered, total).await;
     let elapsed = started.elapsed();
     let cpu_percent = (cpu_ticks(server.pid()) - cpu_before) as f64 / elapsed.as_secs_f64();
-    // Acknowledged deliveries are removed and flushed in the background within a second.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Memory right after the burst, then each second until it stops coming down (at most
+    // 60 s): the time it takes to give memory back.
+    let (pss_end, _) = pss_kib(server.pid());
+    let mut settled = (pss_end, 0);
+    for second in 1..=60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (pss, _) = pss_kib(server.pid());
+        if pss + 256 < settled.0 {
+            settled = (pss, second);
+        } else if second >= settled.1 + 10 {
+            break;
+        }
+    }
+    let memory_after = pss_json(server.pid());
     let disk_after = dir_bytes(data.path());
     let mut server = server;
     server.stop();
@@ -144,6 +156,12 @@ async fn bench(bridges: usize, transactions: usize, concurrency: usize) -> Value
         ms(0.99)
     );
     println!("| asmux CPU | {cpu_percent:.0} % |");
+    println!(
+        "| memory (PSS) at the end / settled, after | {:.1} / {:.1} MiB, {} s |",
+        pss_end as f64 / 1024.0,
+        settled.0 as f64 / 1024.0,
+        settled.1
+    );
     let mib = |bytes: u64| bytes as f64 / 1048576.0;
     println!(
         "| data dir before / after (every queue drained) | {:.1} / {:.1} MiB |",
@@ -166,6 +184,8 @@ async fn bench(bridges: usize, transactions: usize, concurrency: usize) -> Value
         "data_dir_mib_before": mib(disk_before), "data_dir_mib_after": mib(disk_after),
         "data_dir_mib_after_backup_and_restore": mib(disk_compacted),
         "records_mib": mib(records),
+        "pss_mib_at_end": pss_end as f64 / 1024.0, "settle_seconds": settled.1,
+        "memory_settled": memory_after,
     })
 }
 

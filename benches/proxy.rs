@@ -35,6 +35,8 @@ impl Drop for Killed {
 struct Row {
     name: &'static str,
     requests_per_second: f64,
+    /// PSS of the process(es) serving the row, right after its load, in MiB.
+    pss_mib: f64,
     /// Latency percentiles in ms: 50, 99, 99.9.
     p50: f64,
     p99: f64,
@@ -57,7 +59,7 @@ async fn bench(seconds: u64) {
     let dir = tempfile::tempdir().unwrap();
     let nginx = nginx_binary().expect("nginx is needed: apt install nginx-light");
     let hs_port = free_port();
-    let _homeserver = start_nginx(
+    let homeserver = start_nginx(
         nginx,
         &dir.path().join("hs"),
         &homeserver_conf(hs_port),
@@ -77,7 +79,7 @@ async fn bench(seconds: u64) {
         ),
     )
     .unwrap();
-    let _asmux = Killed(
+    let asmux = Killed(
         Command::new(env!("CARGO_BIN_EXE_asmux"))
             .args(["-c", config.to_str().unwrap(), "serve"])
             .stdout(Stdio::null())
@@ -97,7 +99,7 @@ async fn bench(seconds: u64) {
     let bridge_token = reg["as_token"].as_str().unwrap().to_owned();
 
     let proxy_port = free_port();
-    let _proxy = start_nginx(
+    let proxy = start_nginx(
         nginx,
         &dir.path().join("proxy"),
         &proxy_conf(proxy_port, hs_port),
@@ -106,23 +108,38 @@ async fn bench(seconds: u64) {
     .await;
 
     let script = dir.path().join("put.lua");
+    let measured = |mut row: Row, server: &Killed| {
+        row.pss_mib = pss_tree_kib(server.0.id()) as f64 / 1024.0;
+        row
+    };
     let rows = vec![
-        wrk("direct", hs_port, "syt_bench", seconds, &script),
-        wrk("nginx", proxy_port, "syt_bench", seconds, &script),
-        wrk("asmux", asmux_port, &bridge_token, seconds, &script),
+        measured(
+            wrk("direct", hs_port, "syt_bench", seconds, &script),
+            &homeserver,
+        ),
+        measured(
+            wrk("nginx", proxy_port, "syt_bench", seconds, &script),
+            &proxy,
+        ),
+        measured(
+            wrk("asmux", asmux_port, &bridge_token, seconds, &script),
+            &asmux,
+        ),
     ];
 
     println!("proxy: PUT /rooms/{{room}}/send/m.room.message/{{txn}}, wrk -t2 -c{CONNECTIONS}, {seconds} s each");
-    println!("| target | req/s | p50 ms | p99 ms | p99.9 ms |\n|---|---|---|---|---|");
+    println!(
+        "| target | req/s | p50 ms | p99 ms | p99.9 ms | PSS MiB |\n|---|---|---|---|---|---|"
+    );
     for row in &rows {
         println!(
-            "| {} | {:.0} | {:.3} | {:.3} | {:.3} |",
-            row.name, row.requests_per_second, row.p50, row.p99, row.p999
+            "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.1} |",
+            row.name, row.requests_per_second, row.p50, row.p99, row.p999, row.pss_mib
         );
     }
     let report: Vec<Value> = rows
         .iter()
-        .map(|r| json!({"target": r.name, "requests_per_second": r.requests_per_second, "p50_ms": r.p50, "p99_ms": r.p99, "p999_ms": r.p999}))
+        .map(|r| json!({"target": r.name, "requests_per_second": r.requests_per_second, "p50_ms": r.p50, "p99_ms": r.p99, "p999_ms": r.p999, "pss_mib": r.pss_mib}))
         .collect();
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
@@ -134,6 +151,26 @@ async fn bench(seconds: u64) {
         .unwrap(),
     )
     .unwrap();
+}
+
+/// PSS in KiB of process `pid` and its descendants (nginx's master and its workers).
+fn pss_tree_kib(pid: u32) -> u64 {
+    let pss = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|rollup| {
+            rollup
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    pss + children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .map(pss_tree_kib)
+        .sum::<u64>()
 }
 
 /// The homeserver: one nginx worker answering every request with a fixed event ID.
@@ -234,6 +271,7 @@ end
         p50: result[2],
         p99: result[3],
         p999: result[4],
+        pss_mib: 0.0,
     }
 }
 async fn call(client: &HttpClient, method: &str, url: &str, token: &str, body: &str) -> Value {

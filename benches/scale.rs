@@ -38,10 +38,14 @@ fn main() {
         .unwrap();
     let result = match args.first().map(String::as_str) {
         Some("idle") => runtime.block_on(idle(arg(1, 10_000))),
+        Some("memory") => runtime.block_on(memory(arg(1, 1_000))),
+        Some("deletion") => runtime.block_on(deletion(arg(1, 10_000), arg(2, 1_000_000))),
         Some("startup") => runtime.block_on(startup(arg(1, 10_000), arg(2, 1_000_000))),
         Some("recovery") => runtime.block_on(recovery(arg(1, 100_000))),
         _ => {
-            eprintln!("usage: scale idle N | startup BRIDGES ROOMS | recovery EVENTS");
+            eprintln!(
+                "usage: scale idle N | memory BRIDGES | deletion BRIDGES ROOMS | startup BRIDGES ROOMS | recovery EVENTS"
+            );
             std::process::exit(2);
         }
     };
@@ -88,12 +92,14 @@ async fn idle(n: usize) -> Value {
     tokio::time::sleep(window).await;
     let cpu_ticks_idle = cpu_ticks(server.pid()) - cpu_before;
     let rss = rss_kib(server.pid());
+    let memory = pss_json(server.pid());
     server.stop();
     for socket in sockets {
         socket.abort();
     }
     json!({
         "websockets": n,
+        "memory": memory,
         "connect_seconds": connect_seconds,
         "rss_mib_before": baseline_rss as f64 / 1024.0,
         "rss_mib": rss as f64 / 1024.0,
@@ -104,6 +110,148 @@ async fn idle(n: usize) -> Value {
 }
 
 /// Scenario 4: start-up with `bridges` bridges and `rooms` rooms stored.
+/// The server's memory (PSS) with nothing to do: empty, 3 s after READY; with `n` push
+/// bridges provisioned, idle 5 s; with `n` protocol-3 websockets connected, idle 5 s.
+async fn memory(n: usize) -> Value {
+    let empty = tempfile::tempdir().unwrap();
+    let mut server = Server::start(empty.path()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let empty_pss = pss_json(server.pid());
+    server.stop();
+
+    let push = tempfile::tempdir().unwrap();
+    populate_as(push.path(), n, 0, true).await;
+    let mut server = Server::start(push.path()).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let push_pss = pss_json(server.pid());
+    server.stop();
+
+    let websockets = tempfile::tempdir().unwrap();
+    let tokens = populate(websockets.path(), n, 0).await;
+    let mut server = Server::start(websockets.path()).await;
+    let mut sockets = Vec::with_capacity(n);
+    for token in tokens {
+        let socket = connect(server.addr, &token).await;
+        sockets.push(tokio::spawn(hold(socket)));
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let websockets_pss = pss_json(server.pid());
+    server.stop();
+    for socket in sockets {
+        socket.abort();
+    }
+    json!({
+        "bridges": n,
+        "empty": empty_pss,
+        "push_bridges_idle": push_pss,
+        "websockets_idle": websockets_pss,
+    })
+}
+
+/// A bridge deleted from a store of `rooms` rooms while the homeserver sends transactions
+/// (8 in flight, 50 events each, into other bridges' rooms): the PUT latency in the 10 s
+/// before the deletion and while its rooms are swept, and how long the sweep takes.
+async fn deletion(bridges: usize, rooms: usize) -> Value {
+    let data = tempfile::tempdir().unwrap();
+    let rooms_each = rooms / bridges.max(1);
+    populate(data.path(), bridges, rooms_each).await;
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("asmux.log");
+    let mut server = Server::start_with_log(data.path(), Some(&log)).await;
+    let base = format!("http://{}", server.addr);
+    let client = asmux::http_client::HttpClient::new().unwrap();
+    let started = Instant::now();
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let txn = Arc::new(AtomicU64::new(0));
+    let mut senders = Vec::new();
+    for _ in 0..8 {
+        let (client, base, running, txn) =
+            (client.clone(), base.clone(), running.clone(), txn.clone());
+        senders.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while running.load(Ordering::Relaxed) {
+                let t = txn.fetch_add(1, Ordering::Relaxed) as usize;
+                let events: Vec<Value> = (0..50)
+                    .map(|e| {
+                        // Bridges 1.. only: bridge 0 is the one deleted.
+                        let room = room_id(1 + (t * 50 + e) % (bridges - 1), e % rooms_each);
+                        json!({"type": "m.room.message", "room_id": room, "sender": format!("@user:{DOMAIN}"),
+                               "event_id": format!("$d{t}-{e}"), "origin_server_ts": 1, "content": {"body": "x"}})
+                    })
+                    .collect();
+                let request = http::Request::put(format!("{base}/_matrix/app/v1/transactions/d{t}"))
+                    .header("authorization", format!("Bearer {HS_TOKEN}"))
+                    .body(asmux::http_client::full_body(serde_json::to_vec(&json!({"events": events})).unwrap()))
+                    .unwrap();
+                let sent = Instant::now();
+                let response = client.send_buffered(request, Duration::from_secs(60)).await.unwrap();
+                assert_eq!(response.status, 200);
+                latencies.push((sent.duration_since(started), sent.elapsed()));
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let deleted_at = started.elapsed();
+    let delete = http::Request::delete(format!("{base}/_matrix/asmux/appservice/owner0/bridge"))
+        .header("authorization", "Bearer bench-shared-secret-0123456789")
+        .body(asmux::http_client::full_body(Vec::new()))
+        .unwrap();
+    let answered = client
+        .send_buffered(delete, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(answered.status, 204);
+    let delete_ms = (started.elapsed() - deleted_at).as_secs_f64() * 1000.0;
+    let swept = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains("swept the rooms of deleted bridges"))
+        {
+            break line
+                .split("seconds=")
+                .nth(1)
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no sweep within 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let swept_at = started.elapsed();
+    running.store(false, Ordering::Relaxed);
+    let mut before = Vec::new();
+    let mut during = Vec::new();
+    for sender in senders {
+        for (at, latency) in sender.await.unwrap() {
+            if at < deleted_at {
+                before.push(latency);
+            } else if at < swept_at {
+                during.push(latency);
+            }
+        }
+    }
+    let memory = pss_json(server.pid());
+    server.stop();
+    let p99 = |mut v: Vec<Duration>| {
+        v.sort();
+        v.get(v.len() * 99 / 100)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    json!({
+        "bridges": bridges, "rooms": rooms,
+        "delete_answered_ms": delete_ms,
+        "sweep_seconds": swept,
+        "puts_before": before.len(), "put_p99_ms_before": p99(before.clone()),
+        "puts_during": during.len(), "put_p99_ms_during": p99(during),
+        "memory": memory,
+    })
+}
+
 async fn startup(bridges: usize, rooms: usize) -> Value {
     let data = tempfile::tempdir().unwrap();
     let started = Instant::now();
@@ -116,11 +264,13 @@ async fn startup(bridges: usize, rooms: usize) -> Value {
     let disk = dir_bytes(data.path());
     let mut ready_ms = Vec::new();
     let mut rss = 0;
+    let mut memory = Value::Null;
     for _ in 0..5 {
         let mut server = Server::start(data.path()).await;
         ready_ms.push(server.ready.as_secs_f64() * 1000.0);
         tokio::time::sleep(Duration::from_secs(1)).await;
         rss = rss_kib(server.pid());
+        memory = pss_json(server.pid());
         server.stop();
     }
     // sled reclaims log segments in the background; see whether running shrank them.
@@ -141,6 +291,7 @@ async fn startup(bridges: usize, rooms: usize) -> Value {
         "ready_ms_median": ready_ms[ready_ms.len() / 2],
         "ready_ms_max": ready_ms[ready_ms.len() - 1],
         "rss_mib": rss as f64 / 1024.0,
+        "memory": memory,
         "logical_mib": logical as f64 / 1048576.0,
         "disk_mib": disk as f64 / 1048576.0,
         "space_amplification": disk as f64 / logical as f64,
@@ -206,9 +357,11 @@ async fn recovery(events: usize) -> Value {
         }
     }
     let drain = started.elapsed();
+    let memory = pss_json(server.pid());
     server.stop();
     json!({
         "queued_events": transactions * PER_TXN,
+        "memory": memory,
         "data_dir_mib_at_kill": disk as f64 / 1048576.0,
         "ready_ms_after_kill": ready.as_secs_f64() * 1000.0,
         "drain_seconds": drain.as_secs_f64(),

@@ -23,6 +23,11 @@ pub fn room_id(bridge: usize, room: usize) -> String {
 /// Writes `bridges` websocket bridges (one owner each) with `rooms_each` rooms into a new
 /// store at `dir`; returns their tokens.
 pub async fn populate(dir: &Path, bridges: usize, rooms_each: usize) -> Vec<String> {
+    populate_as(dir, bridges, rooms_each, false).await
+}
+
+/// [`populate`] with push bridges (`push`, an address nobody answers) or websocket ones.
+pub async fn populate_as(dir: &Path, bridges: usize, rooms_each: usize, push: bool) -> Vec<String> {
     let store = Store::open(dir).unwrap();
     let mut tokens = Vec::with_capacity(bridges);
     for b in 0..bridges {
@@ -33,8 +38,12 @@ pub async fn populate(dir: &Path, bridges: usize, rooms_each: usize) -> Vec<Stri
             owner,
             prefix: "bridge".into(),
             bot: "bot".into(),
-            address: String::new(),
-            push: false,
+            address: if push {
+                "http://127.0.0.1:9".into()
+            } else {
+                String::new()
+            },
+            push,
             hs_token: Secret::new(format!("hs{b}")),
             as_token: Secret::new(format!("as{b}-0123456789abcdef")),
             push_key: None,
@@ -66,6 +75,11 @@ pub struct Server {
 
 impl Server {
     pub async fn start(data: &Path) -> Server {
+        Server::start_with_log(data, None).await
+    }
+
+    /// [`Server::start`], its log (at info level) written to `log` when given.
+    pub async fn start_with_log(data: &Path, log: Option<&Path>) -> Server {
         let config = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -79,8 +93,9 @@ impl Server {
                 "[homeserver]\naddress = \"http://127.0.0.1:9\"\ndomain = \"{DOMAIN}\"\ntimeout_seconds = 1\n\
                  [appservice]\nas_token = \"bench-as\"\nhs_token = \"{HS_TOKEN}\"\n\
                  [mux]\nport = {port}\ndata_dir = \"{}\"\nshared_secret = \"bench-shared-secret-0123456789\"\nmax_pdu_age_seconds = 0\n\
-                 [logging]\nlevel = \"warn\"\n",
-                data.display()
+                 [logging]\nlevel = \"{}\"\n",
+                data.display(),
+                if log.is_some() { "info" } else { "warn" },
             ),
         )
         .unwrap();
@@ -96,6 +111,10 @@ impl Server {
             .arg("serve")
             .env("NOTIFY_SOCKET", &socket_path)
             .stdout(Stdio::null())
+            .stderr(match log {
+                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .unwrap();
         raise_nofile(child.id());
@@ -181,6 +200,26 @@ pub async fn connect(addr: std::net::SocketAddr, token: &str) -> Socket {
         .await
         .unwrap();
     socket
+}
+
+/// Proportional set size and its anonymous part, in KiB (`/proc/PID/smaps_rollup`): the
+/// memory a process costs, shared pages counted in proportion.
+pub fn pss_kib(pid: u32) -> (u64, u64) {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Pss:"), field("Pss_Anon:"))
+}
+
+/// PSS as the bench tables print it: `{total} MiB PSS ({anon} anonymous)`.
+pub fn pss_json(pid: u32) -> serde_json::Value {
+    let (pss, anon) = pss_kib(pid);
+    serde_json::json!({"pss_mib": pss as f64 / 1024.0, "pss_anon_mib": anon as f64 / 1024.0})
 }
 
 pub fn rss_kib(pid: u32) -> u64 {

@@ -37,6 +37,11 @@ const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Processed transaction IDs are remembered at least this long and at least this many.
 const PROCESSED_TXN_RETENTION: Duration = Duration::from_secs(24 * 3600);
 const PROCESSED_TXN_KEEP: usize = 10_000;
+/// Records read per batch of the sweep of deleted bridges' rooms, and the pause between
+/// batches: the write lock is held for one batch at a time (about a millisecond), so the
+/// homeserver's transactions never wait long behind a deletion.
+const SWEEP_BATCH: usize = 500;
+const SWEEP_PAUSE: Duration = Duration::from_millis(2);
 
 /// Binds the server's listener. Accepted connections inherit `TCP_NODELAY` from it on
 /// Linux: websocket frames and small answers then leave at once instead of waiting for
@@ -110,6 +115,7 @@ async fn run(
     services.delivery.start_queued();
     let tasks = &services.tasks;
     tasks.spawn(maintain(services.clone()));
+    tasks.spawn(sweep_rooms(services.clone()));
     tasks.spawn(watch_disk(services.clone()));
     tasks.spawn(flush_periodically(services.store.clone()));
     let store = services.store.clone();
@@ -321,6 +327,53 @@ async fn watch_disk(services: Arc<Services>) {
 }
 
 /// Trims queues past `mux.queue_retention_days` and forgets old processed transactions.
+/// Sweeps the rooms of deleted bridges (see [`crate::store::sweep`]) when a deletion asks
+/// for it, and at start when a restart cut a sweep short.
+async fn sweep_rooms(services: Arc<Services>) {
+    loop {
+        match services.store.sweep_wanted() {
+            Ok(Some(wanted)) => sweep_once(&services, wanted).await,
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot read whether rooms are to be swept"),
+        }
+        tokio::select! {
+            () = services.store.sweep_signal().notified() => {}
+            () = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
+        }
+    }
+}
+
+async fn sweep_once(services: &Services, wanted: u64) {
+    let started = std::time::Instant::now();
+    let mut cursor = Some(crate::store::sweep::SweepCursor::default());
+    let mut batches = 0u64;
+    while let Some(at) = cursor {
+        let store = services.store.clone();
+        match services
+            .tasks
+            .blocking(move || store.sweep(at, SWEEP_BATCH))
+            .await
+        {
+            Some(Ok(next)) => cursor = next,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "cannot sweep the rooms of deleted bridges");
+                return;
+            }
+            None => return,
+        }
+        batches += 1;
+        tokio::time::sleep(SWEEP_PAUSE).await;
+    }
+    match services.store.sweep_finished(wanted) {
+        Ok(()) => tracing::info!(
+            batches,
+            seconds = started.elapsed().as_secs_f64(),
+            "swept the rooms of deleted bridges"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot record the sweep of deleted bridges' rooms"),
+    }
+}
+
 async fn maintain(services: Arc<Services>) {
     let retention = services.config.queue_retention();
     let mut interval = tokio::time::interval(MAINTENANCE_INTERVAL);

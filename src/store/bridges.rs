@@ -186,50 +186,28 @@ impl Store {
         Ok(Some(Arc::new(bridge)))
     }
 
-    /// Removes a bridge, its name, its room ownerships, its queue and its last state.
-    /// Returns false when unknown.
+    /// Removes a bridge, its name, its queue and its last state at once, and asks for its
+    /// room ownerships to be swept (see [`super::sweep`]). Returns false when unknown.
     pub fn delete_bridge(&self, id: Uuid) -> Result<bool, StoreError> {
         let _guard = self.write_lock();
         let Some(bridge) = self.bridgeid_bridge.get(id.as_bytes())? else {
             return Ok(false);
         };
         let bridge: Bridge = decode("bridgeid_bridge", &bridge)?;
-        let room_keys: Vec<sled::IVec> = self
-            .bridgeid_roomid
-            .scan_prefix(id.as_bytes())
-            .keys()
-            .collect::<Result<_, _>>()?;
+        let meta: &sled::Tree = &self.db;
         tx_result::<_, StoreError>(
-            (
-                &self.bridgeid_bridge,
-                &self.ownerprefix_bridgeid,
-                &self.bridgeid_roomid,
-                &self.roomid_room,
-            )
-                .transaction(|(bridges, names, bridge_rooms, rooms)| {
+            (&self.bridgeid_bridge, &self.ownerprefix_bridgeid, meta).transaction(
+                |(bridges, names, meta)| {
                     bridges.remove(id.as_bytes())?;
                     names.remove(name_key(&bridge.owner, &bridge.prefix).as_bytes())?;
-                    for key in &room_keys {
-                        bridge_rooms.remove(key)?;
-                        let room_id = &key[16..];
-                        if let Some(room) = rooms.get(room_id)? {
-                            let mut room: super::Room = decode("roomid_room", &room)
-                                .map_err(ConflictableTransactionError::Abort)?;
-                            room.owners.retain(|owner| *owner != id);
-                            rooms.insert(room_id, encode(&room))?;
-                        }
-                    }
-                    Ok::<_, ConflictableTransactionError<StoreError>>(())
-                }),
+                    Store::want_sweep(meta)
+                },
+            ),
         )?;
         self.bridges.invalidate(&id);
         self.clear_queue(id, |_| {})?;
         self.bridgeid_status.remove(id.as_bytes())?;
-        for key in &room_keys {
-            let room_id = String::from_utf8_lossy(&key[16..]).into_owned();
-            self.remove_members(&room_id, id)?;
-            self.rooms.invalidate(&room_id);
-        }
+        self.sweep_signal.notify_one();
         Ok(true)
     }
 

@@ -8,7 +8,7 @@
 //! - `bridgeid_bridge`: bridge UUID (16 bytes) -> [`Bridge`]
 //! - `ownerprefix_bridgeid`: `"{owner}/{prefix}"` -> bridge UUID
 //! - `roomid_room`: room ID -> [`Room`] (owning bridges, deleted flag)
-//! - `bridgeid_roomid`: bridge UUID ++ room ID -> empty (the rooms a bridge owns)
+//! - `meta` also holds the sweep of deleted bridges' rooms: see [`sweep`]
 //! - `roomid_members`: room ID ++ 0xFF ++ bridge UUID ++ user ID -> empty (the bridge's
 //!   users joined there, through whom it owns the room)
 //! - queues, deliveries in flight and bridge states: see [`queue`]
@@ -22,6 +22,7 @@ pub mod queue;
 pub mod replace;
 pub mod reserve;
 mod rooms;
+pub mod sweep;
 mod users;
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -119,7 +120,6 @@ pub struct Store {
     bridgeid_bridge: sled::Tree,
     ownerprefix_bridgeid: sled::Tree,
     roomid_room: sled::Tree,
-    bridgeid_roomid: sled::Tree,
     roomid_members: sled::Tree,
     queue: sled::Tree,
     txnid_record: sled::Tree,
@@ -139,6 +139,8 @@ pub struct Store {
     flush_turn: tokio::sync::Mutex<()>,
     /// Turns true when sled fails to write: it then refuses every write until reopened.
     write_failed: tokio::sync::watch::Sender<bool>,
+    /// Woken by a bridge's deletion: its rooms are to be swept (see [`sweep`]).
+    sweep_signal: tokio::sync::Notify,
     users: ReadThrough<String, User>,
     bridges: ReadThrough<Uuid, Bridge>,
     rooms: ReadThrough<String, Room>,
@@ -188,7 +190,6 @@ impl Store {
             bridgeid_bridge: db.open_tree("bridgeid_bridge")?,
             ownerprefix_bridgeid: db.open_tree("ownerprefix_bridgeid")?,
             roomid_room: db.open_tree("roomid_room")?,
-            bridgeid_roomid: db.open_tree("bridgeid_roomid")?,
             roomid_members: db.open_tree("roomid_members")?,
             queue: db.open_tree("queue")?,
             txnid_record: db.open_tree("txnid_record")?,
@@ -202,6 +203,7 @@ impl Store {
             flushed_through: AtomicU64::new(0),
             flush_turn: tokio::sync::Mutex::new(()),
             write_failed: tokio::sync::watch::channel(false).0,
+            sweep_signal: tokio::sync::Notify::new(),
             users: ReadThrough::new(100_000),
             bridges: ReadThrough::new(100_000),
             rooms: ReadThrough::new(1_000_000),
@@ -267,9 +269,13 @@ impl Store {
         }
         // Version 0 is an empty, new database: nothing to convert. Version 3 added
         // `roomid_members`, empty in older databases: their owners are kept until a
-        // membership event says otherwise (see [`Store::room_members`]).
+        // membership event says otherwise (see [`Store::room_members`]); and dropped the
+        // rooms' index by bridge (see [`sweep`]).
         if found == 1 {
             self.migrate_users_to_v2()?;
+        }
+        if (1..3).contains(&found) {
+            self.db.drop_tree("bridgeid_roomid")?;
         }
         if found < SCHEMA_VERSION {
             self.db.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;

@@ -27,10 +27,6 @@ pub struct Membership {
     pub member: bool,
 }
 
-fn bridge_room_key(bridge: Uuid, room_id: &str) -> Vec<u8> {
-    [bridge.as_bytes().as_slice(), room_id.as_bytes()].concat()
-}
-
 /// The prefix of the member rows of `bridge` in `room_id`. 0xFF never occurs in UTF-8,
 /// so no room ID is a prefix of another's rows.
 fn room_bridge_prefix(room_id: &str, bridge: Uuid) -> Vec<u8> {
@@ -100,8 +96,7 @@ impl Store {
         Ok(())
     }
 
-    /// Removes `bridge` from the owners of `room_id`: the room's record first, then the
-    /// bridge's index, so a crash never leaves a room naming a bridge its index lacks.
+    /// Removes `bridge` from the owners of `room_id`.
     fn remove_owner_locked(&self, room_id: &str, bridge: Uuid) -> Result<(), StoreError> {
         if let Some(v) = self.roomid_room.get(room_id)? {
             let mut room: Room = decode("roomid_room", &v)?;
@@ -110,28 +105,11 @@ impl Store {
                 self.roomid_room.insert(room_id.as_bytes(), encode(&room))?;
             }
         }
-        self.bridgeid_roomid
-            .remove(bridge_room_key(bridge, room_id))?;
         Ok(())
     }
 
-    /// Removes the member rows of `bridge` in `room_id` (its deletion).
-    pub(super) fn remove_members(&self, room_id: &str, bridge: Uuid) -> Result<(), StoreError> {
-        for key in self
-            .roomid_members
-            .scan_prefix(room_bridge_prefix(room_id, bridge))
-            .keys()
-        {
-            self.roomid_members.remove(key?)?;
-        }
-        Ok(())
-    }
-
-    /// [`Store::add_room_owner`] for a caller holding the write lock. Two plain writes, not
-    /// a sled transaction (each makes sled write and sync its log twice on the spot), the
-    /// bridge's index first: sled recovers a prefix of its log, so a crash can leave the
-    /// index naming a room whose record lacks the bridge, which deleting the bridge
-    /// tolerates, but never a room naming a bridge whose index lacks it.
+    /// [`Store::add_room_owner`] for a caller holding the write lock: one plain write, not a
+    /// sled transaction (each makes sled write and sync its log twice on the spot).
     pub(super) fn add_owner_locked(&self, room_id: &str, bridge: Uuid) -> Result<bool, StoreError> {
         let mut room: Room = match self.roomid_room.get(room_id)? {
             Some(v) => decode("roomid_room", &v)?,
@@ -141,8 +119,6 @@ impl Store {
             return Ok(false);
         }
         room.owners.push(bridge);
-        self.bridgeid_roomid
-            .insert(bridge_room_key(bridge, room_id), &[])?;
         self.roomid_room.insert(room_id.as_bytes(), encode(&room))?;
         Ok(true)
     }
@@ -185,6 +161,10 @@ mod tests {
 
         assert!(store.delete_bridge(wa.id).unwrap());
         assert!(!store.delete_bridge(wa.id).unwrap());
+        let mut cursor = Some(crate::store::sweep::SweepCursor::default());
+        while let Some(at) = cursor {
+            cursor = store.sweep(at, 100).unwrap();
+        }
         assert_eq!(store.room(room).unwrap().unwrap().owners, vec![tg.id]);
         assert!(store.bridge_by_name("alice", "whatsapp").unwrap().is_none());
         assert!(store.bridge(wa.id).unwrap().is_none());

@@ -526,6 +526,36 @@ async fn rooms_follow_the_memberships_of_their_bridges_users() {
     nothing_more(&server, &mut wa, "whatsapp").await;
 }
 
+/// A deleted bridge is gone at once, before its rooms are swept: its rooms' events go to
+/// the other owners only, and a bridge provisioned again under its name starts without
+/// them.
+#[tokio::test]
+async fn a_deleted_bridge_loses_its_rooms_at_once() {
+    let two = two_bridges("max_pdu_age_seconds = 0").await;
+    let (_wa, mut tg) = two.connect().await;
+    let tg_bot = "@_alice_telegram_bot:example.test";
+    let joined = json!({"events": [membership(WA_ROOM, tg_bot, "$tg-joins", "join")]});
+    assert_eq!(hs_transaction(&two.server, "j", &joined).await.status, 200);
+    assert_eq!(event_ids(&tg.receive_events(1).await), ["$tg-joins"]);
+
+    let url = two.server.url("/_matrix/asmux/appservice/alice/whatsapp");
+    assert_eq!(
+        send("DELETE", &url, Some(SHARED_SECRET), None).await.status,
+        204
+    );
+    let again = provision(&two.server, "alice", "whatsapp", json!({"push": false})).await;
+    assert_ne!(again["id"], two.wa["id"]);
+    let mut wa = WsBridge::connect(&two.server, again["as_token"].as_str().unwrap(), 3).await;
+    let message = json!({"events": [event(WA_ROOM, "@bob:example.test", "$after-delete", 1)]});
+    let reply = hs_transaction(&two.server, "m", &message).await;
+    assert_eq!(
+        reply.body["com.beeper.asmux.sent_to"],
+        json!({ two.tg["id"].as_str().unwrap(): "ok" })
+    );
+    assert_eq!(event_ids(&tg.receive_events(1).await), ["$after-delete"]);
+    nothing_more(&two.server, &mut wa, "whatsapp").await;
+}
+
 #[tokio::test]
 async fn owner_messages_filter() {
     let two = two_bridges("max_pdu_age_seconds = 0\nevent_filter = \"owner_messages\"").await;

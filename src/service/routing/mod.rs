@@ -272,6 +272,7 @@ impl Context<'_> {
                 member,
             });
         }
+        let owners = self.live(&owners)?;
         if owners.is_empty() {
             self.drop_event(Some(&meta), DropReason::UnownedRoom);
             return Ok(());
@@ -280,10 +281,7 @@ impl Context<'_> {
             self.drop_event(Some(&meta), DropReason::Redacted);
             return Ok(());
         }
-        for owner in owners {
-            let Some(bridge) = self.view.bridge(owner)? else {
-                continue;
-            };
+        for bridge in owners {
             if self.router.filter == EventFilter::OwnerMessages
                 && !self.is_owner_message(&meta, &bridge)
             {
@@ -322,18 +320,27 @@ impl Context<'_> {
             return Ok(());
         }
         let owners = room.owners.clone();
+        let owners = self.live(&owners)?;
         if owners.is_empty() {
             self.drop_event(Some(&meta), DropReason::UnownedRoom);
         }
-        for owner in owners {
-            if let Some(bridge) = self.view.bridge(owner)? {
-                self.transaction(&bridge).ephemeral.push(raw.clone());
-                self.routed
-                    .accepted
-                    .push((bridge.id, meta.kind().to_owned()));
-            }
+        for bridge in owners {
+            self.transaction(&bridge).ephemeral.push(raw.clone());
+            self.routed
+                .accepted
+                .push((bridge.id, meta.kind().to_owned()));
         }
         Ok(())
+    }
+
+    /// The owners that are still bridges: a deleted bridge stays in its rooms' records
+    /// until the sweep removes it.
+    fn live(&self, owners: &[Uuid]) -> Result<Vec<Arc<Bridge>>, StoreError> {
+        let mut live = Vec::with_capacity(owners.len());
+        for owner in owners {
+            live.extend(self.view.bridge(*owner)?);
+        }
+        Ok(live)
     }
 
     fn route_to_device(&mut self, raw: &Raw) -> Result<(), StoreError> {
